@@ -1,0 +1,78 @@
+# moonstream: build the C core (moonstream.core), run the specs, install.
+# Variables use ?= so luarocks and users can override them; flags the code
+# needs live in MS_CFLAGS, which luarocks' CFLAGS does not replace.
+
+LUA_VERSION ?= 5.4
+LUA ?= lua$(LUA_VERSION)
+LUA_INCDIR ?= /usr/include/lua$(LUA_VERSION)
+CC ?= cc
+CFLAGS ?= -O2 -g
+LDFLAGS ?=
+PREFIX ?= /usr/local
+LIBFLAG ?= -shared
+BUSTED ?= busted
+
+MS_CFLAGS = -std=gnu11 -fPIC -Wall -Wextra -Wshadow -Wmissing-prototypes \
+            -Wno-unused-parameter -I$(LUA_INCDIR) -MMD -MP
+MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lpthread
+
+SRC := $(wildcard csrc/*.c)
+OBJ := $(SRC:csrc/%.c=build/obj/%.o)
+ASAN_OBJ := $(SRC:csrc/%.c=build-asan/obj/%.o)
+SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+# Debian packages needed to build and test (the README's set-up commands use them).
+DEB_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev \
+               libyajl-dev uthash-dev libcurl4-openssl-dev lua-busted luarocks \
+               lua-filesystem curl python3 valgrind
+
+.PHONY: all deps test test-asan test-valgrind check install clean
+
+all: build/moonstream/core.so
+
+build/moonstream/core.so: $(OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(LIBFLAG) -o $@ $(OBJ) $(LDFLAGS) $(MS_LIBS)
+
+build/obj/%.o: csrc/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(MS_CFLAGS) -c -o $@ $<
+
+build-asan/moonstream/core.so: $(ASAN_OBJ)
+	@mkdir -p $(@D)
+	$(CC) -shared $(SANITIZE) -o $@ $(ASAN_OBJ) $(MS_LIBS)
+
+build-asan/obj/%.o: csrc/%.c
+	@mkdir -p $(@D)
+	$(CC) -O1 -g $(SANITIZE) $(MS_CFLAGS) -c -o $@ $<
+
+# Installs the Debian packages above when one is missing (needs root).
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# All specs, then the C core's specs again under AddressSanitizer + UBSan.
+test: deps all build-asan/moonstream/core.so
+	@sh spec/support/run-specs build/moonstream/core.so
+	@sh spec/support/run-specs build-asan/moonstream/core.so asan
+
+test-asan: deps build-asan/moonstream/core.so
+	@sh spec/support/run-specs build-asan/moonstream/core.so asan
+
+test-valgrind: deps all
+	@sh spec/support/run-specs build/moonstream/core.so valgrind
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/moonstream \
+	           $(DESTDIR)$(PREFIX)/share/lua/$(LUA_VERSION)/moonstream $(DESTDIR)$(PREFIX)/bin
+	install -m 644 build/moonstream/core.so $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/moonstream/
+	cp -r lua/moonstream/. $(DESTDIR)$(PREFIX)/share/lua/$(LUA_VERSION)/moonstream/
+	install -m 755 bin/moonstream $(DESTDIR)$(PREFIX)/bin/moonstream
+
+clean:
+	rm -rf build build-asan
+
+-include $(OBJ:.o=.d) $(ASAN_OBJ:.o=.d)

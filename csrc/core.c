@@ -1,0 +1,15 @@
+/* luaopen_moonstream_core: assembles the C module from its subsystems. */
+#include "core.h"
+
+LUALIB_API int luaopen_moonstream_core(lua_State *L);
+
+LUALIB_API int luaopen_moonstream_core(lua_State *L) {
+    lua_newtable(L);
+    ms_loop_open(L);
+    ms_http_open(L);
+    ms_store_open(L);
+    ms_presence_open(L);
+    ms_json_open(L);
+    ms_httpclient_open(L);
+    return 1;
+}

@@ -1,0 +1,25 @@
+/* Shared declarations of the moonstream.core C module.
+ * Each subsystem (one .c file) exports one ms_<subsystem>_open(L) that adds its
+ * functions to the module table on the top of the stack and creates its
+ * metatables. Nothing else is shared between files except the loop's C API. */
+#ifndef MOONSTREAM_CORE_H
+#define MOONSTREAM_CORE_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+void ms_loop_open(lua_State *L);
+void ms_http_open(lua_State *L);
+void ms_store_open(lua_State *L);
+void ms_presence_open(lua_State *L);
+void ms_json_open(lua_State *L);
+void ms_httpclient_open(lua_State *L);
+
+/* Calls the function at the top of the stack (below its nargs arguments) with
+ * lua_pcall and a traceback handler. On error the message (with traceback) is
+ * written to stderr through the loop's error reporter and 0 is returned;
+ * results are left on the stack on success (1 returned). Never raises:
+ * safe inside libmicrohttpd, LevelDB and libcurl callbacks. */
+int ms_pcall(lua_State *L, int nargs, int nresults);
+
+#endif

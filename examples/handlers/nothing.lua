@@ -1,0 +1,2 @@
+-- Returns nothing: the result has no "data" key.
+return function() end

@@ -1,0 +1,44 @@
+-- Server-side event listeners written in Lua. A listener that raises is
+-- logged and does not break the emit or the other listeners.
+local log = require "moonstream.log"
+
+local M = {}
+local Events = {}
+local mt = { __index = Events }
+
+-- api: functions every listener context can use (ctx.records, ctx.log...)
+function M.new(api)
+  return setmetatable({ listeners = {}, api_mt = { __index = api or {} } }, mt)
+end
+
+-- Adds fn(data, ctx) for the event `name`; returns a function that removes it.
+function Events:on(name, fn)
+  if type(name) ~= "string" or name == "" then error("event name must be a non-empty string", 2) end
+  if type(fn) ~= "function" then error("listener must be a function", 2) end
+  local list = self.listeners[name]
+  if not list then list = {}; self.listeners[name] = list end
+  list[#list + 1] = fn
+  return function()
+    for i = #list, 1, -1 do
+      if list[i] == fn then table.remove(list, i) end
+    end
+  end
+end
+
+local function traceback(err)
+  return debug.traceback(tostring(err), 2)
+end
+
+-- Delivers an event to its listeners, in the order they were added.
+-- from: { user = { id, data } } of the emitter.
+function Events:emit(name, data, from)
+  local list = self.listeners[name]
+  if not list then return end
+  local ctx = setmetatable({ user = from and from.user, name = name }, self.api_mt)
+  for i = 1, #list do
+    local ok, err = xpcall(list[i], traceback, data, ctx)
+    if not ok then log.error("event listener for '%s' failed: %s", name, err) end
+  end
+end
+
+return M

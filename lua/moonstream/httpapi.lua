@@ -1,0 +1,201 @@
+-- The HTTP surface (spec sections 1, 2, 3 and 6): routing, CORS, transport
+-- errors in the contract's order, the auth endpoint and the batch endpoint.
+-- The C core hands over complete requests (req); this module answers each
+-- exactly once with req:respond(status, body, headers).
+local json = require "moonstream.json"
+local validate = require "moonstream.validate"
+local log = require "moonstream.log"
+
+local M = {}
+local Api = {}
+local mt = { __index = Api }
+
+local decode, encode = json.decode, json.encode
+local lower, find, sub = string.lower, string.find, string.sub
+
+local TEXT = "text/plain; charset=utf-8"
+local JSON = "application/json; charset=utf-8"
+local ALLOW_METHODS = "GET, POST, OPTIONS"
+local ALLOW_HEADERS = "X-Requested-With, X-HTTP-Method-Override, Content-Type, Accept, Authorization"
+
+-- cfg: validated configuration; parts: dispatcher, auth, server (for state)
+function M.new(cfg, parts)
+  local origins = {}
+  for _, o in ipairs(cfg.origins or {}) do origins[o] = true end
+  return setmetatable({
+    cfg = cfg,
+    dispatcher = parts.dispatcher,
+    auth = parts.auth,
+    server = parts.server,
+    allow_all = cfg.allowAllOrigins,
+    origins = origins,
+    api_path = cfg.apiPath,
+    auth_path = cfg.authPath,
+    health_path = cfg.healthCheckPath,
+    auth_enabled = cfg.enableAuthEndpoint,
+    allow_auth_data = cfg.allowAuthData,
+    -- reused header tables: the C side copies them into each response
+    text_all = { ["Content-Type"] = TEXT, ["Access-Control-Allow-Origin"] = "*" },
+    json_all = { ["Content-Type"] = JSON, ["Access-Control-Allow-Origin"] = "*" },
+  }, mt)
+end
+
+-- Headers for a response of content type ctype to a request from origin.
+function Api:_headers(ctype, origin)
+  if self.allow_all then
+    return ctype == JSON and self.json_all or self.text_all
+  end
+  local h = { ["Content-Type"] = ctype }
+  if origin and self.origins[origin] then
+    h["Access-Control-Allow-Origin"] = origin
+    h["Access-Control-Allow-Credentials"] = "true"
+    h["Vary"] = "Origin"
+  end
+  return h
+end
+
+local function text_reply(self, req, status, text, origin, extra)
+  local h = self:_headers(TEXT, origin)
+  if extra then
+    local copy = {}
+    for k, v in pairs(h) do copy[k] = v end
+    for k, v in pairs(extra) do copy[k] = v end
+    h = copy
+  end
+  req:respond(status, text, h)
+end
+
+local function json_reply(self, req, status, value, origin)
+  local body, err = encode(value)
+  if not body then
+    log.error("cannot encode a response: %s", err)
+    return text_reply(self, req, 500, "Internal server error.", origin)
+  end
+  req:respond(status, body, self:_headers(JSON, origin))
+end
+
+local function is_json_content_type(ct)
+  if not ct then return false end
+  local media = lower(ct):match("^%s*([^;%s]+)")
+  return media == "application/json"
+end
+
+-- Entry point: called by the C core once per request.
+function Api:handle(req)
+  local method, path = req:method(), req:path()
+  local origin = req:header("Origin")
+
+  -- CORS origin check first, except for the health check (load balancers).
+  if not self.allow_all and path ~= self.health_path then
+    if not origin then
+      return text_reply(self, req, 403, 'CORS is configured for this. All requests must set a valid "Origin" header.')
+    elseif not self.origins[origin] then
+      return text_reply(self, req, 403, 'Origin "' .. origin .. '" is forbidden.')
+    end
+  end
+
+  if method ~= "GET" and method ~= "POST" and method ~= "OPTIONS" then
+    return text_reply(self, req, 405, "Unsupported method. Supported methods: GET, POST, OPTIONS", origin,
+      { Allow = ALLOW_METHODS })
+  end
+
+  local is_api, is_auth = path == self.api_path, self.auth_enabled and path == self.auth_path
+  local is_health = path == self.health_path
+
+  if method == "GET" and is_api then
+    return text_reply(self, req, 400,
+      "Reading records via HTTP GET is not yet implemented, please use a post request instead.", origin)
+  end
+
+  if method == "OPTIONS" then
+    if not (is_api or is_auth or is_health) then
+      return text_reply(self, req, 404, "Endpoint not found.", origin)
+    end
+    return self:_preflight(req, origin)
+  end
+
+  if method == "GET" then
+    if not is_health then return text_reply(self, req, 404, "Endpoint not found.", origin) end
+    if self.server:accepting() then return text_reply(self, req, 200, "", origin) end
+    return text_reply(self, req, 503, "", origin)
+  end
+
+  -- POST
+  if not (is_api or is_auth) then return text_reply(self, req, 404, "Endpoint not found.", origin) end
+  if not is_json_content_type(req:header("Content-Type")) then
+    return text_reply(self, req, 415,
+      'Invalid "Content-Type" header. Supported media types: "application/json"', origin)
+  end
+  local body = req:body()
+  if body == nil then
+    return text_reply(self, req, 413, "Failed to parse body of request: request entity too large", origin)
+  end
+  local msg, err = decode(body)
+  if err or msg == nil then
+    return text_reply(self, req, 400, "Failed to parse body of request: " .. (err or "empty body"), origin)
+  end
+  if not json.is_object(msg) then
+    return text_reply(self, req, 400,
+      "Failed to parse body of request: the top level must be a JSON object (got " .. M.json_type(msg) .. ")", origin)
+  end
+  if is_auth then return self:_auth(req, msg, origin) end
+  return self:_batch(req, msg, origin)
+end
+
+function M.json_type(v)
+  if v == json.null then return "null" end
+  if json.is_array(v) then return "array" end
+  local t = type(v)
+  if t == "table" then return "object" end
+  return t
+end
+
+function Api:_preflight(req, origin)
+  local requested = req:header("Access-Control-Request-Method")
+  if not requested then
+    return text_reply(self, req, 400, 'Missing header "Access-Control-Request-Method".', origin)
+  end
+  if requested ~= "GET" and requested ~= "POST" and requested ~= "OPTIONS" then
+    return text_reply(self, req, 403,
+      "Method " .. requested .. " is forbidden. Supported methods: GET, POST, OPTIONS", origin)
+  end
+  local h = {}
+  for k, v in pairs(self:_headers(TEXT, origin)) do h[k] = v end
+  h["Content-Type"] = nil
+  h["Access-Control-Allow-Methods"] = ALLOW_METHODS
+  h["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+  req:respond(204, "", h)
+end
+
+local function connection_data(req)
+  return { remoteAddress = req:client_address(), headers = {
+    ["user-agent"] = req:header("User-Agent"), origin = req:header("Origin") } }
+end
+
+function Api:_auth(req, msg, origin)
+  self.auth:login(msg, connection_data(req), function(user)
+    if not user then
+      return text_reply(self, req, 401, "Invalid authentication data.", origin)
+    end
+    json_reply(self, req, 200, {
+      success = true, token = user.token, clientData = user.clientData == nil and json.null or user.clientData,
+    }, origin)
+  end)
+end
+
+function Api:_batch(req, msg, origin)
+  local err = validate.envelope(msg, { allowAuthData = self.allow_auth_data })
+  if err then return text_reply(self, req, 400, err, origin) end
+  self.auth:request(msg.token, msg.authData, connection_data(req), function(user)
+    if not user then
+      return text_reply(self, req, 401, "Unsuccessful authentication attempt.", origin)
+    end
+    local verr = validate.batch(msg.body)
+    if verr then return text_reply(self, req, 400, verr, origin) end
+    self.dispatcher:execute(msg.body, { user = user }, function(response)
+      json_reply(self, req, 200, response, origin)
+    end)
+  end)
+end
+
+return M

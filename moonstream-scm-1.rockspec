@@ -1,0 +1,63 @@
+rockspec_format = "3.0"
+package = "moonstream"
+version = "scm-1"
+source = {
+   url = "git+file:///work/main",
+}
+description = {
+   summary = "A realtime data server speaking the deepstream HTTP API, with a C core",
+   detailed = [[
+moonstream serves the deepstream HTTP API (POST /api batches of events,
+records, RPCs and presence queries; POST /api/auth) from a Lua 5.4 rock whose
+C core does HTTP (libmicrohttpd), storage (LevelDB, group-committed fsyncs),
+JSON and presence. RPC handlers and event listeners are plain Lua files.
+]],
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.4",
+   "luafilesystem",
+}
+test_dependencies = {
+   "busted",
+}
+external_dependencies = {
+   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
+   LEVELDB = { header = "leveldb/c.h", library = "leveldb" },
+   YAJL = { header = "yajl/yajl_parse.h", library = "yajl" },
+   CURL = { header = "curl/curl.h", library = "curl" },
+   UTHASH = { header = "uthash.h" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["moonstream.core"] = {
+         sources = {
+            "csrc/core.c", "csrc/pcall.c", "csrc/loop.c", "csrc/http.c", "csrc/store.c",
+            "csrc/presence.c", "csrc/json.c", "csrc/httpclient.c",
+         },
+         defines = { "_GNU_SOURCE" },
+         libraries = { "microhttpd", "leveldb", "yajl", "curl" },
+         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(CURL_INCDIR)", "$(UTHASH_INCDIR)" },
+         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)" },
+      },
+      ["moonstream"] = "lua/moonstream/init.lua",
+      ["moonstream.auth"] = "lua/moonstream/auth.lua",
+      ["moonstream.cli"] = "lua/moonstream/cli.lua",
+      ["moonstream.config"] = "lua/moonstream/config.lua",
+      ["moonstream.dispatch"] = "lua/moonstream/dispatch.lua",
+      ["moonstream.events"] = "lua/moonstream/events.lua",
+      ["moonstream.httpapi"] = "lua/moonstream/httpapi.lua",
+      ["moonstream.json"] = "lua/moonstream/json.lua",
+      ["moonstream.log"] = "lua/moonstream/log.lua",
+      ["moonstream.paths"] = "lua/moonstream/paths.lua",
+      ["moonstream.records"] = "lua/moonstream/records.lua",
+      ["moonstream.rpc"] = "lua/moonstream/rpc.lua",
+      ["moonstream.scripts"] = "lua/moonstream/scripts.lua",
+      ["moonstream.server"] = "lua/moonstream/server.lua",
+      ["moonstream.validate"] = "lua/moonstream/validate.lua",
+   },
+   install = {
+      bin = { moonstream = "bin/moonstream" },
+   },
+}
