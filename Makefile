@@ -56,14 +56,13 @@ deps:
 
 # All specs, then the C core's specs again under AddressSanitizer + UBSan.
 test: deps all build-asan/moonstream/core.so
-	@sh spec/support/run-specs build/moonstream/core.so
-	@sh spec/support/run-specs build-asan/moonstream/core.so asan
+	@bash spec/support/test-all
 
 test-asan: deps build-asan/moonstream/core.so
-	@sh spec/support/run-specs build-asan/moonstream/core.so asan
+	@bash spec/support/run-specs build-asan/moonstream/core.so asan
 
 test-valgrind: deps all
-	@sh spec/support/run-specs build/moonstream/core.so valgrind
+	@bash spec/support/run-specs build/moonstream/core.so valgrind
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/moonstream \

@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <poll.h>
 #include <microhttpd.h>
 
 #include "core.h"
@@ -419,6 +420,15 @@ static int http_server_close(lua_State *L) {
     }
     ms_loop_remove_prepare(srv->loop, http_prepare, srv);
     ms_loop_unwatch(srv->loop, srv->epfd);
+    /* Let MHD send those answers before it closes the connections: bounded
+     * to about a second for clients that do not read. */
+    for (int i = 0; i < 200 && srv->requests; i++) {
+        MHD_run(srv->daemon);
+        if (srv->requests) {
+            struct pollfd pfd = { .fd = srv->epfd, .events = POLLIN };
+            poll(&pfd, 1, 5);
+        }
+    }
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
     while (srv->requests) request_free(srv->requests);  /* MHD reported them all; defensive */

@@ -38,6 +38,7 @@ function M.new(store, opts)
     waiters = {},  -- functions(ok, err) to call after the next flush
     nwaiters = 0,
     dirty = false,
+    syncs = 0,     -- batches written (for specs and stats)
   }, mt)
   return self
 end
@@ -115,6 +116,7 @@ function Records:flush()
   local ok, err = true, nil
   if self.dirty then
     ok, err = self.store:write(self.batch, self.sync)
+    self.syncs = self.syncs + 1
     self.batch:clear()
     self.pending = {}
     self.dirty = false
