@@ -26,7 +26,7 @@ DEB_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb
                libyajl-dev uthash-dev libcurl4-openssl-dev lua-busted luarocks \
                lua-filesystem curl python3 valgrind
 
-.PHONY: all deps test test-asan test-valgrind check install clean
+.PHONY: all deps run test test-asan test-valgrind install rock clean
 
 all: build/moonstream/core.so
 
@@ -54,7 +54,16 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-# All specs, then the C core's specs again under AddressSanitizer + UBSan.
+# Builds and starts the server on the embedded defaults (127.0.0.1:6020, ./data).
+run: deps all
+	./bin/moonstream start
+
+# Installs with luarocks from this checkout (Debian's lua-cjson is invisible to
+# luarocks, hence --deps-mode=none; the Debian packages above provide the rest).
+rock: deps
+	luarocks --lua-version=$(LUA_VERSION) make --deps-mode=none moonstream-scm-1.rockspec
+
+# All specs, again under AddressSanitizer + UBSan, and the HTTP spec under valgrind.
 test: deps all build-asan/moonstream/core.so
 	@bash spec/support/test-all
 

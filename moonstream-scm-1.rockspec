@@ -25,7 +25,7 @@ external_dependencies = {
    MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
    LEVELDB = { header = "leveldb/c.h", library = "leveldb" },
    YAJL = { header = "yajl/yajl_parse.h", library = "yajl" },
-   CURL = { header = "curl/curl.h", library = "curl" },
+   CURL = { library = "curl" }, -- Debian keeps curl.h in a multiarch include dir
    UTHASH = { header = "uthash.h" },
 }
 build = {
@@ -38,7 +38,7 @@ build = {
          },
          defines = { "_GNU_SOURCE" },
          libraries = { "microhttpd", "leveldb", "yajl", "curl" },
-         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(CURL_INCDIR)", "$(UTHASH_INCDIR)" },
+         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)" },
          libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)" },
       },
       ["moonstream"] = "lua/moonstream/init.lua",
