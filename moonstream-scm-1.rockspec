@@ -27,6 +27,8 @@ external_dependencies = {
    YAJL = { header = "yajl/yajl_parse.h", library = "yajl" },
    CURL = { library = "curl" }, -- Debian keeps curl.h in a multiarch include dir
    UTHASH = { header = "uthash.h" },
+   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+   WSLAY = { header = "wslay/wslay.h", library = "wslay" },
 }
 build = {
    type = "builtin",
@@ -37,9 +39,9 @@ build = {
             "csrc/presence.c", "csrc/json.c", "csrc/httpclient.c",
          },
          defines = { "_GNU_SOURCE" },
-         libraries = { "microhttpd", "leveldb", "yajl", "curl" },
-         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)" },
-         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)" },
+         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay" },
+         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
+         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
       },
       ["moonstream"] = "lua/moonstream/init.lua",
       ["moonstream.auth"] = "lua/moonstream/auth.lua",
