@@ -24,10 +24,10 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 # Debian packages needed to build and test (the README's set-up commands use them).
 DEB_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev \
                libyajl-dev uthash-dev libcurl4-openssl-dev lua-busted luarocks \
-               lua-filesystem lua-yaml libssl-dev libwslay-dev curl python3 valgrind \
+               lua-filesystem lua-yaml lua-socket libssl-dev libwslay-dev curl python3 valgrind \
                wrk clang libclang-rt-14-dev
 
-.PHONY: all deps run test test-asan test-valgrind install rock clean
+.PHONY: all deps run test test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak
 
 all: build/moonstream/core.so
 
@@ -73,6 +73,33 @@ test-asan: deps build-asan/moonstream/core.so
 
 test-valgrind: deps all
 	@bash spec/support/run-specs build/moonstream/core.so valgrind
+
+# Benchmarks (run by hand, never by the tests): moonstream against the
+# deepstream reference and a bare libmicrohttpd server; writes bench/RESULTS.md.
+bench: deps all
+	nice -n 10 bench/run
+
+# Read throughput and start-up time with 1 M records against 1 k (slower: loads 1 M records).
+bench-1m: deps all
+	nice -n 10 bench/run-1m
+
+# Reliability (issue 6; README "Reliability"). Long forms by default; CI runs
+# the short forms from .ci/run. All traffic stays on 127.0.0.1.
+FUZZ_SECONDS ?= 60
+CRASH_CYCLES ?= 100
+SOAK_SECONDS ?= 600
+
+fuzz: deps
+	bash fuzz/run $(FUZZ_SECONDS)
+
+crash: deps all
+	python3 tests/crash.py --cycles $(CRASH_CYCLES)
+
+hostile: deps all
+	python3 tests/hostile.py
+
+soak: deps all
+	python3 tests/soak.py --seconds $(SOAK_SECONDS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/moonstream \

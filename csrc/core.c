@@ -11,5 +11,7 @@ LUALIB_API int luaopen_moonstream_core(lua_State *L) {
     ms_presence_open(L);
     ms_json_open(L);
     ms_httpclient_open(L);
+    ms_ws_open(L);
+    ms_crypto_open(L);
     return 1;
 }

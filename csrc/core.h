@@ -14,6 +14,8 @@ void ms_store_open(lua_State *L);
 void ms_presence_open(lua_State *L);
 void ms_json_open(lua_State *L);
 void ms_httpclient_open(lua_State *L);
+void ms_ws_open(lua_State *L);
+void ms_crypto_open(lua_State *L);
 
 /* Calls the function at the top of the stack (below its nargs arguments) with
  * lua_pcall and a traceback handler. On error the message (with traceback) is

@@ -23,6 +23,7 @@
 
 #include "core.h"
 #include "loop.h"
+#include "ws.h"
 
 #define SERVER_MT "moonstream.HttpServer"
 #define REQUEST_MT "moonstream.Request"
@@ -55,6 +56,8 @@ struct http_request {
     enum request_state state;
     struct MHD_Response *response;  /* answer waiting to be queued */
     unsigned int status;
+    void *ws;                    /* WebSocket waiting for this request's socket (ws.c) */
+    int upgraded;                /* the connection became a WebSocket */
     http_request *prev, *next;   /* list of live requests, for shutdown */
 };
 
@@ -71,6 +74,8 @@ struct http_server {
     uint16_t port;
     int listening;
     int resumed;                 /* a connection was resumed since the last MHD_run */
+    ms_ws_hub *ws_hub;           /* its WebSockets (ws.c), NULL before the first */
+    int closing;                 /* inside close(): on_close callbacks may call it again */
 };
 
 static int http_send_error(http_request *req, unsigned int status, const char *text);
@@ -88,8 +93,9 @@ static void request_unlink(http_request *req) {
 static void request_free(http_request *req) {
     if (req->box) req->box->req = NULL;
     if (req->response) MHD_destroy_response(req->response);
+    if (req->ws) ms_ws_abandon(req->ws);
     request_unlink(req);
-    req->srv->active--;
+    if (!req->upgraded) req->srv->active--;
     free(req->body);
     free(req);
 }
@@ -159,8 +165,9 @@ static int http_send_error(http_request *req, unsigned int status, const char *t
 
 /* ---- the access handler ---- */
 
-static size_t http_content_length(struct MHD_Connection *conn, int *present) {
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+/* The announced body size: 0 when absent, SIZE_MAX when unreadable or too
+ * large for size_t. Pure (no MHD) so fuzz/http_body_fuzz.c can drive it. */
+static size_t http_parse_content_length(const char *cl, int *present) {
     *present = cl != NULL;
     if (cl == NULL) return 0;
     char *end;
@@ -170,11 +177,16 @@ static size_t http_content_length(struct MHD_Connection *conn, int *present) {
     return n > SIZE_MAX ? SIZE_MAX : (size_t)n;
 }
 
+static size_t http_content_length(struct MHD_Connection *conn, int *present) {
+    return http_parse_content_length(
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH), present);
+}
+
 /* Appends upload data, or marks the request too large once the total would
  * pass max_body (the data is then dropped, never buffered). */
 static void http_take_body(http_request *req, const char *data, size_t size) {
     http_server *srv = req->srv;
-    if (req->too_large) return;
+    if (req->too_large || size == 0) return;  /* size 0: body may be NULL, NULL + 0 is UB */
     if (size > srv->max_body - req->len) { req->too_large = 1; return; }
     if (req->len + size > req->cap) {
         size_t cap = req->cap ? req->cap : 1024;
@@ -303,8 +315,10 @@ static int opt_int(lua_State *L, int t, const char *k, lua_Integer dflt) {
 
 /* core.http_server(loop, opts) -> server | nil, err
  * opts: handler (function, required), host ("127.0.0.1"), port (0 = any),
- * max_body (bytes), connection_limit, connection_timeout (s), memory_limit
- * (bytes per connection for headers). Starts listening at once. */
+ * max_body (bytes), connection_limit, connection_timeout (s, idle time
+ * before MHD closes a connection), memory_limit (bytes per connection: the
+ * request line and headers must fit, else 431), per_ip_limit (connections
+ * per client address, 0 = no limit). Starts listening at once. */
 static int http_server_new(lua_State *L) {
     ms_loop *loop = ms_loop_check(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -319,6 +333,9 @@ static int http_server_new(lua_State *L) {
     int conn_limit = opt_int(L, 2, "connection_limit", 1024);
     int conn_timeout = opt_int(L, 2, "connection_timeout", 30);
     int mem_limit = opt_int(L, 2, "memory_limit", 32 * 1024);
+    int per_ip_limit = opt_int(L, 2, "per_ip_limit", 0);
+    luaL_argcheck(L, conn_limit > 0 && conn_timeout >= 0 && mem_limit >= 4096 && per_ip_limit >= 0, 2,
+                  "opts: connection limits out of range");
 
     http_server *srv = lua_newuserdatauv(L, sizeof *srv, 1);
     memset(srv, 0, sizeof *srv);
@@ -340,7 +357,7 @@ static int http_server_new(lua_State *L) {
         lua_pushfstring(L, "cannot resolve host '%s': %s", host, err);
         return 2;
     }
-    unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
+    unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_ALLOW_UPGRADE;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, http_access, srv,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -348,6 +365,7 @@ static int http_server_new(lua_State *L) {
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_limit,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)mem_limit,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)per_ip_limit,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024,
         MHD_OPTION_END);
     if (srv->daemon == NULL) {
@@ -413,11 +431,16 @@ static int http_server_quiesce(lua_State *L) {
  * frees the requests through http_completed). Safe twice. */
 static int http_server_close(lua_State *L) {
     http_server *srv = luaL_checkudata(L, 1, SERVER_MT);
-    if (srv->daemon == NULL) return 0;
+    if (srv->daemon == NULL || srv->closing) return 0;
+    srv->closing = 1;
     for (http_request *req = srv->requests; req; req = req->next) {
         if (req->state == REQ_SUSPENDED || (req->state == REQ_HANDLED && req->response == NULL))
             http_send_error(req, 503, "Server is shutting down.");
     }
+    /* MHD_stop_daemon needs every upgraded socket handed back first */
+    ms_ws_hub *hub = srv->ws_hub;
+    srv->ws_hub = NULL;
+    ms_ws_hub_close(L, hub);
     ms_loop_remove_prepare(srv->loop, http_prepare, srv);
     ms_loop_unwatch(srv->loop, srv->epfd);
     /* Let MHD send those answers before it closes the connections: bounded
@@ -527,6 +550,50 @@ static int request_respond(lua_State *L) {
     return 1;
 }
 
+/* req:upgrade([opts]) -> websocket | nil, err: see csrc/ws.c. A bad
+ * handshake leaves the request unanswered (the caller answers 400). */
+static int request_upgrade(lua_State *L) {
+    http_request *req = check_live_request(L, 1);
+    int opts = lua_isnoneornil(L, 2) ? 0 : 2;
+    if (opts) luaL_checktype(L, 2, LUA_TTABLE);
+    if (req->response != NULL || req->state == REQ_QUEUED || req->ws != NULL)
+        return luaL_error(L, "the request was already answered");
+    if (strcmp(req->method, MHD_HTTP_METHOD_GET) != 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "a WebSocket handshake must be a GET request");
+        return 2;
+    }
+    const char *err = NULL;
+    struct MHD_Response *r = ms_ws_upgrade(L, req->srv->loop, &req->srv->ws_hub, req->conn, req, opts, &err);
+    if (r == NULL) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    req->ws = lua_touserdata(L, -1);
+    request_set_response(req, MHD_HTTP_SWITCHING_PROTOCOLS, r);
+    return 1;
+}
+
+void *ms_http_upgraded(void *req_cls) {
+    http_request *req = req_cls;
+    void *ws = req->ws;
+    req->ws = NULL;
+    if (!req->upgraded) {
+        req->upgraded = 1;
+        req->srv->active--;
+    }
+    return ws;
+}
+
+void ms_http_forget_ws(void *req_cls) {
+    ((http_request *)req_cls)->ws = NULL;
+}
+
+void ms_http_wake(void *req_cls) {
+    ((http_request *)req_cls)->srv->resumed = 1;
+}
+
 static int request_finished(lua_State *L) {
     http_request *req = check_request(L, 1);
     lua_pushboolean(L, req == NULL || req->response != NULL || req->state == REQ_QUEUED);
@@ -569,6 +636,7 @@ static const luaL_Reg request_meth[] = {
     {"too_large", request_too_large},
     {"client_address", request_client_address},
     {"respond", request_respond},
+    {"upgrade", request_upgrade},
     {"finished", request_finished},
     {NULL, NULL}
 };

@@ -10,6 +10,7 @@
  * offset of the offending byte (the text length for a premature end). */
 #include <locale.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,9 +28,11 @@
 #define JSON_UV_RAW_MT lua_upvalueindex(2)
 #define JSON_UV_PARSER_MT lua_upvalueindex(3)
 #define JSON_UV_BUFFER lua_upvalueindex(4)
+#define JSON_UV_POOL lua_upvalueindex(5)
 
 #define JSON_PARSER_MT "moonstream.json.parser"
 #define JSON_BUFFER_MT "moonstream.json.buffer"
+#define JSON_POOL_MT "moonstream.json.pool"
 
 /* Word-at-a-time byte tests (8 bytes per step on the common ASCII path). */
 #define JSON_ONES UINT64_C(0x0101010101010101)
@@ -509,6 +512,65 @@ static int json_push_trailing_error(json_decoder *d, size_t limit) {
     return 1;
 }
 
+/* yajl allocates its handle, lexer, state stack and (in yajl_complete_parse)
+ * a 2 KB token buffer afresh for every parse, since yajl 2 cannot reset a
+ * handle, and frees them at the end: six malloc/free pairs per request, the
+ * 2 KB one large enough to make glibc consolidate its free lists each time.
+ * callgrind put that at about as much as all of Lua's own allocations for a
+ * small request (bench/RESULTS.md). These allocation functions keep the
+ * blocks for the next parse instead. Every block up to JSON_POOL_BLOCK gets
+ * that capacity, so any kept block fits any such request; larger ones (a deep
+ * state stack, a long token) go to malloc. The pool belongs to the module's
+ * upvalue, so separate Lua states never share it. */
+#define JSON_POOL_BLOCK 2048
+#define JSON_POOL_SLOTS 8
+
+typedef union {
+    size_t cap;
+    max_align_t align;
+} json_block;
+
+typedef struct {
+    json_block *free[JSON_POOL_SLOTS];
+    int n;
+} json_pool;
+
+static void *json_pool_malloc(void *ud, size_t size) {
+    json_pool *pool = ud;
+    if (size <= JSON_POOL_BLOCK && pool->n > 0) return pool->free[--pool->n] + 1;
+    size_t cap = size <= JSON_POOL_BLOCK ? JSON_POOL_BLOCK : size;
+    if (cap > SIZE_MAX - sizeof(json_block)) return NULL;
+    json_block *b = malloc(sizeof *b + cap);
+    if (b == NULL) return NULL;
+    b->cap = cap;
+    return b + 1;
+}
+
+static void json_pool_free(void *ud, void *ptr) {
+    json_pool *pool = ud;
+    if (ptr == NULL) return;
+    json_block *b = (json_block *)ptr - 1;
+    if (b->cap == JSON_POOL_BLOCK && pool->n < JSON_POOL_SLOTS) pool->free[pool->n++] = b;
+    else free(b);
+}
+
+static void *json_pool_realloc(void *ud, void *ptr, size_t size) {
+    if (ptr == NULL) return json_pool_malloc(ud, size);
+    json_block *b = (json_block *)ptr - 1;
+    if (size <= b->cap) return ptr;
+    void *grown = json_pool_malloc(ud, size);
+    if (grown == NULL) return NULL;
+    memcpy(grown, ptr, b->cap);
+    json_pool_free(ud, ptr);
+    return grown;
+}
+
+static int json_pool_gc(lua_State *L) {
+    json_pool *pool = luaL_checkudata(L, 1, JSON_POOL_MT);
+    while (pool->n > 0) free(pool->free[--pool->n]);
+    return 0;
+}
+
 static int json_parser_close(lua_State *L) {
     json_parser *p = luaL_checkudata(L, 1, JSON_PARSER_MT);
     if (p->handle) {
@@ -547,7 +609,9 @@ static int json_decode(lua_State *L) {
     d.text = text;
     d.len = len;
     d.max_depth = max_depth;
-    p->handle = yajl_alloc(&json_callbacks, NULL, &d);
+    json_pool *pool = lua_touserdata(L, JSON_UV_POOL);
+    yajl_alloc_funcs funcs = { json_pool_malloc, json_pool_realloc, json_pool_free, pool };
+    p->handle = yajl_alloc(&json_callbacks, &funcs, &d);
     if (p->handle == NULL) {
         lua_pushnil(L);
         lua_pushliteral(L, "not enough memory");
@@ -992,5 +1056,12 @@ void ms_json_open(lua_State *L) {
     luaL_setfuncs(L, json_buffer_metameth, 0);
     lua_setmetatable(L, -2);
 
-    luaL_setfuncs(L, json_funcs, 4);
+    json_pool *pool = lua_newuserdatauv(L, sizeof *pool, 0);  /* upvalue 5 */
+    pool->n = 0;
+    luaL_newmetatable(L, JSON_POOL_MT);
+    lua_pushcfunction(L, json_pool_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+
+    luaL_setfuncs(L, json_funcs, 5);
 }

@@ -41,9 +41,15 @@ describe("moonstream.config", function()
         host = "127.0.0.1", port = 6020, apiPath = "/api", authPath = "/api/auth",
         healthCheckPath = "/health-check", enableAuthEndpoint = true, allowAuthData = true,
         maxMessageSize = 1048576, requestTimeout = 20000, allowAllOrigins = true,
-        rpc = { responseTimeout = 10000 }, storage = { path = "./data", sync = true, cacheSize = 8388608 },
+        rpc = { responseTimeout = 10000, ackTimeout = 1000 }, storage = { path = "./data", sync = true, cacheSize = 8388608 },
+        realtime = {
+          urlPath = "/deepstream", jsonUrlPath = "/deepstream-json", heartbeatInterval = 30000,
+          unauthenticatedClientTimeout = 180000, maxAuthAttempts = 3, maxBufferedBytes = 4194304,
+          listenResponseTimeout = 500,
+        },
         storageExclusionPrefixes = {}, tokenTTL = 86400000, auth = { { type = "open" } },
         events = {}, logLevel = "info", connectionLimit = 1024, connectionTimeout = 30,
+        connectionLimitPerIp = 0, connectionMemoryLimit = 32768,
       }, d)
       assert.is_nil(d.origins)
       assert.is_nil(d.permissions)

@@ -1,65 +1,194 @@
--- Authentication: the configured strategies, tried in order; the first that
--- recognises the auth data decides. This release has the open strategy
--- (everyone is accepted); file, webhook and Lua strategies plug in here.
+-- Authentication: the configured strategies (auth/open.lua, auth/file.lua,
+-- auth/webhook.lua, auth/lua.lua), tried in order; the first that recognises
+-- the auth data decides. Logins get a token (tokens.lua); failed attempts are
+-- counted per client address and refused for a while once too many.
+--
+-- A strategy module has new(options, env) -> strategy | nil, err and
+-- strategy:authenticate(auth_data, connection_data, done) calling, once,
+-- done(user) to accept (user = { id, clientData, data = serverData [, token] }),
+-- done(false, reason) to refuse, or done(nil) to leave it to the next one.
+--
+-- Callbacks here get (user) or (nil, reason [, retry_after_seconds]) with
+-- reason "invalid" (refused, unknown or expired token), "missing" (no
+-- credentials where they are needed), "limited" (too many failures from the
+-- address) or "error" (the token could not be stored). Reasons never carry
+-- the credentials; nothing here logs auth data.
+local core = require "moonstream.core"
+local config = require "moonstream.config"
+
+local type, ipairs, pairs, format = type, ipairs, pairs, string.format
+
 local M = {}
 local Auth = {}
 local mt = { __index = Auth }
 
-local urandom
+local STRATEGIES = { open = true, file = true, webhook = true, lua = true }
+local PRUNE_ABOVE = 10000 -- addresses tracked before expired ones are dropped
 
--- 128 random bits from the OS, hex encoded.
-local function new_token()
-  urandom = urandom or assert(io.open("/dev/urandom", "rb"))
-  local bytes = urandom:read(16)
-  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
-M.new_token = new_token
-
-local strategies = {}
-
--- open: the user id is `username` when given, else "open".
-function strategies.open(_, auth_data)
-  local id = type(auth_data) == "table" and auth_data.username
-  if type(id) ~= "string" or id == "" then id = "open" end
-  return { id = id }
-end
-
--- list: the config's `auth` list of strategy tables ({ type = "open" }, ...)
-function M.new(list)
-  local chain = {}
-  for i, s in ipairs(list or { { type = "open" } }) do
-    local fn = strategies[s.type]
-    if not fn then return nil, "config key 'auth[" .. i .. "].type': strategy '" .. tostring(s.type) .. "' is not available" end
-    chain[#chain + 1] = { fn = fn, options = s }
+-- What strategies get besides their options: where to report errors, the
+-- loop, the rpc runner (for waiting Lua functions), the config's folder.
+local function strategy_env(i, opts, nested)
+  local prefix = format("config key 'auth[%d].%s", i, nested and "options." or "")
+  local env = { loop = opts.loop, rpc = opts.rpc }
+  function env.key(name) return prefix .. name .. "'" end
+  function env.resolve(path) return config.resolve_path(opts.config_dir, path) end
+  function env.check_keys(options, known)
+    local allowed = {}
+    for _, k in ipairs(known) do allowed[k] = true end
+    for k in pairs(options) do
+      if not allowed[k] then
+        local list = #known > 0 and table.concat(known, ", ") or "none"
+        return nil, format("%s' is not an option of the '%s' strategy (options: %s)", prefix .. tostring(k),
+          opts.type_of[i], list)
+      end
+    end
+    return true
   end
-  return setmetatable({ chain = chain, open = #chain > 0 and list[1].type == "open" }, mt)
+  return env
 end
 
--- Authenticates a POST /api/auth body. callback(user | nil), user = { id,
--- data = serverData, clientData, token }. May call back at once.
+-- list: the config's `auth` ({ { type = "file", options = {...} }, ...});
+-- opts: loop, rpc, config_dir, max_attempts, attempts_window (ms), now (ms clock).
+function M.new(list, opts)
+  opts = opts or {}
+  list = list or { { type = "open" } }
+  local chain, has_open, type_of = {}, false, {}
+  for i, s in ipairs(list) do type_of[i] = s.type end
+  local env_opts = { loop = opts.loop, rpc = opts.rpc, config_dir = opts.config_dir, type_of = type_of }
+  for i, s in ipairs(list) do
+    if not STRATEGIES[s.type] then
+      return nil, format("config key 'auth[%d].type': strategy '%s' is not available", i, tostring(s.type))
+    end
+    -- deepstream's shape { type, options = {...} }, or the options beside type
+    local options = s.options
+    if options == nil then
+      options = {}
+      for k, v in pairs(s) do if k ~= "type" then options[k] = v end end
+    else
+      for k in pairs(s) do
+        if k ~= "type" and k ~= "options" then
+          return nil, format("config key 'auth[%d].%s': put strategy options inside 'options'", i, tostring(k))
+        end
+      end
+    end
+    if type(options) ~= "table" then return nil, format("config key 'auth[%d].options' must be a table", i) end
+    local strategy, err = require("moonstream.auth." .. s.type).new(options, strategy_env(i, env_opts, s.options ~= nil))
+    if not strategy then return nil, err end
+    chain[#chain + 1] = strategy
+    if s.type == "open" then has_open = true end
+  end
+  return setmetatable({
+    chain = chain,
+    open = has_open,
+    tokens = nil, -- set by the server once the store is open
+    max_attempts = opts.max_attempts or 10,
+    window = opts.attempts_window or 60000,
+    now = opts.now or core.now,
+    failures = {}, -- address -> { count, reset_at }
+    tracked = 0,
+  }, mt)
+end
+
+function Auth:set_tokens(tokens)
+  self.tokens = tokens
+end
+
+-- Seconds until address may try again, or nil when it may now.
+function Auth:_limited(address)
+  local f = address and self.failures[address]
+  if not f then return nil end
+  local now = self.now()
+  if now >= f.reset_at then return nil end
+  if f.count < self.max_attempts then return nil end
+  return math.max(1, math.ceil((f.reset_at - now) / 1000))
+end
+
+function Auth:_failed(address)
+  if not address then return end
+  local now = self.now()
+  local f = self.failures[address]
+  if not f or now >= f.reset_at then
+    if not f then
+      self.tracked = self.tracked + 1
+      if self.tracked > PRUNE_ABOVE then self:_prune(now) end
+    end
+    f = { count = 0, reset_at = now + self.window }
+    self.failures[address] = f
+  end
+  f.count = f.count + 1
+end
+
+function Auth:_prune(now)
+  local n = 0
+  for address, f in pairs(self.failures) do
+    if now >= f.reset_at then self.failures[address] = nil else n = n + 1 end
+  end
+  self.tracked = n
+end
+
+-- Runs the chain from strategy i: done(user) or done(nil).
+local function run_chain(chain, i, auth_data, connection, done)
+  local s = chain[i]
+  if not s then return done(nil) end
+  s:authenticate(auth_data, connection, function(user)
+    if user == nil then return run_chain(chain, i + 1, auth_data, connection, done) end
+    if user == false then return done(nil) end
+    user.isAuthenticated = true
+    done(user)
+  end)
+end
+
+-- Checks auth_data with the strategies, without issuing a token (realtime
+-- logins). callback(user) | callback(nil, reason [, retry_after]).
+function Auth:authenticate(auth_data, connection, callback)
+  local address = connection and connection.remoteAddress
+  local wait = self:_limited(address)
+  if wait then return callback(nil, "limited", wait) end
+  run_chain(self.chain, 1, auth_data, connection, function(user)
+    if not user then
+      self:_failed(address)
+      return callback(nil, "invalid")
+    end
+    callback(user)
+  end)
+end
+
+-- A POST /api/auth body: as authenticate, and the user gets user.token (the
+-- strategy's own, or a new one), stored for tokenTTL.
 function Auth:login(auth_data, connection, callback)
-  for _, s in ipairs(self.chain) do
-    local user = s.fn(s.options, auth_data, connection)
-    if user then
-      user.token = user.token or new_token()
-      return callback(user)
+  self:authenticate(auth_data, connection, function(user, reason, wait)
+    if not user then return callback(nil, reason, wait) end
+    if self.tokens then
+      local token = self.tokens:issue(user, user.token)
+      if not token then return callback(nil, "error") end
+      user.token = token
     end
-  end
-  callback(nil)
+    callback(user)
+  end)
 end
 
--- Authenticates a POST /api request from its token or authData.
--- callback(user | nil).
+-- A POST /api request: authData wins over token; with an open strategy in
+-- the chain no credentials are needed (and an unknown token is no error).
 function Auth:request(token, auth_data, connection, callback)
-  if auth_data ~= nil then
-    for _, s in ipairs(self.chain) do
-      local user = s.fn(s.options, auth_data, connection)
-      if user then return callback(user) end
-    end
-    return callback(nil)
+  if auth_data ~= nil then return self:authenticate(auth_data, connection, callback) end
+  if token ~= nil then
+    local address = connection and connection.remoteAddress
+    local wait = self:_limited(address)
+    if wait then return callback(nil, "limited", wait) end
+    local user = self.tokens and self.tokens:lookup(token)
+    if user then return callback(user) end
+    if self.open then return callback({ id = "open", isAuthenticated = true }) end
+    self:_failed(address)
+    return callback(nil, "invalid")
   end
-  if self.open then return callback({ id = "open" }) end
-  callback(nil)
+  if self.open then return callback({ id = "open", isAuthenticated = true }) end
+  callback(nil, "missing")
+end
+
+function Auth:close()
+  for _, s in ipairs(self.chain) do
+    if s.close then s:close() end
+  end
 end
 
 return M

@@ -54,16 +54,24 @@ function M.defaults()
     requestTimeout = 20000,
     allowAllOrigins = true,
     origins = nil,
-    rpc = { responseTimeout = 10000, handlers = nil },
+    rpc = { responseTimeout = 10000, ackTimeout = 1000, handlers = nil },
     storage = { path = "./data", sync = true, cacheSize = 8388608 },
     storageExclusionPrefixes = {},
     tokenTTL = 86400000,
     auth = { { type = "open" } },
     permissions = nil,
     events = { listeners = nil },
+    -- WebSocket endpoints (deepstream's ws-binary / ws-json endpoint options)
+    realtime = {
+      urlPath = "/deepstream", jsonUrlPath = "/deepstream-json",
+      heartbeatInterval = 30000, unauthenticatedClientTimeout = 180000, maxAuthAttempts = 3,
+      maxBufferedBytes = 4194304, listenResponseTimeout = 500,
+    },
     logLevel = "info",
     connectionLimit = 1024,
     connectionTimeout = 30,
+    connectionLimitPerIp = 0,
+    connectionMemoryLimit = 32768,
   }
 end
 
@@ -341,6 +349,18 @@ local check_positive = integer_in(1, nil, "a positive integer")
 local check_non_negative = integer_in(0, nil, "a non-negative integer")
 local check_message_size = integer_in(1, MAX_MESSAGE_SIZE, "an integer from 1 to " .. MAX_MESSAGE_SIZE)
 
+-- A timeout that `false` switches off (deepstream's unauthenticatedClientTimeout).
+local function check_positive_or_false(v)
+  if v == false then
+    return false
+  end
+  local n = math_type(v) and tointeger(v)
+  if n and n >= 1 then
+    return n
+  end
+  return nil, format("must be a positive integer or false (got %s)", describe(v))
+end
+
 local function check_boolean(v)
   if type(v) == "boolean" then
     return v
@@ -454,6 +474,19 @@ end
 local check_handlers = script_map("RPC names")
 local check_listeners = script_map("event names")
 
+-- staticFiles: a folder served by GET (static.lua); it must exist now.
+local function check_static_folder(v, ctx)
+  if type(v) ~= "string" or v == "" then
+    return nil, format("must be a folder path (got %s)", describe_value(v))
+  end
+  local dir = resolve_path(ctx.dir, v)
+  local ok, why = check_folder(dir)
+  if not ok then
+    return nil, ": " .. why
+  end
+  return dir
+end
+
 -- Strategy options belong to the auth module; only the list shape and each
 -- strategy's type are checked here.
 local function check_auth(v)
@@ -518,6 +551,7 @@ local SCHEMA = {
   { key = "origins", check = check_string_list },
   { key = "rpc", fields = {
     { key = "responseTimeout", check = check_positive },
+    { key = "ackTimeout", check = check_positive },
     { key = "handlers", check = check_handlers },
   } },
   { key = "storage", fields = {
@@ -528,13 +562,29 @@ local SCHEMA = {
   { key = "storageExclusionPrefixes", check = check_string_list },
   { key = "tokenTTL", check = check_positive },
   { key = "auth", check = check_auth },
+  -- failed logins per client address within authAttemptsWindow ms, then 429
+  -- (defaults in auth.lua: 10 per 60000)
+  { key = "maxAuthAttempts", check = check_positive },
+  { key = "authAttemptsWindow", check = check_positive },
   { key = "permissions", check = check_permissions },
   { key = "events", fields = {
     { key = "listeners", check = check_listeners },
   } },
+  { key = "staticFiles", check = check_static_folder },
+  { key = "realtime", fields = {
+    { key = "urlPath", check = check_url_path },
+    { key = "jsonUrlPath", check = check_url_path },
+    { key = "heartbeatInterval", check = check_positive },
+    { key = "unauthenticatedClientTimeout", check = check_positive_or_false },
+    { key = "maxAuthAttempts", check = check_positive },
+    { key = "maxBufferedBytes", check = check_positive },
+    { key = "listenResponseTimeout", check = check_positive },
+  } },
   { key = "logLevel", check = check_log_level },
   { key = "connectionLimit", check = check_positive },
   { key = "connectionTimeout", check = check_non_negative },
+  { key = "connectionLimitPerIp", check = integer_in(0, 1000000, "an integer from 0 to 1000000") },
+  { key = "connectionMemoryLimit", check = integer_in(4096, 16777216, "an integer from 4096 to 16777216") },
 }
 
 -- Lookups by key, and the names an unknown key is compared with: a section's
@@ -820,6 +870,12 @@ local function located(e, source, text)
   return format("%s: %s", source, e.msg)
 end
 
+-- "source:LINE: msg" with the line where the key path `where` is written in
+-- the Lua file source (permissions files report their mistakes this way).
+function M.locate(source, where, msg)
+  return located({ msg = msg, where = where }, source)
+end
+
 -- Validation
 
 local function validate(user, source, text)
@@ -874,6 +930,9 @@ local function sandbox()
     os = { getenv = os.getenv },
   }
 end
+
+-- The same restricted environment for other data-like Lua files (permissions).
+M.sandbox = sandbox
 
 -- Lua shortens a long chunk name to "...<end of path>" in messages (LUA_IDSIZE);
 -- the user gets the whole path back.

@@ -5,6 +5,7 @@
 local json = require "moonstream.json"
 local validate = require "moonstream.validate"
 local log = require "moonstream.log"
+local static = require "moonstream.static"
 
 local M = {}
 local Api = {}
@@ -27,6 +28,11 @@ function M.new(cfg, parts)
     dispatcher = parts.dispatcher,
     auth = parts.auth,
     server = parts.server,
+    realtime = parts.realtime,
+    -- WebSocket endpoints: exact path -> transport
+    ws_paths = parts.realtime and cfg.realtime and {
+      [cfg.realtime.urlPath] = "binary", [cfg.realtime.jsonUrlPath] = "json",
+    } or {},
     allow_all = cfg.allowAllOrigins,
     origins = origins,
     api_path = cfg.apiPath,
@@ -85,6 +91,14 @@ function Api:handle(req)
   local method, path = req:method(), req:path()
   local origin = req:header("Origin")
 
+  -- realtime clients (realtime/init.lua); a plain GET there is not found
+  local transport = self.ws_paths[path]
+  if transport and method == "GET" and req:header("Upgrade") then
+    local c, err = self.realtime:upgrade(req, transport)
+    if not c then return text_reply(self, req, 400, err, origin) end
+    return
+  end
+
   -- CORS origin check first, except for the health check (load balancers).
   if not self.allow_all and path ~= self.health_path then
     if not origin then
@@ -115,7 +129,12 @@ function Api:handle(req)
   end
 
   if method == "GET" then
-    if not is_health then return text_reply(self, req, 404, "Endpoint not found.", origin) end
+    if not is_health then
+      local status, body, ctype
+      if self.cfg.staticFiles then status, body, ctype = static.get(self.cfg.staticFiles, path) end
+      if not status then return text_reply(self, req, 404, "Endpoint not found.", origin) end
+      return req:respond(status, body, { ["Content-Type"] = ctype })
+    end
     if self.server:accepting() then return text_reply(self, req, 200, "", origin) end
     return text_reply(self, req, 503, "", origin)
   end
@@ -172,10 +191,23 @@ local function connection_data(req)
     ["user-agent"] = req:header("User-Agent"), origin = req:header("Origin") } }
 end
 
+-- Answers an authentication failure: 429 once the client address has failed
+-- too often (auth.lua counts), 500 when a token could not be stored, else
+-- 401 with the endpoint's text. Returns nothing.
+local function auth_failure(self, req, origin, reason, retry_after, text)
+  if reason == "limited" then
+    return text_reply(self, req, 429, "Too many failed authentication attempts from this address. Try again in "
+      .. retry_after .. " seconds.", origin, { ["Retry-After"] = tostring(retry_after) })
+  elseif reason == "error" then
+    return text_reply(self, req, 500, "Internal server error.", origin)
+  end
+  text_reply(self, req, 401, text, origin)
+end
+
 function Api:_auth(req, msg, origin)
-  self.auth:login(msg, connection_data(req), function(user)
+  self.auth:login(msg, connection_data(req), function(user, reason, retry_after)
     if not user then
-      return text_reply(self, req, 401, "Invalid authentication data.", origin)
+      return auth_failure(self, req, origin, reason, retry_after, "Invalid authentication data.")
     end
     json_reply(self, req, 200, {
       success = true, token = user.token, clientData = user.clientData == nil and json.null or user.clientData,
@@ -186,9 +218,9 @@ end
 function Api:_batch(req, msg, origin)
   local err = validate.envelope(msg, { allowAuthData = self.allow_auth_data })
   if err then return text_reply(self, req, 400, err, origin) end
-  self.auth:request(msg.token, msg.authData, connection_data(req), function(user)
+  self.auth:request(msg.token, msg.authData, connection_data(req), function(user, reason, retry_after)
     if not user then
-      return text_reply(self, req, 401, "Unsuccessful authentication attempt.", origin)
+      return auth_failure(self, req, origin, reason, retry_after, "Unsuccessful authentication attempt.")
     end
     local verr = validate.batch(msg.body)
     if verr then return text_reply(self, req, 400, verr, origin) end

@@ -11,6 +11,7 @@
 -- state) can never be reached by a record name.
 local json = require "moonstream.json"
 local paths = require "moonstream.paths"
+local log = require "moonstream.log"
 
 local encode, decode, raw = json.encode, json.decode, json.raw
 local tonumber, type, find, sub, byte = tonumber, type, string.find, string.sub, string.byte
@@ -76,24 +77,29 @@ function Records:get(name)
 end
 
 -- Queues a write of version/json_text (no checks: callers decided).
+-- Every change, whoever makes it (HTTP, a Lua handler, a realtime client),
+-- goes through put or remove, which tell records.on_change(name, version,
+-- text) (version nil: deleted) so realtime subscribers hear about it.
 function Records:put(name, version, text)
   if #self.exclusions > 0 and excluded(self, name) then
     self.memory[name] = { version, text }
-    return
+  else
+    self.pending[name] = { version, text }
+    self.batch:put(KEY_PREFIX .. name, version .. " " .. text)
+    self.dirty = true
   end
-  self.pending[name] = { version, text }
-  self.batch:put(KEY_PREFIX .. name, version .. " " .. text)
-  self.dirty = true
+  if self.on_change then self.on_change(name, version, text) end
 end
 
 function Records:remove(name)
   if #self.exclusions > 0 and excluded(self, name) then
     self.memory[name] = nil
-    return
+  else
+    self.pending[name] = DELETED
+    self.batch:delete(KEY_PREFIX .. name)
+    self.dirty = true
   end
-  self.pending[name] = DELETED
-  self.batch:delete(KEY_PREFIX .. name)
-  self.dirty = true
+  if self.on_change then self.on_change(name, nil) end
 end
 
 -- True when writes are waiting for the next flush.
@@ -108,6 +114,14 @@ function Records:after_flush(fn)
   self.nwaiters = n
 end
 
+-- A storage error as clients may see it: LevelDB names the file that failed
+-- ("IO error: /srv/data/000003.log: No space left on device"); the path
+-- stays in the server log, the client gets "IO error: No space left on device".
+function M.public_error(err)
+  return (tostring(err):gsub("/[^%s:]*: ", ""))
+end
+local public_error = M.public_error
+
 -- Writes the pending batch with one sync and wakes the waiters. Called by
 -- the loop around every wait; cheap when nothing is pending. Returns true
 -- when it did something (then the loop takes another turn before sleeping).
@@ -116,6 +130,10 @@ function Records:flush()
   local ok, err = true, nil
   if self.dirty then
     ok, err = self.store:write(self.batch, self.sync)
+    if not ok then
+      log.error("storage write failed: %s", err)
+      err = public_error(err)
+    end
     self.syncs = self.syncs + 1
     self.batch:clear()
     self.pending = {}
@@ -150,7 +168,7 @@ end
 M.failure = failure
 
 local function storage_failure(topic, name, err)
-  return failure(topic, "RECORD_LOAD_ERROR", "Record read failed. Record \"" .. name .. "\" could not be loaded: " .. (err or "storage error") .. ".")
+  return failure(topic, "RECORD_LOAD_ERROR", "Record read failed. Record \"" .. name .. "\" could not be loaded: " .. public_error(err or "storage error") .. ".")
 end
 
 function Records:cmd_read(name, topic)
@@ -179,13 +197,33 @@ local function is_container(v)
   return type(v) == "table" and (getmetatable(v) == nil or getmetatable(v) == json.array_mt)
 end
 
+-- Removes the value at tokens under root (a realtime ERASE, or a PATCH
+-- without data): an object key disappears, an array element becomes null as
+-- JavaScript's delete leaves it. A path that leads nowhere changes nothing.
+local function erase(root, tokens)
+  if type(root) ~= "table" or root == json.null then return {} end
+  local n = #tokens
+  local parent = root
+  if n > 1 then parent = paths.get(root, table.move(tokens, 1, n - 1, 1, {})) end
+  if type(parent) ~= "table" or parent == json.null then return root end
+  local tok = tokens[n]
+  if getmetatable(parent) == json.array_mt then
+    local i = math.tointeger(tonumber(tok))
+    if i and parent[i + 1] ~= nil then parent[i + 1] = json.null end
+  else
+    parent[math_type(tok) == "integer" and tostring(tok) or tok] = nil
+  end
+  return root
+end
+
 -- write: data, optional path (the command's string), optional version
--- (integer >= -1; nil or -1 = forced write).
+-- (integer >= -1; nil or -1 = forced write). data nil with a path erases
+-- that path (realtime clients only: HTTP commands always carry data).
 -- Returns the result table; the write itself becomes durable at the next flush.
 function Records:cmd_write(name, data, path, version, topic)
   local current, text, err = self:get(name)
   if err then
-    return failure(topic, "RECORD_UPDATE_ERROR", "Record update failed. Record \"" .. name .. "\" could not be loaded: " .. err .. ".")
+    return failure(topic, "RECORD_UPDATE_ERROR", "Record update failed. Record \"" .. name .. "\" could not be loaded: " .. public_error(err) .. ".")
   end
   local cur = current or 0
   if version ~= nil and version ~= -1 then
@@ -215,7 +253,11 @@ function Records:cmd_write(name, data, path, version, topic)
       end
     end
     local serr
-    root, serr = paths.set(root, tokens, data)
+    if data == nil then
+      root = erase(root, tokens)
+    else
+      root, serr = paths.set(root, tokens, data)
+    end
     if root == nil then return failure(topic, "INVALID_MESSAGE_DATA", serr) end
     local eerr
     new_text, eerr = encode(root)

@@ -19,6 +19,7 @@ local mt = { __index = Rpc }
 local create, resume, status, running, yield =
   coroutine.create, coroutine.resume, coroutine.status, coroutine.running, coroutine.yield
 local encode, raw = json.encode, json.raw
+local pack, unpack = table.pack, table.unpack
 
 local calls = setmetatable({}, { __mode = "k" }) -- coroutine -> call in progress
 
@@ -74,6 +75,10 @@ function Rpc:register(name, fn)
   self.handlers[name] = fn
 end
 
+function Rpc:unregister(name)
+  self.handlers[name] = nil
+end
+
 function Rpc:has(name)
   return self.handlers[name] ~= nil
 end
@@ -115,9 +120,9 @@ end
 -- Resumes a waiting handler with the values its await produced.
 function Rpc:_continue(call, ...)
   if call.finished then return end
-  local ok, value, err = resume(call.co, ...)
-  if status(call.co) == "dead" or not ok then
-    finish(call, outcome(call, ok, value, err))
+  local r = pack(resume(call.co, ...))
+  if status(call.co) == "dead" or not r[1] then
+    finish(call, call.outcome(call, unpack(r, 1, r.n)))
   end
 end
 
@@ -127,24 +132,41 @@ end
 function Rpc:make(name, data, ctx_fields, done)
   local fn = self.handlers[name]
   if not fn then
+    -- realtime clients that provide the name (realtime/rpc.lua); false: none does
+    if self.fallback then
+      local result = self.fallback(name, data, ctx_fields, done)
+      if result ~= false then return result end
+    end
     return failure("NO_RPC_PROVIDER", "No provider was available to handle the RPC \"" .. name .. "\".")
   end
+  return self:run(name, fn, data, ctx_fields, outcome, function()
+    log.warn("rpc '%s' exceeded rpc.responseTimeout (%d ms)", name, self.response_timeout)
+    return failure("RESPONSE_TIMEOUT", "The RPC response timeout was exceeded by the provider.")
+  end, done)
+end
+
+-- Runs fn(arg, ctx) the way a handler runs (a coroutine with ctx.await and
+-- ctx.sleep, ended after rpc.responseTimeout), for handlers and for other user
+-- functions that may wait (the lua auth strategy). convert(call, ok, ...)
+-- turns the coroutine's outcome into the result; on_timeout() gives the
+-- result when it takes too long. Returns the result at once, or nil and calls
+-- done(result) later (exactly once).
+function Rpc:run(name, fn, arg, ctx_fields, convert, on_timeout, done)
   local ctx = setmetatable(ctx_fields or {}, self.api_mt)
   ctx.name = name
   local co = create(fn)
-  local call = { name = name, co = co }
+  local call = { name = name, co = co, outcome = convert }
   calls[co] = call
-  local ok, value, err = resume(co, data, ctx)
-  if status(co) == "dead" or not ok then
+  local r = pack(resume(co, arg, ctx))
+  if status(co) == "dead" or not r[1] then
     calls[co] = nil
     call.finished = true
-    return outcome(call, ok, value, err)
+    return convert(call, unpack(r, 1, r.n))
   end
   call.done = done
   call.timer = self.loop:timer(self.response_timeout, function()
     call.timer = nil
-    log.warn("rpc '%s' exceeded rpc.responseTimeout (%d ms)", name, self.response_timeout)
-    finish(call, failure("RESPONSE_TIMEOUT", "The RPC response timeout was exceeded by the provider."))
+    finish(call, on_timeout())
   end)
   return nil
 end

@@ -16,7 +16,11 @@ local events_mod = require "moonstream.events"
 local rpc_mod = require "moonstream.rpc"
 local dispatch = require "moonstream.dispatch"
 local auth_mod = require "moonstream.auth"
+local tokens_mod = require "moonstream.tokens"
+local permissions_mod = require "moonstream.permissions"
+local control = require "moonstream.control"
 local httpapi = require "moonstream.httpapi"
+local realtime_mod = require "moonstream.realtime"
 local scripts = require "moonstream.scripts"
 local json = require "moonstream.json"
 
@@ -77,13 +81,19 @@ function M.new(cfg, validated)
   local api = handler_api(self)
   self.listeners = events_mod.new(api)
   self.handlers = rpc_mod.new(self.loop, { response_timeout = cfg.rpc.responseTimeout, api = api })
-  self.auth, err = auth_mod.new(cfg.auth)
+  self.auth, err = auth_mod.new(cfg.auth, {
+    loop = self.loop, rpc = self.handlers, config_dir = cfg.configDir,
+    max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
+  })
   if not self.auth then return nil, err end
+  self.permissions, err = permissions_mod.new(cfg.permissions)
+  if not self.permissions then return nil, "config key 'permissions': " .. err end
 
   local handlers
   handlers, err = scripts.load_spec(cfg.rpc.handlers, "rpc handler")
   if not handlers then return nil, "config key 'rpc.handlers': " .. err end
   for name, fn in pairs(handlers) do self.handlers:register(name, fn) end
+  self.file_handlers = handlers -- replaced by reload()
   local listeners
   listeners, err = scripts.load_spec(cfg.events.listeners, "event listener")
   if not listeners then return nil, "config key 'events.listeners': " .. err end
@@ -94,6 +104,43 @@ end
 function Server:rpc(name, fn)
   self.handlers:register(name, fn)
   return self
+end
+
+-- Revokes a token (a string) or every token of a user ({ user = id }).
+-- Returns the number revoked; the server must be listening (tokens live in the store).
+function Server:revoke_token(what)
+  assert(self.tokens, "revoke_token needs a listening server")
+  if type(what) == "table" then return self.tokens:revoke_user(what.user) end
+  return self.tokens:revoke(what) and 1 or 0
+end
+
+-- Reloads the permissions file and the RPC handler files (SIGHUP, `moonstream
+-- reload`); a broken file keeps what was loaded before, and the reason is
+-- logged. Then answers the command line's queued requests (token revocation).
+-- Returns true | nil, err.
+function Server:reload()
+  local ok, err = self.permissions:reload()
+  local handlers, herr = scripts.load_spec(self.config.rpc.handlers, "rpc handler")
+  if handlers then
+    for name in pairs(self.file_handlers) do self.handlers:unregister(name) end
+    for name, fn in pairs(handlers) do self.handlers:register(name, fn) end
+    self.file_handlers = handlers
+  else
+    log.error("rpc handlers not reloaded, the old ones stay: %s", herr)
+    ok, err = nil, err or herr
+  end
+  if self.tokens then
+    control.process(self.config.storage.path, function(line)
+      local kind, arg = line:match("^(%S+) (.+)$")
+      if kind == "revoke-token" and arg:match("^%x+$") then
+        return self.tokens:revoke_hash(arg) and "1" or "0"
+      elseif kind == "revoke-user" then
+        return tostring(self.tokens:revoke_user(arg))
+      end
+      return "error: unknown request"
+    end)
+  end
+  return ok, err
 end
 
 function Server:on_event(name, fn)
@@ -119,16 +166,35 @@ function Server:listen()
   self.records = records_mod.new(store, {
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes,
   })
+  self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
+  self.tokens:sweep()
+  self.auth:set_tokens(self.tokens)
+  self.permissions.records = self.records
+  if not self.permissions:configured() then
+    log.warn("no permissions configured (config key 'permissions'): every user may do everything")
+  end
   self.dispatcher = dispatch.new({
     records = self.records, events = self.listeners, rpc = self.handlers, presence = self.presence,
-    loop = self.loop, request_timeout = cfg.requestTimeout,
+    loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
   })
-  self.api = httpapi.new(cfg, { dispatcher = self.dispatcher, auth = self.auth, server = self })
+  -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
+  self.realtime = realtime_mod.new({
+    loop = self.loop, presence = self.presence, auth = self.auth, records = self.records,
+    listeners = self.listeners, handlers = self.handlers, config = cfg,
+    permit = function() return self.dispatcher.permit end,
+  })
+  local realtime = self.realtime
+  realtime.record_topic:attach(self.records)
+  self.dispatcher.on_emit = function(name, data) realtime.events:emit_from_server(name, data) end
+  self.dispatcher.on_record_change = function(name) realtime.record_topic:notify(name) end
+  self.handlers.fallback = function(name, data, _, done) return realtime.rpc:make_from_server(name, data, done) end
+  self.api = httpapi.new(cfg, { dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime })
   local api = self.api
   local http
   http, err = core.http_server(self.loop, {
     host = cfg.host, port = cfg.port, max_body = cfg.maxMessageSize,
     connection_limit = cfg.connectionLimit, connection_timeout = cfg.connectionTimeout,
+    per_ip_limit = cfg.connectionLimitPerIp, memory_limit = cfg.connectionMemoryLimit,
     handler = function(req) return api:handle(req) end,
   })
   if not http then
@@ -140,9 +206,31 @@ function Server:listen()
   local records = self.records
   self.loop:on_iteration(function() return records:flush() end)
   self.state = "running"
+  -- only a server that handles SIGHUP advertises its pid, before it says it listens
+  if self.handles_signals then control.write_pid(cfg.storage.path) end
   self.url = "http://" .. (cfg.host:find(":", 1, true) and "[" .. cfg.host .. "]" or cfg.host) .. ":" .. http:port()
+  local exposed = M.exposure_warning(cfg)
+  if exposed then log.warn("%s", exposed) end
   log.info("moonstream listening on %s (storage: %s)", self.url, cfg.storage.path)
   return true
+end
+
+-- True for addresses only this machine can reach.
+function M.is_loopback(host)
+  return host == "localhost" or host == "::1" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
+end
+
+-- The warning for open auth on an address others can reach (loopback is
+-- fine: binding elsewhere is an explicit choice, made loudly), or nil.
+function M.exposure_warning(cfg)
+  if M.is_loopback(cfg.host) then return nil end
+  for _, strategy in ipairs(cfg.auth or {}) do
+    if strategy.type == "open" then
+      return "open auth on " .. cfg.host .. ": anyone who can reach this address may log in"
+        .. " (set 'auth' and 'permissions', or bind to 127.0.0.1)"
+    end
+  end
+  return nil
 end
 
 function Server:port()
@@ -184,13 +272,18 @@ end
 -- Closes everything at once (pending writes are flushed first).
 function Server:close()
   if self.state == "closed" then return end
+  if self.realtime then self.realtime:close() end -- WebSocket clients, their timers
   if self.http then
     self.http:close()      -- answers suspended requests, stops the daemon
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
   if self.records then self.records:flush() end
   self.loop:on_iteration(nil)
-  if self.store then self.store:close() end
+  self.auth:close()
+  if self.store then
+    control.remove_pid(self.config.storage.path)
+    self.store:close()
+  end
   self.loop:signals(nil)
   self.state = "closed"
   log.info("moonstream stopped")
@@ -199,17 +292,22 @@ end
 -- Listens and serves until SIGINT/SIGTERM (or server:stop()). Returns true,
 -- or nil, err when it could not start.
 function Server:start(opts)
-  local ok, err = self:listen()
-  if not ok then return nil, err end
   if not (opts and opts.signals == false) then
     self.loop:signals(function(sig)
       if sig == "HUP" then
-        log.info("SIGHUP received (nothing to reload in this release)")
+        log.info("SIGHUP received: reloading permissions and rpc handlers")
+        self:reload()
       else
         log.info("SIG%s received", sig)
         self:stop()
       end
     end)
+    self.handles_signals = true -- listen() writes the pid file for `moonstream reload`
+  end
+  local ok, err = self:listen()
+  if not ok then
+    self.loop:signals(nil)
+    return nil, err
   end
   self.loop_running = true
   self.loop:run()

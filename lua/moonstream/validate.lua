@@ -33,7 +33,10 @@ local ECHO_MAX = 64
 
 local function echo(s)
   if #s > ECHO_MAX then
-    return sub(s, 1, ECHO_MAX) .. "..."
+    -- cut before a character, never inside one: the text goes into JSON
+    local cut = ECHO_MAX
+    while cut > 0 and (string.byte(s, cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+    return sub(s, 1, cut) .. "..."
   end
   return s
 end

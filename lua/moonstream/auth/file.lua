@@ -1,0 +1,195 @@
+-- file: users with hashed passwords, clientData and serverData, read at start
+-- from a Lua file, a JSON file or deepstream's own users.yml, unchanged.
+--
+--   { type = "file", options = { users = "users.yml", hash = "md5", iterations = 100, keyLength = 32 } }
+--
+-- A stored password is deepstream's format: base64(PBKDF2(password, salt,
+-- iterations, keyLength, hash)) followed by the salt, where the salt is the
+-- text after the first 4 * ceil(keyLength / 3) characters, used as is (its
+-- bytes, not base64-decoded: deepstream passes the string to Node's pbkdf2).
+-- The parameters are not in the hash, so the options must be the ones the
+-- hashes were made with: deepstream's `deepstream hash` used md5, 100, 32 in
+-- its sample config; `moonstream hash` uses DEFAULTS below.
+--
+-- Recognises auth data with string `username` and `password` of a known user;
+-- a wrong password refuses. Anything else is left to the next strategy.
+local core = require "moonstream.core"
+local json = require "moonstream.json"
+
+local pbkdf2, base64_encode, equal, random_bytes = core.pbkdf2, core.base64_encode, core.equal, core.random_bytes
+local type, pairs, ipairs, next, format, sub = type, pairs, ipairs, next, string.format, string.sub
+local math_type = math.type
+
+local M = {}
+local File = {}
+local mt = { __index = File }
+
+-- moonstream's defaults, for `moonstream hash` and a file strategy without
+-- options: PBKDF2-HMAC-SHA256, 100000 iterations (about 25 ms per login on a
+-- current core: slow for someone guessing, bearable for the one-thread server,
+-- which hashes once per login and then works with the token), 32-byte key.
+M.DEFAULTS = { hash = "sha256", iterations = 100000, keyLength = 32 }
+
+local MAX_FILE_BYTES = 16 * 1024 * 1024
+local MAX_NODES = 1000000
+local MAX_DEPTH = 64
+local SALT_BYTES = 16
+
+local function base64_key_length(key_length)
+  return 4 * ((key_length + 2) // 3)
+end
+
+-- The stored form of password: base64(key) .. salt, salt = base64 of 16
+-- random bytes (as deepstream's createHash). Returns text | nil, err.
+function M.make_hash(password, settings)
+  local salt_bytes, err = random_bytes(SALT_BYTES)
+  if not salt_bytes then return nil, err end
+  local salt = base64_encode(salt_bytes)
+  local key
+  key, err = pbkdf2(password, salt, settings.iterations, settings.keyLength, settings.hash)
+  if not key then return nil, err end
+  return base64_encode(key) .. salt
+end
+
+-- True when password matches stored (deepstream's format for settings).
+function M.verify(password, stored, settings)
+  local n = base64_key_length(settings.keyLength)
+  local key = pbkdf2(password, sub(stored, n + 1), settings.iterations, settings.keyLength, settings.hash)
+  return key ~= nil and #stored > n and equal(base64_encode(key), sub(stored, 1, n))
+end
+
+-- YAML (lyaml) values as moonstream's JSON values: sequences become arrays,
+-- YAML null json.null; bounded in depth and node count (aliases are shared
+-- tables, so a "billion laughs" file stops at the node limit).
+local function from_yaml(v, null, budget, depth)
+  if v == null then return json.null end
+  if type(v) ~= "table" then return v end
+  if depth > MAX_DEPTH then error("nested deeper than " .. MAX_DEPTH, 0) end
+  local n = 0
+  for _ in next, v do
+    n = n + 1
+    budget.left = budget.left - 1
+    if budget.left < 0 then error("more than " .. MAX_NODES .. " values", 0) end
+  end
+  local out = {}
+  if n > 0 and #v == n then
+    for i = 1, n do out[i] = from_yaml(v[i], null, budget, depth + 1) end
+    return json.array(out)
+  end
+  for k, x in pairs(v) do out[k] = from_yaml(x, null, budget, depth + 1) end
+  return out
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local text = f:read(MAX_FILE_BYTES + 1)
+  f:close()
+  if text and #text > MAX_FILE_BYTES then return nil, path .. ": larger than " .. MAX_FILE_BYTES .. " bytes" end
+  return text or ""
+end
+
+-- Reads a users file: .yml/.yaml (deepstream), .json, or a Lua file that
+-- returns the table (run with an empty environment: it is data).
+local function load_users(path)
+  local text, err = read_file(path)
+  if not text then return nil, "cannot read users file: " .. err end
+  if path:match("%.ya?ml$") then
+    local lyaml = require "lyaml"
+    local ok, doc = pcall(lyaml.load, text)
+    if not ok then return nil, format("users file '%s' is not valid YAML: %s", path, tostring(doc)) end
+    local converted
+    ok, converted = pcall(from_yaml, doc, lyaml.null, { left = MAX_NODES }, 0)
+    if not ok then return nil, format("users file '%s': %s", path, converted) end
+    return converted
+  elseif path:match("%.json$") then
+    local doc, jerr = json.decode(text)
+    if jerr then return nil, format("users file '%s' is not valid JSON: %s", path, jerr) end
+    return doc
+  end
+  local chunk, lerr = load(text, "@" .. path, "t", {})
+  if not chunk then return nil, "users file " .. lerr end
+  local ok, result = pcall(chunk)
+  if not ok then return nil, format("users file '%s' failed to load: %s", path, tostring(result)) end
+  return result
+end
+
+local function value(v)
+  if v == json.null then return nil end
+  return v
+end
+
+-- Checks the users table: name -> { password = string, clientData?, serverData? }.
+local function check_users(users, where)
+  if type(users) ~= "table" or json.is_array(users) then
+    return nil, where .. " must be a table of user name -> { password = ..., clientData, serverData }"
+  end
+  local out, count = {}, 0
+  for name, u in pairs(users) do
+    if type(name) ~= "string" then return nil, format("%s: user names must be strings (got %s)", where, type(name)) end
+    if type(u) ~= "table" or type(u.password) ~= "string" or u.password == "" then
+      return nil, format("%s: user '%s' has no password", where, name)
+    end
+    for k in pairs(u) do
+      if k ~= "password" and k ~= "clientData" and k ~= "serverData" then
+        return nil, format("%s: user '%s' has an unknown key '%s' (password, clientData, serverData)", where, name,
+          tostring(k))
+      end
+    end
+    out[name] = { password = u.password, clientData = value(u.clientData), serverData = value(u.serverData) }
+    count = count + 1
+  end
+  if count == 0 then return nil, where .. " has no users" end
+  return out
+end
+
+function M.new(options, env)
+  local ok, err = env.check_keys(options, { "users", "hash", "iterations", "keyLength" })
+  if not ok then return nil, err end
+  local settings = {
+    hash = options.hash or M.DEFAULTS.hash,
+    iterations = options.iterations or M.DEFAULTS.iterations,
+    keyLength = options.keyLength or M.DEFAULTS.keyLength,
+  }
+  if type(settings.hash) ~= "string" or not pbkdf2("", "", 1, 1, settings.hash) then
+    return nil, env.key("hash") .. format(" must be a digest name such as 'sha256' or 'md5' (got %s)",
+      type(settings.hash) == "string" and "'" .. settings.hash .. "'" or type(settings.hash))
+  end
+  for _, k in ipairs({ "iterations", "keyLength" }) do
+    local v = settings[k]
+    local limit = k == "iterations" and 10000000 or 1024
+    if math_type(v) ~= "integer" or v < 1 or v > limit then
+      return nil, env.key(k) .. format(" must be an integer from 1 to %d (got %s)", limit, tostring(v))
+    end
+  end
+  local users = options.users
+  local where = env.key("users")
+  if type(users) == "string" and users ~= "" then
+    local path = env.resolve(users)
+    users, err = load_users(path)
+    if users == nil and err then return nil, where .. ": " .. err end
+    where = "users file '" .. path .. "'"
+  elseif type(users) ~= "table" then
+    return nil, where .. " must be a file path or a table of users"
+  end
+  users, err = check_users(users, where)
+  if not users then return nil, err end
+  -- A known user's hash, to spend the same time on unknown names.
+  local _, any = next(users)
+  return setmetatable({ users = users, settings = settings, decoy = any.password }, mt)
+end
+
+function File:authenticate(auth_data, _, done)
+  if type(auth_data) ~= "table" then return done(nil) end
+  local name, password = auth_data.username, auth_data.password
+  if type(name) ~= "string" or type(password) ~= "string" then return done(nil) end
+  local user = self.users[name]
+  if not user then
+    M.verify(password, self.decoy, self.settings) -- same cost as a known name: no timing oracle
+    return done(nil)
+  end
+  if not M.verify(password, user.password, self.settings) then return done(false, "wrong password") end
+  done({ id = name, clientData = user.clientData, data = user.serverData })
+end
+
+return M

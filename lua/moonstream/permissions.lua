@@ -1,0 +1,307 @@
+-- Permissions written in Lua, in deepstream's terms.
+--
+-- A permissions file returns rules per topic; under each topic, name patterns;
+-- under each pattern, rule types:
+--
+--   return {
+--     record = {
+--       ["*"]         = { create = true, write = true, read = true, delete = true, notify = true },
+--       ["secret/*"]  = { read = false, write = false, create = false, delete = false, notify = false },
+--       ["users/$id"] = { write = function(ctx) return ctx.user.id == ctx.vars.id end },
+--     },
+--     event    = { ["*"] = { publish = true, subscribe = true } },
+--     rpc      = { ["*"] = { request = true, provide = true } },
+--     presence = { ["*"] = { allow = true } },
+--   }
+--
+-- Rule types: record create, write, read, delete, notify, listen; event
+-- publish, subscribe, listen; rpc request, provide; presence allow.
+-- Patterns: `*` matches anything (also "/"), `$name` one path segment (no
+-- "/"), captured into ctx.vars.name. Among the patterns that match a name and
+-- define the rule type needed, the longest wins (equal lengths: the one that
+-- sorts first); no such pattern denies.
+--
+-- A rule is true, false or function(ctx) returning true to allow (anything
+-- else denies). ctx: user { id, data = serverData, isAuthenticated }, name,
+-- vars, topic, action (the rule type), data (what is written or sent; for a
+-- record path write, the whole record after the change), oldData (the stored
+-- record, nil when it does not exist), now (ms since the epoch) and
+-- read(name) -> data of another record. A rule that raises denies; the error
+-- is logged with the rule's file and line and the server goes on.
+--
+-- A write to a record that does not exist needs `create` and then `write`;
+-- to one that exists, `write` only. Lists use the record rules.
+--
+--   permissions.new(spec, opts)   spec: a file path, a table, or nil (allow all)
+--   p:check(ctx, topic, action, name, extra) -> allowed, denied_action, errored
+--   p:permit()        -> function(ctx, topic, action, name, cmd) for dispatch.lua
+--   p:reload()        -> true | nil, err   (a file only; on error the old rules stay)
+local config = require "moonstream.config"
+local json = require "moonstream.json"
+local log = require "moonstream.log"
+local paths = require "moonstream.paths"
+
+local type, pairs, ipairs, pcall, tostring = type, pairs, ipairs, pcall, tostring
+local format, gsub, match, sort, concat = string.format, string.gsub, string.match, table.sort, table.concat
+local decode = json.decode
+
+local M = {}
+local Permissions = {}
+local mt = { __index = Permissions }
+
+local RULE_TYPES = {
+  record = { "create", "write", "read", "delete", "notify", "listen" },
+  event = { "publish", "subscribe", "listen" },
+  rpc = { "request", "provide" },
+  presence = { "allow" },
+}
+
+-- Command and realtime actions -> the rule type they need.
+local ACTION_RULE = {
+  record = { read = "read", head = "read", subscribe = "read", snapshot = "read", has = "read",
+             write = "write", create = "create", delete = "delete", notify = "notify", listen = "listen" },
+  event = { emit = "publish", publish = "publish", subscribe = "subscribe", listen = "listen" },
+  rpc = { make = "request", request = "request", provide = "provide" },
+  presence = { query = "allow", subscribe = "allow", allow = "allow" },
+}
+
+-- A pattern as an anchored Lua pattern and its variable names, in order.
+local function compile_pattern(pattern)
+  local vars = {}
+  local out = gsub(pattern, "()(%$?)([%a_][%w_]*)", function(_, dollar, word)
+    if dollar == "$" then
+      vars[#vars + 1] = word
+      return "\0"
+    end
+  end)
+  out = gsub(out, "[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0")
+  out = gsub(out, "%*", ".*")
+  out = gsub(out, "\0", "([^/]+)")
+  return "^" .. out .. "$", vars
+end
+M.compile_pattern = compile_pattern
+
+-- "file:LINE: msg" for the key path `where` in the file, when it is found.
+local function located(source, where, msg)
+  if not source then return msg end
+  return config.locate(source, where, msg)
+end
+
+-- Checks a rules table and indexes it: topic -> rule type -> candidates
+-- (longest pattern first). Returns the index | nil, err.
+local function compile(spec, source)
+  if type(spec) ~= "table" then
+    return nil, format("%s: the permissions must be a table (got %s)", source or "permissions", type(spec))
+  end
+  local index = {}
+  for topic, patterns in pairs(spec) do
+    local types = RULE_TYPES[topic]
+    if not types then
+      return nil, located(source, { topic }, format("permissions: unknown topic '%s' (record, event, rpc, presence)",
+        tostring(topic)))
+    end
+    if type(patterns) ~= "table" then
+      return nil, located(source, { topic }, format("permissions.%s must be a table of name pattern -> rules", topic))
+    end
+    local known = {}
+    for _, t in ipairs(types) do known[t] = true end
+    local by_type = {}
+    for pattern, rules in pairs(patterns) do
+      if type(pattern) ~= "string" or pattern == "" then
+        return nil, located(source, { topic }, format("permissions.%s: patterns must be non-empty strings", topic))
+      end
+      if type(rules) ~= "table" then
+        return nil, located(source, { topic, pattern },
+          format("permissions.%s[%q] must be a table of rule type -> true, false or function", topic, pattern))
+      end
+      local lua_pattern, vars = compile_pattern(pattern)
+      for rule_type, rule in pairs(rules) do
+        if not known[rule_type] then
+          return nil, located(source, { topic, pattern, rule_type },
+            format("permissions.%s[%q]: unknown rule type '%s' (%s)", topic, pattern, tostring(rule_type),
+              concat(types, ", ")))
+        end
+        local rt = type(rule)
+        if rt ~= "boolean" and rt ~= "function" then
+          return nil, located(source, { topic, pattern, rule_type },
+            format("permissions.%s[%q].%s must be true, false or a function (got %s)", topic, pattern, rule_type, rt))
+        end
+        local list = by_type[rule_type] or {}
+        by_type[rule_type] = list
+        list[#list + 1] = { pattern = pattern, match = lua_pattern, vars = vars, rule = rule }
+      end
+    end
+    for _, list in pairs(by_type) do
+      sort(list, function(a, b)
+        if #a.pattern ~= #b.pattern then return #a.pattern > #b.pattern end
+        return a.pattern < b.pattern
+      end)
+    end
+    index[topic] = by_type
+  end
+  return index
+end
+
+local function load_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, "cannot read permissions file: " .. tostring(err) end
+  local text = f:read("a")
+  f:close()
+  -- the config file's environment: no require, io or os (rules decide, they do not act)
+  local chunk, lerr = load(text, "@" .. path, "t", config.sandbox())
+  if not chunk then return nil, lerr end
+  local ok, result = pcall(chunk)
+  if not ok then return nil, format("permissions file '%s' failed to load: %s", path, tostring(result)) end
+  return compile(result, path)
+end
+
+-- opts.records: records.lua (set later with p.records = ...), for oldData,
+-- existence and ctx.read.
+function M.new(spec, opts)
+  local self = setmetatable({ source = nil, index = nil, records = opts and opts.records }, mt)
+  if spec == nil then return self end
+  local index, err
+  if type(spec) == "string" then
+    self.source = spec
+    index, err = load_file(spec)
+  else
+    index, err = compile(spec, nil)
+  end
+  if not index then return nil, err end
+  self.index = index
+  return self
+end
+
+function Permissions:configured()
+  return self.index ~= nil
+end
+
+-- Reloads the file; a broken new file keeps the old rules.
+function Permissions:reload()
+  if not self.source then return true end
+  local index, err = load_file(self.source)
+  if not index then
+    log.error("permissions not reloaded, the old rules stay: %s", err)
+    return nil, err
+  end
+  self.index = index
+  log.info("permissions reloaded from %s", self.source)
+  return true
+end
+
+-- The stored data of a record (decoded) and whether it exists.
+local function stored(self, name)
+  local records = self.records
+  if not records or name == nil then return nil, false end
+  local version, text = records:get(name)
+  if version == nil then return nil, false end
+  return decode(text), true
+end
+
+-- The candidate whose pattern wins for name, and its captures.
+local function find_rule(list, name)
+  for _, c in ipairs(list) do
+    local caps = { match(name, c.match) }
+    if caps[1] ~= nil then
+      local vars = {}
+      if #c.vars > 0 then
+        for i, v in ipairs(c.vars) do vars[v] = caps[i] end
+      end
+      return c, vars
+    end
+  end
+end
+
+-- The context a function rule sees; data and oldData are computed on first use.
+local function rule_context(self, ctx, topic, rule_type, name, vars, extra)
+  local user = ctx and ctx.user or {}
+  local c = {
+    user = { id = user.id, data = user.data, isAuthenticated = user.isAuthenticated == true },
+    name = name, vars = vars, topic = topic, action = rule_type,
+    now = os.time() * 1000,
+    read = function(other) return (stored(self, other)) end,
+  }
+  local lazy = {}
+  function lazy.oldData()
+    if extra and extra.oldData ~= nil then return extra.oldData end
+    if topic ~= "record" then return nil end
+    return (stored(self, name))
+  end
+  function lazy.data()
+    if not extra then return nil end
+    if topic == "record" and extra.path ~= nil and extra.path ~= "" then
+      -- a path write: the record as it will be after the change
+      local tokens = paths.parse(extra.path)
+      if not tokens then return nil end
+      local root = stored(self, name)
+      return (paths.set(root, tokens, extra.data))
+    end
+    return extra.data
+  end
+  return setmetatable(c, { __index = function(t, k)
+    local f = lazy[k]
+    if not f then return nil end
+    local v = f()
+    rawset(t, k, v)
+    return v
+  end })
+end
+
+-- One rule type for one name: allowed, errored.
+local function evaluate(self, ctx, topic, rule_type, name, extra)
+  local list = self.index[topic] and self.index[topic][rule_type]
+  if not list then return false end
+  local c, vars = find_rule(list, name)
+  if not c then return false end
+  local rule = c.rule
+  if rule == true or rule == false then return rule end
+  local ok, result = pcall(rule, rule_context(self, ctx, topic, rule_type, name, vars, extra))
+  if not ok then
+    local info = debug.getinfo(rule, "S")
+    log.error("permission rule %s[%q].%s (%s:%d) raised for '%s': %s", topic, c.pattern, rule_type,
+      info.short_src, info.linedefined, name, tostring(result))
+    return false, true
+  end
+  return result == true
+end
+
+-- ctx: { user = { id, data, isAuthenticated } }; topic: record, list, event,
+-- rpc or presence; action: a rule type or a command/realtime action (emit,
+-- make, head, query...); extra: { data, path, oldData } as known. A record
+-- write checks create first when the record does not exist. Returns true, or
+-- false, the action to name in the denial ("create" when create refused it)
+-- and true when a rule raised.
+function Permissions:check(ctx, topic, action, name, extra)
+  if not self.index then return true end
+  if topic == "list" then topic = "record" end
+  local rule_type = ACTION_RULE[topic] and ACTION_RULE[topic][action] or action
+  name = name or ""
+  if topic == "record" and rule_type == "write" then
+    local _, exists = stored(self, name)
+    if not exists then
+      local ok, errored = evaluate(self, ctx, topic, "create", name, extra)
+      if not ok then return false, "create", errored end
+    end
+  end
+  local ok, errored = evaluate(self, ctx, topic, rule_type, name, extra)
+  if ok then return true end
+  return false, action, errored
+end
+
+-- The dispatcher's hook: function(ctx, topic, action, name, cmd).
+function Permissions:permit()
+  return function(ctx, topic, action, name, cmd)
+    if not self.index then return true end
+    local names = cmd and (cmd.recordNames or (topic == "presence" and cmd.names))
+    if type(names) == "table" then
+      for _, n in ipairs(names) do
+        local ok, denied, errored = self:check(ctx, topic, action, n, nil)
+        if not ok then return false, denied, errored end
+      end
+      return true
+    end
+    return self:check(ctx, topic, action, name, cmd and { data = cmd.data, path = cmd.path })
+  end
+end
+
+return M

@@ -1,0 +1,271 @@
+-- Listening (spec §6.2): a provider registers a pattern and is told when a
+-- name matching it gets its first subscriber (SUBSCRIPTION_FOR_PATTERN_FOUND);
+-- it accepts (it now provides that name until the last subscriber leaves:
+-- SUBSCRIPTION_FOR_PATTERN_REMOVED) or rejects (the next matching provider is
+-- asked; so is it after listenResponseTimeout without an answer).
+--
+-- Patterns are JavaScript regular expressions in deepstream. moonstream takes
+-- the subset that maps onto Lua patterns: literals, ".", classes "[...]",
+-- "\d \w \s" (and upper-case), "* + ?" after one atom (at most two "*" or
+-- "+"), lazy "*?", anchors "^" and "$". Groups, alternation and counted
+-- repetition are refused with INVALID_LISTEN_REGEX rather than matched
+-- differently from deepstream.
+local registry = require "moonstream.realtime.registry"
+
+local M = {}
+local Listen = {}
+local mt = { __index = Listen }
+
+-- Lua's matcher backtracks: a pattern with k unbounded repeats costs up to
+-- n^k steps on a name of n bytes. Two repeats and names of at most
+-- MAX_NAME bytes bound one match to about a million steps; longer names are
+-- never offered to listeners.
+local MAX_PATTERN = 256
+local MAX_REPEATS = 2
+local MAX_NAME = 1024
+
+local ESCAPES = { d = "%d", D = "%D", w = "[%w_]", W = "[^%w_]", s = "%s", S = "%S" }
+local CLASS_ESCAPES = { d = "%d", D = "%D", w = "%w_", s = "%s", S = "%S" }
+
+-- JavaScript regex -> Lua pattern, or nil, reason.
+local function translate(re)
+  if type(re) ~= "string" or re == "" then return nil, "empty pattern" end
+  if #re > MAX_PATTERN then return nil, "pattern too long" end
+  local out, i, n, repeats = {}, 1, #re, 0
+  local prev_atom = false
+  while i <= n do
+    local ch = re:sub(i, i)
+    if ch == "\\" then
+      local e = re:sub(i + 1, i + 1)
+      if e == "" then return nil, "trailing backslash" end
+      if ESCAPES[e] then out[#out + 1] = ESCAPES[e]
+      elseif e:match("%w") then return nil, "unsupported escape \\" .. e
+      else out[#out + 1] = "%" .. e end
+      i, prev_atom = i + 2, true
+    elseif ch == "[" then
+      local j, parts = i + 1, { "[" }
+      if re:sub(j, j) == "^" then parts[#parts + 1] = "^"; j = j + 1 end
+      local closed = false
+      while j <= n do
+        local c2 = re:sub(j, j)
+        if c2 == "]" and j > i + 1 + (parts[2] == "^" and 1 or 0) then closed = true; break end
+        if c2 == "\\" then
+          local e = re:sub(j + 1, j + 1)
+          if CLASS_ESCAPES[e] then parts[#parts + 1] = CLASS_ESCAPES[e]
+          elseif e:match("%w") or e == "" then return nil, "unsupported escape in class"
+          else parts[#parts + 1] = "%" .. e end
+          j = j + 2
+        elseif c2 == "%" or c2 == "[" then
+          parts[#parts + 1] = "%" .. c2
+          j = j + 1
+        else
+          parts[#parts + 1] = c2
+          j = j + 1
+        end
+      end
+      if not closed then return nil, "unterminated class" end
+      parts[#parts + 1] = "]"
+      out[#out + 1] = table.concat(parts)
+      i, prev_atom = j + 1, true
+    elseif ch == "*" or ch == "+" or ch == "?" then
+      if not prev_atom then return nil, "nothing to repeat" end
+      local lazy = re:sub(i + 1, i + 1) == "?"
+      if ch == "*" then out[#out + 1] = lazy and "-" or "*"
+      elseif ch == "+" then
+        if lazy then return nil, "lazy + is not supported" end
+        out[#out + 1] = "+"
+      else
+        if lazy then return nil, "lazy ? is not supported" end
+        out[#out + 1] = "?"
+      end
+      if ch ~= "?" then repeats = repeats + 1 end
+      if repeats > MAX_REPEATS then return nil, "too many repetitions" end
+      i, prev_atom = i + (lazy and 2 or 1), false
+    elseif ch == "^" then
+      if i ~= 1 then return nil, "^ only at the start" end
+      out[#out + 1] = "^"
+      i, prev_atom = i + 1, false
+    elseif ch == "$" then
+      if i ~= n then return nil, "$ only at the end" end
+      out[#out + 1] = "$"
+      i, prev_atom = i + 1, false
+    elseif ch == "(" or ch == ")" or ch == "|" or ch == "{" or ch == "}" then
+      return nil, "groups, alternation and counted repetition are not supported"
+    elseif ch == "." then
+      out[#out + 1] = "."
+      i, prev_atom = i + 1, true
+    elseif ch:match("[%%%-%]]") then
+      out[#out + 1] = "%" .. ch
+      i, prev_atom = i + 1, true
+    else
+      out[#out + 1] = ch
+      i, prev_atom = i + 1, true
+    end
+  end
+  return table.concat(out)
+end
+M.translate = translate
+
+-- rt: the realtime server; topic: the topic code; actions: its action table;
+-- subs: the registry of subscriptions whose names are matched; kind: the
+-- permission topic ("event" or "record").
+function M.new(rt, topic, actions, subs, kind)
+  return setmetatable({
+    rt = rt, topic = topic, A = actions, subs = subs, kind = kind,
+    providers = registry.new(), -- pattern -> connections listening
+    compiled = {},              -- pattern -> Lua pattern
+    active = {},                -- name -> { c, pattern } (accepted)
+    offers = {},                -- name -> { list, i, timer } (asking in turn)
+  }, mt)
+end
+
+local function matches(lua_pattern, name)
+  return #name <= MAX_NAME and name:find(lua_pattern) ~= nil
+end
+
+function Listen:_send(c, action, pattern, name)
+  c:send({ topic = self.topic, action = action, name = pattern, subscription = name })
+end
+
+function Listen:_next_offer(name)
+  local o = self.offers[name]
+  if not o then return end
+  if o.timer then o.timer:cancel(); o.timer = nil end
+  while true do
+    o.i = o.i + 1
+    local cand = o.list[o.i]
+    if not cand then
+      self.offers[name] = nil
+      return
+    end
+    if cand.c.open and self.providers:has(cand.pattern, cand.c) then
+      o.current = cand
+      self:_send(cand.c, self.A.SUBSCRIPTION_FOR_PATTERN_FOUND, cand.pattern, name)
+      o.timer = self.rt.loop:timer(self.rt.listen_response_timeout, function()
+        o.timer = nil
+        self:_next_offer(name)
+      end)
+      return
+    end
+  end
+end
+
+-- Asks the matching providers in turn whether one provides `name`.
+function Listen:_offer(name)
+  if self.active[name] or self.offers[name] then return end
+  local list = {}
+  for pattern, conns in pairs(self.providers.by_name) do
+    if matches(self.compiled[pattern], name) then
+      for c in pairs(conns) do list[#list + 1] = { c = c, pattern = pattern } end
+    end
+  end
+  if #list == 0 then return end
+  self.offers[name] = { list = list, i = 0 }
+  self:_next_offer(name)
+end
+
+function Listen:_cancel_offer(name)
+  local o = self.offers[name]
+  if not o then return end
+  if o.timer then o.timer:cancel() end
+  self.offers[name] = nil
+end
+
+-- The first subscriber of name arrived.
+function Listen:subscribed(name)
+  if next(self.providers.by_name) == nil then return end
+  self:_offer(name)
+end
+
+-- The last subscriber of name left.
+function Listen:unsubscribed(name)
+  self:_cancel_offer(name)
+  local a = self.active[name]
+  if a then
+    self.active[name] = nil
+    if a.c.open then self:_send(a.c, self.A.SUBSCRIPTION_FOR_PATTERN_REMOVED, a.pattern, name) end
+  end
+end
+
+function Listen:listen(c, msg)
+  local rt, A, pattern = self.rt, self.A, msg.name
+  if type(pattern) ~= "string" then return end
+  local ok, denial = rt:permit(c, self.kind, "listen", pattern, nil)
+  if not ok then
+    return c:send({ topic = self.topic, action = denial, originalAction = msg.action, name = pattern, isError = true })
+  end
+  local lua_pattern = self.compiled[pattern] or translate(pattern)
+  if not lua_pattern then
+    return c:send({ topic = self.topic, action = A.INVALID_LISTEN_REGEX, originalAction = msg.action, name = pattern, isError = true })
+  end
+  self.compiled[pattern] = lua_pattern
+  self.providers:add(pattern, c)
+  c:send({ topic = self.topic, action = msg.action, name = pattern, isAck = true })
+  for name in pairs(self.subs.by_name) do
+    if matches(lua_pattern, name) then self:_offer(name) end
+  end
+end
+
+-- Drops c's pattern: the names it provided through it are offered again.
+function Listen:_drop(c, pattern)
+  local removed, last = self.providers:remove(pattern, c)
+  if not removed then return false end
+  if last then self.compiled[pattern] = nil end
+  for name, a in pairs(self.active) do
+    if a.c == c and a.pattern == pattern then
+      self.active[name] = nil
+      if self.subs:subscribers(name) then self:_offer(name) end
+    end
+  end
+  for name, o in pairs(self.offers) do
+    if o.current and o.current.c == c and o.current.pattern == pattern then self:_next_offer(name) end
+  end
+  return true
+end
+
+function Listen:unlisten(c, msg)
+  if type(msg.name) ~= "string" then return end
+  self:_drop(c, msg.name)
+  c:send({ topic = self.topic, action = msg.action, name = msg.name, isAck = true })
+end
+
+function Listen:accept(c, msg)
+  local name, pattern = msg.subscription, msg.name
+  if type(name) ~= "string" then return end
+  local o = self.offers[name]
+  if o and o.current and o.current.c == c and o.current.pattern == pattern then
+    self:_cancel_offer(name)
+  elseif self.active[name] or not self.providers:has(pattern, c) then
+    return
+  end
+  if not self.subs:subscribers(name) then
+    return self:_send(c, self.A.SUBSCRIPTION_FOR_PATTERN_REMOVED, pattern, name)
+  end
+  self.active[name] = { c = c, pattern = pattern }
+end
+
+function Listen:reject(c, msg)
+  local name = msg.subscription
+  local o = type(name) == "string" and self.offers[name]
+  if o and o.current and o.current.c == c and o.current.pattern == msg.name then self:_next_offer(name) end
+end
+
+function Listen:handle(c, msg)
+  local A, action = self.A, msg.action
+  if action == A.LISTEN then return self:listen(c, msg)
+  elseif action == A.UNLISTEN then return self:unlisten(c, msg)
+  elseif action == A.LISTEN_ACCEPT then return self:accept(c, msg)
+  elseif action == A.LISTEN_REJECT then return self:reject(c, msg)
+  end
+  -- unknown actions are ignored, as the reference does (§5.3)
+end
+
+function Listen:disconnect(c)
+  local patterns = self.providers:names_of(c)
+  if not patterns then return end
+  local list = {}
+  for p in pairs(patterns) do list[#list + 1] = p end
+  for _, p in ipairs(list) do self:_drop(c, p) end
+end
+
+return M

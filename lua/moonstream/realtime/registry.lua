@@ -1,0 +1,92 @@
+-- Who is subscribed to what: name -> set of connections, and per connection
+-- the names it holds, so a closing connection is removed from everything in
+-- time proportional to what it held. One registry per kind of subscription
+-- (event subscriptions, record subscriptions, RPC providers, ...).
+local next = next
+
+local M = {}
+local Registry = {}
+local mt = { __index = Registry }
+
+function M.new()
+  return setmetatable({ by_name = {}, by_conn = {} }, mt)
+end
+
+-- Adds conn to name. Returns false when it was already there, else true and
+-- whether it is the first subscriber of name.
+function Registry:add(name, conn)
+  local set = self.by_name[name]
+  local first = set == nil
+  if first then
+    set = {}
+    self.by_name[name] = set
+  elseif set[conn] then
+    return false
+  end
+  set[conn] = true
+  local names = self.by_conn[conn]
+  if not names then
+    names = {}
+    self.by_conn[conn] = names
+  end
+  names[name] = true
+  return true, first
+end
+
+-- Removes conn from name. Returns false when it was not there, else true and
+-- whether name has no subscriber left.
+function Registry:remove(name, conn)
+  local set = self.by_name[name]
+  if not set or not set[conn] then return false end
+  set[conn] = nil
+  local last = next(set) == nil
+  if last then self.by_name[name] = nil end
+  local names = self.by_conn[conn]
+  names[name] = nil
+  if next(names) == nil then self.by_conn[conn] = nil end
+  return true, last
+end
+
+-- Removes every subscription of conn; calls on_removed(name, last) for each.
+function Registry:remove_conn(conn, on_removed)
+  local names = self.by_conn[conn]
+  if not names then return end
+  self.by_conn[conn] = nil
+  for name in next, names do
+    local set = self.by_name[name]
+    set[conn] = nil
+    local last = next(set) == nil
+    if last then self.by_name[name] = nil end
+    if on_removed then on_removed(name, last) end
+  end
+end
+
+-- Removes every subscriber of name; returns the set that was there (or nil).
+function Registry:remove_name(name)
+  local set = self.by_name[name]
+  if not set then return nil end
+  self.by_name[name] = nil
+  for conn in next, set do
+    local names = self.by_conn[conn]
+    names[name] = nil
+    if next(names) == nil then self.by_conn[conn] = nil end
+  end
+  return set
+end
+
+-- The set of connections subscribed to name (do not modify), or nil.
+function Registry:subscribers(name)
+  return self.by_name[name]
+end
+
+function Registry:has(name, conn)
+  local set = self.by_name[name]
+  return set ~= nil and set[conn] == true
+end
+
+-- The names conn holds (do not modify), or nil.
+function Registry:names_of(conn)
+  return self.by_conn[conn]
+end
+
+return M
