@@ -5,12 +5,17 @@
  * a closed store or batch) raises. Writes are synced by default: group commit is
  * done by the caller, which gathers one event-loop iteration's writes into one
  * Batch and writes it with one sync. */
+#include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
 #include <leveldb/c.h>
 #include "core.h"
+#include "loop.h"
 
 #define STORE_MT "moonstream.Store"
 #define BATCH_MT "moonstream.Batch"
@@ -24,6 +29,7 @@
          ? (lua_Integer)SIZE_MAX : LUA_MAXINTEGER)
 
 typedef struct store_iter store_iter;
+typedef struct store_writer store_writer;
 
 typedef struct store {
     leveldb_t *db;                  /* NULL when closed (or not yet open) */
@@ -36,6 +42,7 @@ typedef struct store {
     leveldb_writeoptions_t *write_nosync;
     store_iter *iters;              /* live iterators, closed before the DB */
     char *pending;                  /* LevelDB buffer being copied into Lua */
+    store_writer *writer;           /* background writer, created on first write_async */
 } store;
 
 /* An iterator over keys starting with a prefix. The prefix bytes follow the
@@ -53,7 +60,29 @@ struct store_iter {
 typedef struct store_batch {
     leveldb_writebatch_t *wb;       /* NULL when closed */
     lua_Integer count;              /* operations since creation or clear */
+    int in_flight;                  /* being written by the writer thread: hands off */
 } store_batch;
+
+/* The background writer: one thread per store that performs the synced
+ * leveldb_write of a batch while the loop goes on serving (double-buffered
+ * group commit: the next group gathers while this one syncs). The thread only
+ * touches LevelDB and the fields under mu; Lua hears of the result through an
+ * eventfd watched by the loop, on the loop thread. */
+struct store_writer {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    leveldb_t *db;
+    leveldb_writeoptions_t *opts;   /* for the job in flight */
+    leveldb_writebatch_t *job;      /* NULL: idle */
+    store_batch *job_batch;
+    char *err;                      /* LevelDB's error for the finished job */
+    int finished, quit;
+    int efd;                        /* signalled when a job finished */
+    ms_loop *loop;
+    lua_State *L;                   /* main thread */
+    int fn_ref, batch_ref, loop_ref;
+};
 
 /* Options of store_open after validation; read before anything is allocated so
  * that a raised argument error leaks nothing. */
@@ -135,6 +164,7 @@ static store *check_store(lua_State *L, int i) {
 static store_batch *check_batch(lua_State *L, int i) {
     store_batch *b = (store_batch *)luaL_checkudata(L, i, BATCH_MT);
     if (b->wb == NULL) luaL_error(L, "attempt to use a closed batch");
+    if (b->in_flight) luaL_error(L, "attempt to use a batch while it is being written");
     return b;
 }
 
@@ -301,6 +331,155 @@ static int store_write(lua_State *L) {
     return 1;
 }
 
+/* ---- background writer ---- */
+
+static void *store_writer_main(void *arg) {
+    store_writer *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (w->job == NULL && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+        if (w->job == NULL) break;  /* quit with nothing to do */
+        leveldb_writebatch_t *job = w->job;
+        pthread_mutex_unlock(&w->mu);
+        char *err = NULL;
+        leveldb_write(w->db, w->opts, job, &err);
+        pthread_mutex_lock(&w->mu);
+        w->err = err;
+        w->job = NULL;
+        w->finished = 1;
+        uint64_t one = 1;
+        ssize_t n = write(w->efd, &one, sizeof one);
+        (void)n;  /* the counter cannot overflow with one job at a time */
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Delivers a finished job to its Lua callback: fn(true) or fn(nil, err).
+ * Runs on the loop thread when the eventfd is readable. */
+static void store_writer_io(void *ud, int fd, uint32_t events) {
+    store_writer *w = ud;
+    uint64_t count;
+    if (read(fd, &count, sizeof count) != (ssize_t)sizeof count) return;
+    pthread_mutex_lock(&w->mu);
+    int finished = w->finished;
+    char *err = w->err;
+    w->finished = 0;
+    w->err = NULL;
+    pthread_mutex_unlock(&w->mu);
+    if (!finished) return;
+    lua_State *L = w->L;
+    w->job_batch->in_flight = 0;
+    w->job_batch = NULL;
+    int fn_ref = w->fn_ref;
+    w->fn_ref = LUA_NOREF;
+    luaL_unref(L, LUA_REGISTRYINDEX, w->batch_ref);
+    w->batch_ref = LUA_NOREF;
+    if (!lua_checkstack(L, 3)) { if (err) leveldb_free(err); luaL_unref(L, LUA_REGISTRYINDEX, fn_ref); return; }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+    int nargs = 1;
+    if (err == NULL) {
+        lua_pushboolean(L, 1);
+    } else {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        leveldb_free(err);
+        nargs = 2;
+    }
+    ms_pcall(L, nargs, 0);
+}
+
+/* Stops the writer: waits for a job in flight (its callback is dropped: the
+ * store is closing), joins the thread, frees everything. Safe when absent. */
+static void store_writer_stop(lua_State *L, store *s) {
+    store_writer *w = s->writer;
+    if (w == NULL) return;
+    pthread_mutex_lock(&w->mu);
+    w->quit = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);  /* finishes the job in flight first */
+    if (w->err) leveldb_free(w->err);
+    if (w->job_batch) w->job_batch->in_flight = 0;
+    ms_loop_unwatch(w->loop, w->efd);
+    close(w->efd);
+    luaL_unref(L, LUA_REGISTRYINDEX, w->fn_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, w->batch_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, w->loop_ref);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+    s->writer = NULL;
+}
+
+/* Creates the writer thread for s on loop (at index loop_idx). Returns 0, or
+ * -1 with errno set. */
+static int store_writer_start(lua_State *L, store *s, ms_loop *loop, int loop_idx) {
+    store_writer *w = calloc(1, sizeof *w);
+    if (w == NULL) return -1;
+    w->db = s->db;
+    w->loop = loop;
+    w->fn_ref = w->batch_ref = w->loop_ref = LUA_NOREF;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    w->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->efd < 0) { free(w); return -1; }
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    if (ms_loop_watch(loop, w->efd, EPOLLIN, store_writer_io, w) != 0) goto fail;
+    int rc = pthread_create(&w->thread, NULL, store_writer_main, w);
+    if (rc != 0) { ms_loop_unwatch(loop, w->efd); errno = rc; goto fail; }
+    lua_pushvalue(L, loop_idx);  /* the loop must outlive the writer */
+    w->loop_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->writer = w;
+    return 0;
+fail:
+    close(w->efd);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+    return -1;
+}
+
+/* st:write_async(loop, batch, sync, fn) -> true | nil, errmsg
+ * Writes the batch on the store's writer thread; fn(true) or fn(nil, err)
+ * runs on the loop once it is on disk. One write at a time (a second call
+ * before fn ran is misuse and raises); the batch cannot be touched until then. */
+static int store_write_async(lua_State *L) {
+    store *s = check_store(L, 1);
+    ms_loop *loop = ms_loop_check(L, 2);
+    store_batch *b = check_batch(L, 3);
+    int sync = store_opt_sync(L, 4);
+    luaL_checktype(L, 5, LUA_TFUNCTION);
+    if (s->writer == NULL && store_writer_start(L, s, loop, 2) != 0)
+        return luaL_fileresult(L, 0, "store writer");
+    store_writer *w = s->writer;
+    if (w->job_batch != NULL) return luaL_error(L, "a write is already in flight");
+    if (w->loop != loop) return luaL_error(L, "write_async must always use the same loop");
+    lua_pushvalue(L, 5);
+    w->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, 3);
+    w->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    b->in_flight = 1;
+    w->job_batch = b;
+    pthread_mutex_lock(&w->mu);
+    w->opts = sync ? s->write_sync : s->write_nosync;
+    w->job = b->wb;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* st:write_pending() -> true while a write_async has not called back yet. */
+static int store_write_pending(lua_State *L) {
+    store *s = check_store(L, 1);
+    lua_pushboolean(L, s->writer != NULL && s->writer->job_batch != NULL);
+    return 1;
+}
+
 /* st:batch() -> batch. The batch holds its store in its user value, so the
  * store is not collected while a batch it made is alive. */
 static int store_batch_new(lua_State *L) {
@@ -308,6 +487,7 @@ static int store_batch_new(lua_State *L) {
     store_batch *b = (store_batch *)lua_newuserdatauv(L, sizeof(store_batch), 1);
     b->wb = NULL;
     b->count = 0;
+    b->in_flight = 0;
     luaL_setmetatable(L, BATCH_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
@@ -405,6 +585,7 @@ static int store_iter_close(lua_State *L) {
  * twice. */
 static int store_close(lua_State *L) {
     store *s = (store *)luaL_checkudata(L, 1, STORE_MT);
+    store_writer_stop(L, s);
     store_release(s);
     lua_pushboolean(L, 1);
     return 1;
@@ -463,6 +644,7 @@ static int store_batch_count(lua_State *L) {
 /* b:close(), __gc, __close: frees the batch; safe twice. */
 static int store_batch_close(lua_State *L) {
     store_batch *b = (store_batch *)luaL_checkudata(L, 1, BATCH_MT);
+    if (b->in_flight) return luaL_error(L, "attempt to close a batch while it is being written");
     if (b->wb != NULL) {
         leveldb_writebatch_destroy(b->wb);
         b->wb = NULL;
@@ -476,6 +658,8 @@ static const luaL_Reg store_meth[] = {
     {"put", store_put},
     {"delete", store_delete},
     {"write", store_write},
+    {"write_async", store_write_async},
+    {"write_pending", store_write_pending},
     {"batch", store_batch_new},
     {"iterate", store_iterate},
     {"close", store_close},

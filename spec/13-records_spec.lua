@@ -118,6 +118,53 @@ describe("moonstream.records", function()
     assert.is_true(records:cmd_read("good", "record").success)
   end)
 
+  it("writes on the store's writer thread while the next group gathers", function()
+    local loop = core.loop()
+    local r = records_mod.new(store, { loop = loop })
+    r:cmd_write("a", { n = 1 }, nil, nil, "record")
+    local first, second
+    r:after_flush(function(ok) first = ok end)
+    assert.is_true(r:flush())
+    assert.is_true(store:write_pending())
+    -- while the first group is being written: reads see it, new writes gather
+    assert.equal(1, (r:get("a")))
+    assert.is_true(r:has_pending())
+    r:cmd_write("a", { n = 2 }, nil, nil, "record")
+    r:after_flush(function(ok) second = ok end)
+    assert.is_false(r:flush())
+    for _ = 1, 500 do
+      if first and second then break end
+      loop:run_once(10)
+      r:flush()
+    end
+    assert.is_true(first)
+    assert.is_true(second)
+    assert.equal(2, r.syncs)
+    assert.equal('2 {"n":2}', store:get("r/a"))
+    r:cmd_write("b", { n = 1 }, nil, nil, "record")
+    r:drain()
+    assert.is_false(r:has_pending())
+    assert.equal('1 {"n":1}', store:get("r/b"))
+    loop:close()
+  end)
+
+  it("refuses a second write_async while one is in flight", function()
+    local loop = core.loop()
+    local b1, b2 = store:batch(), store:batch()
+    b1:put("x", "1")
+    local done
+    assert(store:write_async(loop, b1, true, function(ok) done = ok end))
+    assert.has_error(function() b1:put("y", "2") end, "attempt to use a batch while it is being written")
+    assert.has_error(function() store:write_async(loop, b2, true, function() end) end, "a write is already in flight")
+    for _ = 1, 500 do
+      if done then break end
+      loop:run_once(10)
+    end
+    assert.is_true(done)
+    assert.equal("1", store:get("x"))
+    loop:close()
+  end)
+
   it("hands a failed sync to the waiters", function()
     local failing = {
       get = function() return nil end,

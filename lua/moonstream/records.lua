@@ -6,6 +6,11 @@
 -- then are the requests that wrote (or saw unsynced data) answered. Until the
 -- flush, pending writes live in an overlay so later commands see them.
 --
+-- With a loop (the server's case) the synced write runs on the store's writer
+-- thread while the loop keeps serving: the next group gathers in a second
+-- batch meanwhile (double buffering) and is written when the first is on
+-- disk. Without a loop, flush writes synchronously.
+--
 -- A stored value is "<version> <json>": the version, one space, the data as
 -- JSON text. Record keys live under "r/" so other key spaces (tokens, internal
 -- state) can never be reached by a record name.
@@ -26,12 +31,15 @@ M.KEY_PREFIX = KEY_PREFIX
 
 local DELETED = false -- overlay marker for a pending delete
 
--- opts: sync (default true), exclusion_prefixes (list of name prefixes kept in memory only)
+-- opts: sync (default true), exclusion_prefixes (list of name prefixes kept in
+-- memory only), loop (write on the store's writer thread; see above)
 function M.new(store, opts)
   opts = opts or {}
   local self = setmetatable({
     store = store,
+    loop = opts.loop,
     batch = store:batch(),
+    inflight = nil, -- { pending = overlay } of the group being written
     sync = opts.sync ~= false,
     exclusions = opts.exclusion_prefixes or {},
     pending = {},  -- name -> { version, json } or DELETED, until the next flush
@@ -57,6 +65,7 @@ end
 -- nil, nil, err when the store failed or the entry is corrupt.
 function Records:get(name)
   local p = self.pending[name]
+  if p == nil and self.inflight then p = self.inflight.pending[name] end
   if p ~= nil then
     if p == DELETED then return nil end
     return p[1], p[2]
@@ -102,9 +111,9 @@ function Records:remove(name)
   if self.on_change then self.on_change(name, nil) end
 end
 
--- True when writes are waiting for the next flush.
+-- True when writes are not on disk yet (gathering or being written).
 function Records:has_pending()
-  return self.dirty
+  return self.dirty or self.inflight ~= nil
 end
 
 -- Calls fn(ok, err) once the pending writes are on disk (or failed).
@@ -122,27 +131,62 @@ function M.public_error(err)
 end
 local public_error = M.public_error
 
+-- Called with the outcome of writing one group: wakes its waiters.
+local function wake(waiters, n, ok, err)
+  if not ok then
+    log.error("storage write failed: %s", err)
+    err = public_error(err)
+  end
+  for i = 1, n do waiters[i](ok, err) end
+end
+
 -- Writes the pending batch with one sync and wakes the waiters. Called by
 -- the loop around every wait; cheap when nothing is pending. Returns true
 -- when it did something (then the loop takes another turn before sleeping).
 function Records:flush()
+  if self.inflight then return false end -- the next group waits for this one
   if not self.dirty and self.nwaiters == 0 then return false end
-  local ok, err = true, nil
-  if self.dirty then
-    ok, err = self.store:write(self.batch, self.sync)
-    if not ok then
-      log.error("storage write failed: %s", err)
-      err = public_error(err)
-    end
-    self.syncs = self.syncs + 1
-    self.batch:clear()
-    self.pending = {}
-    self.dirty = false
-  end
   local waiters, n = self.waiters, self.nwaiters
   self.waiters, self.nwaiters = {}, 0
-  for i = 1, n do waiters[i](ok, err) end
+  if not self.dirty then -- waiters that only saw data now on disk
+    wake(waiters, n, true)
+    return true
+  end
+  local batch = self.batch
+  self.syncs = self.syncs + 1
+  self.dirty = false
+  if not self.loop then
+    local ok, err = self.store:write(batch, self.sync)
+    batch:clear()
+    self.pending = {}
+    wake(waiters, n, ok, err)
+    return true
+  end
+  self.inflight = { pending = self.pending }
+  self.pending = {}
+  self.batch = self.spare or self.store:batch()
+  self.spare = nil
+  local function done(ok, err)
+    self.inflight = nil
+    batch:clear()
+    self.spare = batch
+    wake(waiters, n, ok, err)
+  end
+  local ok, err = self.store:write_async(self.loop, batch, self.sync, done)
+  if not ok then done(nil, err) end
   return true
+end
+
+-- Runs the loop until every write is on disk (shutdown). Bounded.
+function Records:drain(max_ms)
+  if not self.loop then return self:flush() end
+  local deadline = self.loop:now() + (max_ms or 10000)
+  while (self.dirty or self.inflight or self.nwaiters > 0) and self.loop:now() < deadline do
+    self:flush()
+    -- close() may run inside a loop callback: then the store's close waits
+    -- for the write in flight, and nothing more can be served anyway
+    if self.inflight and not pcall(self.loop.run_once, self.loop, 10) then break end
+  end
 end
 
 -- Iterates stored record names (not pending ones): for name, version, text in records:each(prefix)

@@ -164,7 +164,7 @@ function Server:listen()
   end
   self.store = store
   self.records = records_mod.new(store, {
-    sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes,
+    sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
   })
   self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
   self.tokens:sweep()
@@ -277,7 +277,7 @@ function Server:close()
     self.http:close()      -- answers suspended requests, stops the daemon
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
-  if self.records then self.records:flush() end
+  if self.records then self.records:drain() end
   self.loop:on_iteration(nil)
   self.auth:close()
   if self.store then
