@@ -185,6 +185,14 @@ function Auth:request(token, auth_data, connection, callback)
   callback(nil, "missing")
 end
 
+-- The user of a request without credentials: the open strategy's anonymous
+-- user (a fresh table: handlers may keep or change it), or nil when no open
+-- strategy is configured.
+function Auth:anonymous()
+  if self.open then return { id = "open", isAuthenticated = true } end
+  return nil
+end
+
 function Auth:close()
   for _, s in ipairs(self.chain) do
     if s.close then s:close() end

@@ -40,6 +40,7 @@ function M.new(cfg, parts)
     health_path = cfg.healthCheckPath,
     auth_enabled = cfg.enableAuthEndpoint,
     allow_auth_data = cfg.allowAuthData,
+    envelope_opts = { allowAuthData = cfg.allowAuthData },
     -- reused header tables: the C side copies them into each response
     text_all = { ["Content-Type"] = TEXT, ["Access-Control-Allow-Origin"] = "*" },
     json_all = { ["Content-Type"] = JSON, ["Access-Control-Allow-Origin"] = "*" },
@@ -215,18 +216,29 @@ function Api:_auth(req, msg, origin)
   end)
 end
 
+-- Validates and runs the commands of an authenticated request.
+local function run_batch(self, req, msg, origin, user)
+  local verr = validate.batch(msg.body)
+  if verr then return text_reply(self, req, 400, verr, origin) end
+  self.dispatcher:execute(msg.body, { user = user }, function(response)
+    json_reply(self, req, 200, response, origin)
+  end)
+end
+
 function Api:_batch(req, msg, origin)
-  local err = validate.envelope(msg, { allowAuthData = self.allow_auth_data })
+  local err = validate.envelope(msg, self.envelope_opts)
   if err then return text_reply(self, req, 400, err, origin) end
+  if msg.token == nil and msg.authData == nil then
+    -- no credentials: only open auth can accept, and it needs no connection data
+    local user = self.auth:anonymous()
+    if not user then return auth_failure(self, req, origin, "missing", nil, "Unsuccessful authentication attempt.") end
+    return run_batch(self, req, msg, origin, user)
+  end
   self.auth:request(msg.token, msg.authData, connection_data(req), function(user, reason, retry_after)
     if not user then
       return auth_failure(self, req, origin, reason, retry_after, "Unsuccessful authentication attempt.")
     end
-    local verr = validate.batch(msg.body)
-    if verr then return text_reply(self, req, 400, verr, origin) end
-    self.dispatcher:execute(msg.body, { user = user }, function(response)
-      json_reply(self, req, 200, response, origin)
-    end)
+    run_batch(self, req, msg, origin, user)
   end)
 end
 
