@@ -24,4 +24,8 @@ void ms_crypto_open(lua_State *L);
  * safe inside libmicrohttpd, LevelDB and libcurl callbacks. */
 int ms_pcall(lua_State *L, int nargs, int nresults);
 
+/* Creates the metatable `name` with the metamethods metameth and an __index
+ * table holding meth (liolib's createmeta). Leaves the stack as it was. */
+void ms_createmeta(lua_State *L, const char *name, const luaL_Reg *meth, const luaL_Reg *metameth);
+
 #endif

@@ -812,18 +812,10 @@ static const luaL_Reg hc_request_metameth[] = {
     {NULL, NULL}
 };
 
-static void hc_createmeta(lua_State *L, const char *name, const luaL_Reg *meth, const luaL_Reg *metameth) {
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, metameth, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, meth, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
 
 void ms_httpclient_open(lua_State *L) {
-    hc_createmeta(L, HC_CLIENT_MT, hc_client_meth, hc_client_metameth);
-    hc_createmeta(L, HC_REQUEST_MT, hc_request_meth, hc_request_metameth);
+    ms_createmeta(L, HC_CLIENT_MT, hc_client_meth, hc_client_metameth);
+    ms_createmeta(L, HC_REQUEST_MT, hc_request_meth, hc_request_metameth);
     lua_pushcfunction(L, hc_client_new);
     lua_setfield(L, -2, "http_client");
 }

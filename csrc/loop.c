@@ -532,18 +532,10 @@ static const luaL_Reg timer_metameth[] = {
     {NULL, NULL}
 };
 
-static void loop_createmeta(lua_State *L, const char *name, const luaL_Reg *meth, const luaL_Reg *metameth) {
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, metameth, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, meth, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
 
 void ms_loop_open(lua_State *L) {
-    loop_createmeta(L, LOOP_MT, loop_meth, loop_metameth);
-    loop_createmeta(L, TIMER_MT, timer_meth, timer_metameth);
+    ms_createmeta(L, LOOP_MT, loop_meth, loop_metameth);
+    ms_createmeta(L, TIMER_MT, timer_meth, timer_metameth);
     lua_pushcfunction(L, loop_new);
     lua_setfield(L, -2, "loop");
     lua_pushcfunction(L, loop_now_lua);

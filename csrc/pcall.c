@@ -1,4 +1,5 @@
-/* ms_pcall: the one way C calls into Lua from inside a library callback. */
+/* Helpers every subsystem uses: ms_pcall, the one way C calls into Lua from
+ * inside a library callback, and ms_createmeta. */
 #include <stdio.h>
 #include "core.h"
 
@@ -42,4 +43,13 @@ int ms_pcall(lua_State *L, int nargs, int nresults) {
         return 0;
     }
     return 1;
+}
+
+void ms_createmeta(lua_State *L, const char *name, const luaL_Reg *meth, const luaL_Reg *metameth) {
+    luaL_newmetatable(L, name);
+    luaL_setfuncs(L, metameth, 0);
+    lua_newtable(L);
+    luaL_setfuncs(L, meth, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
 }

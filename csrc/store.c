@@ -703,22 +703,11 @@ static const luaL_Reg iter_metameth[] = {
     {NULL, NULL}
 };
 
-/* Creates metatable name with metameth and an __index table of meth (liolib's
- * createmeta). Leaves the stack as it was. */
-static void store_createmeta(lua_State *L, const char *name,
-                             const luaL_Reg *meth, const luaL_Reg *metameth) {
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, metameth, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, meth, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
 
 void ms_store_open(lua_State *L) {
-    store_createmeta(L, STORE_MT, store_meth, store_metameth);
-    store_createmeta(L, BATCH_MT, batch_meth, batch_metameth);
-    store_createmeta(L, ITER_MT, iter_meth, iter_metameth);
+    ms_createmeta(L, STORE_MT, store_meth, store_metameth);
+    ms_createmeta(L, BATCH_MT, batch_meth, batch_metameth);
+    ms_createmeta(L, ITER_MT, iter_meth, iter_metameth);
     lua_pushcfunction(L, store_open);
     lua_setfield(L, -2, "store_open");
 }
