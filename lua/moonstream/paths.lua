@@ -40,18 +40,8 @@ local cache, cached = {}, 0
 -- clients that apply the same path to their copy of the record).
 local FORBIDDEN = { __proto__ = true, constructor = true, prototype = true }
 
--- Client text echoed in an error is cut.
-local ECHO_MAX = 64
-
-local function echo(s)
-  if #s > ECHO_MAX then
-    -- cut before a character, never inside one: the text goes into JSON
-    local cut = ECHO_MAX
-    while cut > 0 and (string.byte(s, cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
-    return sub(s, 1, cut) .. "..."
-  end
-  return s
-end
+-- Client text echoed in an error is cut (the same rule as validation).
+local echo = require("moonstream.validate").echo
 
 local function is_space(b)
   return b == 32 or (b >= 9 and b <= 13)

@@ -31,7 +31,7 @@ local ACTION_NOT_STRING = "property 'action' must be a non-empty string"
 -- back as a 1 MB error.
 local ECHO_MAX = 64
 
-local function echo(s)
+function M.echo(s)
   if #s > ECHO_MAX then
     -- cut before a character, never inside one: the text goes into JSON
     local cut = ECHO_MAX
@@ -40,6 +40,7 @@ local function echo(s)
   end
   return s
 end
+local echo = M.echo
 
 -- Checkers: (value) -> ok [, replacement]. value is never nil.
 
