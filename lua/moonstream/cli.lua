@@ -174,8 +174,10 @@ local function token(args)
   local store, serr = core.store_open(dir, {})
   if store then
     local tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
-    local n = user and tokens:revoke_user(user) or (tokens:revoke(what) and 1 or 0)
+    local n, rerr
+    if user then n, rerr = tokens:revoke_user(user) else n = tokens:revoke(what) and 1 or 0 end
     store:close()
+    if not n then return fail("cannot revoke: " .. tostring(rerr)) end
     io.stdout:write(("revoked %d token(s)\n"):format(n))
     return 0
   end

@@ -167,7 +167,10 @@ function Server:listen()
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
   })
   self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
-  self.tokens:sweep()
+  local _, sweep_err = self.tokens:sweep()
+  if sweep_err then -- e.g. a full disk: expired tokens are refused anyway, so start
+    log.warn("could not remove expired tokens: %s", records_mod.public_error(sweep_err))
+  end
   self.auth:set_tokens(self.tokens)
   self.permissions.records = self.records
   if not self.permissions:configured() then

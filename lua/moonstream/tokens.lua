@@ -126,8 +126,9 @@ local function remove_where(self, drop)
   if #doomed == 0 then return 0 end
   local batch = self.store:batch()
   for _, k in ipairs(doomed) do batch:delete(k) end
-  assert(self.store:write(batch, true))
+  local ok, err = self.store:write(batch, true)
   batch:close()
+  if not ok then return nil, err end
   return #doomed
 end
 
