@@ -82,6 +82,8 @@ end
 
 -- An emit from POST /api (or a Lua handler's ctx.emit): every subscriber.
 function Events:emit_from_server(name, data)
+  -- most HTTP emits have no WebSocket subscriber: skip encoding for nobody
+  if self.subs:subscribers(name) == nil then return true end
   local text
   if data ~= nil then
     local err
