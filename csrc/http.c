@@ -647,18 +647,10 @@ static const luaL_Reg request_metameth[] = {
     {NULL, NULL}
 };
 
-static void http_createmeta(lua_State *L, const char *name, const luaL_Reg *meth, const luaL_Reg *metameth) {
-    luaL_newmetatable(L, name);
-    luaL_setfuncs(L, metameth, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, meth, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-}
 
 void ms_http_open(lua_State *L) {
-    http_createmeta(L, SERVER_MT, server_meth, server_metameth);
-    http_createmeta(L, REQUEST_MT, request_meth, request_metameth);
+    ms_createmeta(L, SERVER_MT, server_meth, server_metameth);
+    ms_createmeta(L, REQUEST_MT, request_meth, request_metameth);
     lua_pushcfunction(L, http_server_new);
     lua_setfield(L, -2, "http_server");
 }

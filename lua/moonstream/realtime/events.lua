@@ -104,11 +104,7 @@ function Events:handle(c, msg)
 end
 
 function Events:disconnect(c)
-  local listener = self.listen
-  self.subs:remove_conn(c, function(name, last)
-    if last then listener:unsubscribed(name) end
-  end)
-  listener:disconnect(c)
+  self.listen:connection_closed(self.subs, c)
 end
 
 return M

@@ -260,6 +260,15 @@ function Listen:handle(c, msg)
   -- unknown actions are ignored, as the reference does (§5.3)
 end
 
+-- A connection closed: its subscriptions in subs go (providers are told when
+-- a name loses its last subscriber), and so do its listen patterns.
+function Listen:connection_closed(subs, c)
+  subs:remove_conn(c, function(name, last)
+    if last then self:unsubscribed(name) end
+  end)
+  self:disconnect(c)
+end
+
 function Listen:disconnect(c)
   local patterns = self.providers:names_of(c)
   if not patterns then return end

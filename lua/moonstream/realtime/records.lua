@@ -124,13 +124,21 @@ function Records:unsubscribe(c, msg)
   c:send({ topic = RECORD, action = msg.action, correlationId = msg.correlationId, isAck = true })
 end
 
-function Records:read(c, msg)
+-- The name of a record the client may read, or nil (a denial was sent).
+function Records:_readable(c, msg)
   local name = msg.name
-  if type(name) ~= "string" then return end
+  if type(name) ~= "string" then return nil end
   local ok, denial = self.rt:permit(c, "record", "read", name, nil)
   if not ok then
-    return c:send(error_reply(msg, denial, name, true))
+    c:send(error_reply(msg, denial, name, true))
+    return nil
   end
+  return name
+end
+
+function Records:read(c, msg)
+  local name = self:_readable(c, msg)
+  if not name then return end
   local version, _, err = self.store:get(name)
   if version == nil and not err then
     return c:send(error_reply(msg, RA.RECORD_NOT_FOUND, name, true))
@@ -139,12 +147,8 @@ function Records:read(c, msg)
 end
 
 function Records:head(c, msg)
-  local name = msg.name
-  if type(name) ~= "string" then return end
-  local ok, denial = self.rt:permit(c, "record", "read", name, nil)
-  if not ok then
-    return c:send(error_reply(msg, denial, name, true))
-  end
+  local name = self:_readable(c, msg)
+  if not name then return end
   local version, _, err = self.store:get(name)
   if err then return c:send(error_reply(msg, RA.RECORD_LOAD_ERROR, name, true)) end
   c:send({ topic = RECORD, action = RA.HEAD_RESPONSE, name = name, version = version or -1 })
@@ -257,11 +261,7 @@ function Records:handle(c, msg)
 end
 
 function Records:disconnect(c)
-  local listener = self.listen
-  self.subs:remove_conn(c, function(name, last)
-    if last then listener:unsubscribed(name) end
-  end)
-  listener:disconnect(c)
+  self.listen:connection_closed(self.subs, c)
 end
 
 return M
