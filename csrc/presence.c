@@ -217,11 +217,7 @@ static const luaL_Reg presence_metameth[] = {
 };
 
 void ms_presence_open(lua_State *L) {
-    luaL_newmetatable(L, PRESENCE_MT);
-    luaL_setfuncs(L, presence_metameth, 0);
-    luaL_newlib(L, presence_meth);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    ms_createmeta(L, PRESENCE_MT, presence_meth, presence_metameth);
     lua_pushcfunction(L, presence_new);
     lua_setfield(L, -2, "presence");
 }

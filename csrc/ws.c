@@ -791,10 +791,5 @@ static const luaL_Reg ws_metameth[] = {
 };
 
 void ms_ws_open(lua_State *L) {
-    luaL_newmetatable(L, WS_MT);
-    luaL_setfuncs(L, ws_metameth, 0);
-    lua_newtable(L);
-    luaL_setfuncs(L, ws_meth, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    ms_createmeta(L, WS_MT, ws_meth, ws_metameth);
 }

@@ -34,35 +34,54 @@ local function fail(msg)
   return 1
 end
 
-local function start(args)
-  local config = require "moonstream.config"
-  local server = require "moonstream.server"
-  local path, overrides = nil, {}
-  local i = 1
+-- Splits args into options that take a value (the names in `valued`, kept
+-- in the order given) and at most one positional argument (`what`, for the
+-- error). Returns options, positional; or nil, error text.
+local function parse_args(args, valued, what)
+  local opts, positional, i = {}, nil, 1
   while i <= #args do
     local a = args[i]
-    if a == "--host" or a == "--port" then
+    if valued[a] then
       local v = args[i + 1]
-      if not v then return fail(a .. " needs a value") end
-      if a == "--port" then
-        local n = math.tointeger(tonumber(v))
-        if not n then return fail("--port must be a number (got '" .. v .. "')") end
-        overrides.port = n
-      else
-        overrides.host = v
-      end
+      if not v then return nil, a .. " needs a value" end
+      opts[#opts + 1] = { a, v }
       i = i + 2
     elseif a:sub(1, 1) == "-" then
-      return fail("unknown option '" .. a .. "' (see moonstream --help)")
-    elseif path then
-      return fail("only one configuration file can be given")
+      return nil, "unknown option '" .. a .. "' (see moonstream --help)"
+    elseif positional then
+      return nil, "only one " .. what .. " can be given"
     else
-      path = a
+      positional = a
       i = i + 1
     end
   end
-  local cfg, err
-  if path then cfg, err = config.load(path) else cfg, err = config.validate({}) end
+  return opts, positional
+end
+
+-- The configuration at path, or the defaults.
+local function load_config(path)
+  local config = require "moonstream.config"
+  if path then return config.load(path) end
+  return config.validate({})
+end
+
+local function start(args)
+  local config = require "moonstream.config"
+  local server = require "moonstream.server"
+  local opts, path = parse_args(args, { ["--host"] = true, ["--port"] = true }, "configuration file")
+  if not opts then return fail(path) end
+  local overrides = {}
+  for _, o in ipairs(opts) do
+    local a, v = o[1], o[2]
+    if a == "--port" then
+      local n = math.tointeger(tonumber(v))
+      if not n then return fail("--port must be a number (got '" .. v .. "')") end
+      overrides.port = n
+    else
+      overrides.host = v
+    end
+  end
+  local cfg, err = load_config(path)
   if not cfg then return fail(err) end
   cfg, err = config.apply_overrides(cfg, overrides)
   if not cfg then return fail(err) end
@@ -75,49 +94,33 @@ local function start(args)
   return 0
 end
 
--- The configuration at path, or the defaults.
-local function load_config(path)
-  local config = require "moonstream.config"
-  if path then return config.load(path) end
-  return config.validate({})
-end
-
 local function hash(args)
   local file = require "moonstream.auth.file"
   local settings = { hash = file.DEFAULTS.hash, iterations = file.DEFAULTS.iterations,
                      keyLength = file.DEFAULTS.keyLength }
-  local password, overrides, i = nil, {}, 1
-  while i <= #args do
-    local a = args[i]
-    if a == "-c" or a == "--config" or a == "--hash" or a == "--iterations" or a == "--key-length" then
-      local v = args[i + 1]
-      if not v then return fail(a .. " needs a value") end
-      if a == "-c" or a == "--config" then
-        local cfg, err = load_config(v)
-        if not cfg then return fail(err) end
-        local found
-        for _, s in ipairs(cfg.auth) do
-          if s.type == "file" then found = s.options or s break end
-        end
-        if not found then return fail(v .. " has no file auth strategy") end
-        for _, k in ipairs({ "hash", "iterations", "keyLength" }) do
-          if found[k] ~= nil then settings[k] = found[k] end
-        end
-      elseif a == "--hash" then
-        overrides.hash = v
-      else
-        local n = math.tointeger(tonumber(v))
-        if not n or n < 1 then return fail(a .. " must be a positive integer (got '" .. v .. "')") end
-        overrides[a == "--iterations" and "iterations" or "keyLength"] = n
+  local opts, password = parse_args(args, { ["-c"] = true, ["--config"] = true, ["--hash"] = true,
+    ["--iterations"] = true, ["--key-length"] = true }, "password")
+  if not opts then return fail(password) end
+  local overrides = {}
+  for _, o in ipairs(opts) do
+    local a, v = o[1], o[2]
+    if a == "-c" or a == "--config" then
+      local cfg, err = load_config(v)
+      if not cfg then return fail(err) end
+      local found
+      for _, s in ipairs(cfg.auth) do
+        if s.type == "file" then found = s.options or s break end
       end
-      i = i + 2
-    elseif a:sub(1, 1) == "-" then
-      return fail("unknown option '" .. a .. "' (see moonstream --help)")
-    elseif password then
-      return fail("only one password can be given")
+      if not found then return fail(v .. " has no file auth strategy") end
+      for _, k in ipairs({ "hash", "iterations", "keyLength" }) do
+        if found[k] ~= nil then settings[k] = found[k] end
+      end
+    elseif a == "--hash" then
+      overrides.hash = v
     else
-      password = a
-      i = i + 1
+      local n = math.tointeger(tonumber(v))
+      if not n or n < 1 then return fail(a .. " must be a positive integer (got '" .. v .. "')") end
+      overrides[a == "--iterations" and "iterations" or "keyLength"] = n
     end
   end
   for k, v in pairs(overrides) do settings[k] = v end

@@ -432,6 +432,15 @@ local function check_storage_path(v, ctx)
   return resolve_path(ctx.dir, p)
 end
 
+-- A path written in the config, resolved against the config file's folder and
+-- checked now (check_folder or check_file): path | nil, ": why".
+local function existing(ctx, v, check)
+  local path = resolve_path(ctx.dir, v)
+  local ok, why = check(path)
+  if not ok then return nil, ": " .. why end
+  return path
+end
+
 -- rpc.handlers and events.listeners: a folder of <name>.lua files, or a table
 -- name -> function | file path. Files and folders must exist now, not at the
 -- first call.
@@ -439,12 +448,7 @@ local function script_map(names)
   local shape = format("a folder path or a table of %s -> function or file path", names)
   return function(v, ctx)
     if type(v) == "string" and v ~= "" then
-      local dir = resolve_path(ctx.dir, v)
-      local ok, why = check_folder(dir)
-      if not ok then
-        return nil, ": " .. why
-      end
-      return dir
+      return existing(ctx, v, check_folder)
     elseif type(v) ~= "table" then
       return nil, format("must be %s (got %s)", shape, describe_value(v))
     end
@@ -457,11 +461,8 @@ local function script_map(names)
       if type(h) == "function" then
         out[name] = h
       elseif type(h) == "string" and h ~= "" then
-        local file = resolve_path(ctx.dir, h)
-        local ok, why = check_file(file)
-        if not ok then
-          return nil, ": " .. why, { name }
-        end
+        local file, why = existing(ctx, h, check_file)
+        if not file then return nil, why, { name } end
         out[name] = file
       else
         return nil, format("must be a function or a file path (got %s)", describe_value(h)), { name }
@@ -479,12 +480,7 @@ local function check_static_folder(v, ctx)
   if type(v) ~= "string" or v == "" then
     return nil, format("must be a folder path (got %s)", describe_value(v))
   end
-  local dir = resolve_path(ctx.dir, v)
-  local ok, why = check_folder(dir)
-  if not ok then
-    return nil, ": " .. why
-  end
-  return dir
+  return existing(ctx, v, check_folder)
 end
 
 -- Strategy options belong to the auth module; only the list shape and each
@@ -526,12 +522,7 @@ local function check_permissions(v, ctx)
   if type(v) == "table" then
     return deep_copy(v)
   elseif type(v) == "string" and v ~= "" then
-    local file = resolve_path(ctx.dir, v)
-    local ok, why = check_file(file)
-    if not ok then
-      return nil, ": " .. why
-    end
-    return file
+    return existing(ctx, v, check_file)
   end
   return nil, format("must be a file path or a table (got %s)", describe_value(v))
 end
