@@ -8,6 +8,7 @@
  * stays apart from {}; integers that fit 64 bits are Lua integers, every
  * other number a float. Error messages end in "at byte N", N being the 0-based
  * offset of the offending byte (the text length for a premature end). */
+#include <limits.h>
 #include <locale.h>
 #include <math.h>
 #include <stddef.h>
@@ -17,8 +18,9 @@
 #include <string.h>
 #include <yajl/yajl_parse.h>
 #include "core.h"
+#include "json.h"
 
-#define JSON_DEFAULT_MAX_DEPTH 128
+#define JSON_DEFAULT_MAX_DEPTH MS_JSON_MAX_DEPTH
 #define JSON_ENCODE_MAX_DEPTH 128
 /* The cached encode buffer keeps at most this much memory between calls. */
 #define JSON_BUFFER_KEEP (256 * 1024)
@@ -248,46 +250,64 @@ static int json_on_boolean(void *ud, int value) {
     return 1;
 }
 
-/* Integer syntax (no '.', 'e', 'E') becomes a Lua integer, or an error if
- * outside int64; other numbers go through strtod and must stay finite. */
+/* JSON integer syntax (no '.', 'e', 'E') within int64: 1 and *out set;
+ * integer syntax beyond int64: -1; any other number: 0. */
+static int json_parse_integer(const char *s, size_t len, long long *out) {
+    size_t i = (s[0] == '-');
+    size_t digits = 0;
+    uint64_t u = 0;
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < '0' || c > '9') return 0;
+        /* 19 digits cannot overflow u; more are out of range anyway */
+        if (digits++ < 19) u = u * 10 + (c - '0');
+    }
+    uint64_t limit = (uint64_t)INT64_MAX + (s[0] == '-');
+    if (digits > 19 || u > limit) return -1;
+    if (s[0] != '-') *out = (long long)u;
+    else if (u == (uint64_t)INT64_MAX + 1) *out = LLONG_MIN;
+    else *out = -(long long)u;
+    return 1;
+}
+
+int ms_json_integer(const char *s, size_t len, long long *out) {
+    return len > 0 && json_parse_integer(s, len, out) == 1;
+}
+
+/* strtod of a number yajl validated, with the locale's radix character.
+ * Returns 1, 0 if it is infinite (out of range), -1 if out of memory. */
+static int json_to_double(const char *s, size_t len, char *decpoint, double *out) {
+    char small[64];
+    char *copy = small;
+    if (len >= sizeof small && (copy = malloc(len + 1)) == NULL) return -1;
+    memcpy(copy, s, len);
+    copy[len] = '\0';
+    if (*decpoint == 0) *decpoint = lua_getlocaledecpoint();
+    if (*decpoint != '.') {
+        char *dot = memchr(copy, '.', len);
+        if (dot) *dot = *decpoint;
+    }
+    *out = strtod(copy, NULL);
+    if (copy != small) free(copy);
+    return !isinf(*out);
+}
+
+/* Integer syntax becomes a Lua integer, or an error if outside int64; other
+ * numbers go through strtod and must stay finite. */
 static int json_on_number(void *ud, const char *s, size_t len) {
     json_decoder *d = ud;
     lua_State *L = d->L;
     json_mark_end(d);
-    size_t i = (s[0] == '-');
-    size_t digits = 0;
-    uint64_t u = 0;
-    int integral = 1;
-    for (; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < '0' || c > '9') {
-            integral = 0;
-            break;
-        }
-        /* 19 digits cannot overflow u; more are out of range anyway */
-        if (digits++ < 19) u = u * 10 + (c - '0');
-    }
+    long long i;
+    int integral = json_parse_integer(s, len, &i);
+    if (integral < 0) goto out_of_range;
     if (integral) {
-        uint64_t limit = (uint64_t)INT64_MAX + (s[0] == '-');
-        if (digits > 19 || u > limit) goto out_of_range;
-        if (s[0] != '-') lua_pushinteger(L, (lua_Integer)u);
-        else if (u == (uint64_t)INT64_MAX + 1) lua_pushinteger(L, LUA_MININTEGER);
-        else lua_pushinteger(L, -(lua_Integer)u);
+        lua_pushinteger(L, (lua_Integer)i);
     } else {
-        /* strtod wants a terminated copy, with the locale's radix char */
-        char small[64];
-        char *copy = small;
-        if (len >= sizeof small) copy = lua_newuserdatauv(L, len + 1, 0);
-        memcpy(copy, s, len);
-        copy[len] = '\0';
-        if (d->decpoint == 0) d->decpoint = lua_getlocaledecpoint();
-        if (d->decpoint != '.') {
-            char *dot = memchr(copy, '.', len);
-            if (dot) *dot = d->decpoint;
-        }
-        double value = strtod(copy, NULL);
-        if (copy != small) lua_pop(L, 1);
-        if (isinf(value)) goto out_of_range;
+        double value;
+        int rc = json_to_double(s, len, &d->decpoint, &value);
+        if (rc < 0) luaL_error(L, "not enough memory");  /* unwinds like a Lua memory error */
+        if (rc == 0) goto out_of_range;
         lua_pushnumber(L, (lua_Number)value);
     }
     json_add_value(d);
@@ -530,10 +550,11 @@ typedef union {
     max_align_t align;
 } json_block;
 
-typedef struct {
+struct ms_json_pool {
     json_block *free[JSON_POOL_SLOTS];
     int n;
-} json_pool;
+};
+typedef struct ms_json_pool json_pool;
 
 static void *json_pool_malloc(void *ud, size_t size) {
     json_pool *pool = ud;
@@ -565,10 +586,35 @@ static void *json_pool_realloc(void *ud, void *ptr, size_t size) {
     return grown;
 }
 
-static int json_pool_gc(lua_State *L) {
-    json_pool *pool = luaL_checkudata(L, 1, JSON_POOL_MT);
+static void json_pool_clear(json_pool *pool) {
     while (pool->n > 0) free(pool->free[--pool->n]);
+}
+
+static int json_pool_gc(lua_State *L) {
+    json_pool_clear(luaL_checkudata(L, 1, JSON_POOL_MT));
     return 0;
+}
+
+ms_json_pool *ms_json_pool_new(void) {
+    return calloc(1, sizeof(json_pool));
+}
+
+void ms_json_pool_delete(ms_json_pool *pool) {
+    if (pool == NULL) return;
+    json_pool_clear(pool);
+    free(pool);
+}
+
+void ms_json_pool_funcs(ms_json_pool *pool, yajl_alloc_funcs *funcs) {
+    funcs->malloc = json_pool_malloc;
+    funcs->realloc = json_pool_realloc;
+    funcs->free = json_pool_free;
+    funcs->ctx = pool;
+}
+
+int ms_json_strict(const char *text, size_t len) {
+    size_t at;
+    return json_prescan((const unsigned char *)text, len, &at) == JSON_SUSPECT_NONE;
 }
 
 static int json_parser_close(lua_State *L) {
@@ -656,12 +702,7 @@ static int json_decode(lua_State *L) {
 /* ------------------------------------------------------------------------ */
 /* Encoding */
 
-typedef struct {
-    char *data;
-    size_t len;
-    size_t cap;
-    int busy;  /* the cached buffer is in use by an encode in progress */
-} json_buffer;
+typedef ms_jbuf json_buffer;
 
 enum {
     JSON_EERR_NONE,
@@ -811,6 +852,33 @@ static int json_put_string(json_encoder *e, const char *str, size_t len) {
     *out++ = '"';
     b->len = (size_t)(out - b->data);
     return 1;
+}
+
+/* ---- the writers for other C files (json.h) ---- */
+
+int ms_jbuf_put(ms_jbuf *b, const char *s, size_t n) {
+    json_encoder e = {NULL, b, 0, JSON_EERR_NONE, NULL, 0};
+    return json_put(&e, s, n);
+}
+
+int ms_jbuf_string(ms_jbuf *b, const char *s, size_t len) {
+    json_encoder e = {NULL, b, 0, JSON_EERR_NONE, NULL, 0};
+    return json_put_string(&e, s, len);
+}
+
+int ms_jbuf_number(ms_jbuf *b, const char *s, size_t len) {
+    json_encoder e = {NULL, b, 0, JSON_EERR_NONE, NULL, 0};
+    long long i;
+    int integral = json_parse_integer(s, len, &i);
+    if (integral < 0) return 0;
+    if (integral) return json_put_integer(&e, (lua_Integer)i);
+    double d;
+    if (json_to_double(s, len, &e.decpoint, &d) != 1) return 0;
+    return json_put_float(&e, d);
+}
+
+void ms_jbuf_free(ms_jbuf *b) {
+    json_buffer_release(b);
 }
 
 static int json_encode_value(json_encoder *e, int idx);

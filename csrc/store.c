@@ -16,6 +16,7 @@
 #include <leveldb/c.h>
 #include "core.h"
 #include "loop.h"
+#include "store.h"
 
 #define STORE_MT "moonstream.Store"
 #define BATCH_MT "moonstream.Batch"
@@ -82,6 +83,9 @@ struct store_writer {
     ms_loop *loop;
     lua_State *L;                   /* main thread */
     int fn_ref, batch_ref, loop_ref;
+    ms_store_done_fn cfn;           /* a C caller's callback (ms_store_write_async) */
+    void *cud;
+    int busy;                       /* a job was handed over and not yet called back */
 };
 
 /* Options of store_open after validation; read before anything is allocated so
@@ -369,6 +373,14 @@ static void store_writer_io(void *ud, int fd, uint32_t events) {
     pthread_mutex_unlock(&w->mu);
     if (!finished) return;
     lua_State *L = w->L;
+    w->busy = 0;
+    if (w->job_batch == NULL) {  /* a C caller's job (its callback may be forgotten) */
+        ms_store_done_fn fn = w->cfn;
+        w->cfn = NULL;
+        if (fn) fn(w->cud, err);
+        if (err) leveldb_free(err);
+        return;
+    }
     w->job_batch->in_flight = 0;
     w->job_batch = NULL;
     int fn_ref = w->fn_ref;
@@ -400,6 +412,12 @@ static void store_writer_stop(lua_State *L, store *s) {
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);  /* finishes the job in flight first */
+    if (w->cfn != NULL && w->busy) {
+        /* a C caller hears the outcome of its last write (see store.h) */
+        ms_store_done_fn fn = w->cfn;
+        w->cfn = NULL;
+        fn(w->cud, w->finished ? w->err : "the store was closed");
+    }
     if (w->err) leveldb_free(w->err);
     if (w->job_batch) w->job_batch->in_flight = 0;
     ms_loop_unwatch(w->loop, w->efd);
@@ -456,7 +474,7 @@ static int store_write_async(lua_State *L) {
     if (s->writer == NULL && store_writer_start(L, s, loop, 2) != 0)
         return luaL_fileresult(L, 0, "store writer");
     store_writer *w = s->writer;
-    if (w->job_batch != NULL) return luaL_error(L, "a write is already in flight");
+    if (w->busy) return luaL_error(L, "a write is already in flight");
     if (w->loop != loop) return luaL_error(L, "write_async must always use the same loop");
     lua_pushvalue(L, 5);
     w->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -464,6 +482,7 @@ static int store_write_async(lua_State *L) {
     w->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     b->in_flight = 1;
     w->job_batch = b;
+    w->busy = 1;
     pthread_mutex_lock(&w->mu);
     w->opts = sync ? s->write_sync : s->write_nosync;
     w->job = b->wb;
@@ -476,8 +495,78 @@ static int store_write_async(lua_State *L) {
 /* st:write_pending() -> true while a write_async has not called back yet. */
 static int store_write_pending(lua_State *L) {
     store *s = check_store(L, 1);
-    lua_pushboolean(L, s->writer != NULL && s->writer->job_batch != NULL);
+    lua_pushboolean(L, s->writer != NULL && s->writer->busy);
     return 1;
+}
+
+/* ---- C API (store.h) ---- */
+
+ms_store *ms_store_check(lua_State *L, int idx) {
+    return check_store(L, idx);
+}
+
+int ms_store_is_open(const ms_store *s) {
+    return s->db != NULL;
+}
+
+char *ms_store_get(ms_store *s, const char *key, size_t klen, size_t *vlen, char **err) {
+    *err = NULL;
+    if (s->db == NULL) {
+        *err = strdup("the store is closed");
+        return NULL;
+    }
+    char *lerr = NULL;
+    char *val = leveldb_get(s->db, s->read, key, klen, vlen, &lerr);
+    if (lerr != NULL) {
+        if (val != NULL) leveldb_free(val);
+        *err = strdup(lerr);
+        leveldb_free(lerr);
+        return NULL;
+    }
+    return val;
+}
+
+char *ms_store_write(ms_store *s, leveldb_writebatch_t *wb, int sync) {
+    if (s->db == NULL) return strdup("the store is closed");
+    char *lerr = NULL;
+    leveldb_write(s->db, sync ? s->write_sync : s->write_nosync, wb, &lerr);
+    if (lerr == NULL) return NULL;
+    char *err = strdup(lerr);
+    leveldb_free(lerr);
+    return err ? err : strdup("out of memory");
+}
+
+int ms_store_write_async(lua_State *L, int store_idx, ms_loop *loop, int loop_idx,
+                         leveldb_writebatch_t *wb, int sync, ms_store_done_fn fn, void *ud) {
+    store *s = check_store(L, store_idx);
+    if (s->writer == NULL && store_writer_start(L, s, loop, loop_idx) != 0) return -1;
+    store_writer *w = s->writer;
+    if (w->busy || w->loop != loop) {
+        errno = EBUSY;
+        return -1;
+    }
+    w->cfn = fn;
+    w->cud = ud;
+    w->busy = 1;
+    pthread_mutex_lock(&w->mu);
+    w->opts = sync ? s->write_sync : s->write_nosync;
+    w->job = wb;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+void ms_store_write_forget(ms_store *s) {
+    store_writer *w = s->writer;
+    if (w == NULL || w->cfn == NULL) return;
+    pthread_mutex_lock(&w->mu);
+    while (w->job != NULL) {
+        pthread_mutex_unlock(&w->mu);
+        usleep(100);  /* a LevelDB write in progress: it takes milliseconds */
+        pthread_mutex_lock(&w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    w->cfn = NULL;  /* the eventfd wake-up that follows finds no callback */
 }
 
 /* st:batch() -> batch. The batch holds its store in its user value, so the

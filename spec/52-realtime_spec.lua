@@ -425,11 +425,11 @@ describe("realtime server", function()
       start()
       local a = connect(t)
       a.login("ann")
-      local syncs = t.server.records.syncs
+      local syncs = t.server.records:syncs()
       a.send({ topic = 5, action = 16, name = "other", version = -1, parsedData = { x = 1 },
         correlationId = "1", isWriteAck = true })
       a.expect({ topic = 5, action = 14, name = "other", correlationId = "1", isWriteAck = true })
-      assert.is_true(t.server.records.syncs > syncs) -- on disk before the ack
+      assert.is_true(t.server.records:syncs() > syncs) -- on disk before the ack
       a.send({ topic = 5, action = 17, name = "other", path = "y", version = -1, data = "2",
         correlationId = "2", isWriteAck = true })
       a.expect({ topic = 5, action = 14, correlationId = "2", isWriteAck = true })

@@ -1,25 +1,26 @@
 -- Records: versioned JSON documents in LevelDB, with group commit.
 --
--- Every write made while the loop serves one iteration goes into one LevelDB
--- write batch; the batch is written with sync = true at the end of the
--- iteration (records:flush(), called by the server's iteration hook), and only
--- then are the requests that wrote (or saw unsynced data) answered. Until the
--- flush, pending writes live in an overlay so later commands see them.
---
--- With a loop (the server's case) the synced write runs on the store's writer
--- thread while the loop keeps serving: the next group gathers in a second
--- batch meanwhile (double buffering) and is written when the first is on
--- disk. Without a loop, flush writes synchronously.
+-- The versions, the overlay of changes not yet on disk and the group commit
+-- live in C (csrc/records.c, `core.records`), shared with the HTTP fast path
+-- (csrc/fastpath.c) so both see each other's writes: every write made while
+-- the loop serves one iteration goes into one LevelDB batch, written with one
+-- sync at the end of the iteration (records:flush(), called by the server's
+-- iteration hook) on the store's writer thread while the next group gathers;
+-- requests that wrote (or saw unsynced data) are answered after it.
+-- This module adds what Lua needs: names kept in memory only
+-- (storageExclusionPrefixes), the change hook for realtime subscribers and
+-- the command semantics for the Lua path.
 --
 -- A stored value is "<version> <json>": the version, one space, the data as
 -- JSON text. Record keys live under "r/" so other key spaces (tokens, internal
 -- state) can never be reached by a record name.
+local core = require "moonstream.core"
 local json = require "moonstream.json"
 local paths = require "moonstream.paths"
 local log = require "moonstream.log"
 
 local encode, decode, raw = json.encode, json.decode, json.raw
-local tonumber, type, find, sub, byte = tonumber, type, string.find, string.sub, string.byte
+local tonumber, type, find, sub = tonumber, type, string.find, string.sub
 local math_type = math.type
 
 local M = {}
@@ -29,25 +30,20 @@ local mt = { __index = Records }
 local KEY_PREFIX = "r/"
 M.KEY_PREFIX = KEY_PREFIX
 
-local DELETED = false -- overlay marker for a pending delete
-
 -- opts: sync (default true), exclusion_prefixes (list of name prefixes kept in
--- memory only), loop (write on the store's writer thread; see above)
+-- memory only), loop (write on the store's writer thread; without it flush
+-- writes at once)
 function M.new(store, opts)
   opts = opts or {}
   local self = setmetatable({
     store = store,
     loop = opts.loop,
-    batch = store:batch(),
-    inflight = nil, -- { pending = overlay } of the group being written
-    sync = opts.sync ~= false,
+    core = core.records(store, opts.loop, {
+      sync = opts.sync ~= false,
+      on_error = function(err) log.error("storage write failed: %s", err) end,
+    }),
     exclusions = opts.exclusion_prefixes or {},
-    pending = {},  -- name -> { version, json } or DELETED, until the next flush
     memory = {},   -- excluded names -> { version, json }
-    waiters = {},  -- functions(ok, err) to call after the next flush
-    nwaiters = 0,
-    dirty = false,
-    syncs = 0,     -- batches written (for specs and stats)
   }, mt)
   return self
 end
@@ -60,42 +56,29 @@ local function excluded(self, name)
   end
   return false
 end
+M.excluded = excluded
 
 -- Current state of a record: version, json_text; nil when it does not exist;
 -- nil, nil, err when the store failed or the entry is corrupt.
 function Records:get(name)
-  local p = self.pending[name]
-  if p == nil and self.inflight then p = self.inflight.pending[name] end
-  if p ~= nil then
-    if p == DELETED then return nil end
-    return p[1], p[2]
-  end
   if #self.exclusions > 0 and excluded(self, name) then
     local m = self.memory[name]
     if m then return m[1], m[2] end
     return nil
   end
-  local v, err = self.store:get(KEY_PREFIX .. name)
-  if v == nil then return nil, nil, err end
-  local sp = find(v, " ", 1, true)
-  local version = sp and tonumber(sub(v, 1, sp - 1))
-  if not version or math_type(version) ~= "integer" then
-    return nil, nil, "corrupt entry for record \"" .. name .. "\""
-  end
-  return version, sub(v, sp + 1)
+  return self.core:get(name)
 end
 
 -- Queues a write of version/json_text (no checks: callers decided).
 -- Every change, whoever makes it (HTTP, a Lua handler, a realtime client),
--- goes through put or remove, which tell records.on_change(name, version,
--- text) (version nil: deleted) so realtime subscribers hear about it.
+-- goes through put or remove (or the fast path, which calls the same hook),
+-- which tell records.on_change(name, version, text) (version nil: deleted)
+-- so realtime subscribers hear about it.
 function Records:put(name, version, text)
   if #self.exclusions > 0 and excluded(self, name) then
     self.memory[name] = { version, text }
   else
-    self.pending[name] = { version, text }
-    self.batch:put(KEY_PREFIX .. name, version .. " " .. text)
-    self.dirty = true
+    self.core:put(name, version, text)
   end
   if self.on_change then self.on_change(name, version, text) end
 end
@@ -104,88 +87,53 @@ function Records:remove(name)
   if #self.exclusions > 0 and excluded(self, name) then
     self.memory[name] = nil
   else
-    self.pending[name] = DELETED
-    self.batch:delete(KEY_PREFIX .. name)
-    self.dirty = true
+    self.core:remove(name)
   end
   if self.on_change then self.on_change(name, nil) end
 end
 
 -- True when writes are not on disk yet (gathering or being written).
 function Records:has_pending()
-  return self.dirty or self.inflight ~= nil
+  return self.core:has_pending()
 end
 
--- Calls fn(ok, err) once the pending writes are on disk (or failed).
+-- Calls fn(ok, err) once the pending writes are on disk (or failed; err is
+-- then the client-safe text).
 function Records:after_flush(fn)
-  local n = self.nwaiters + 1
-  self.waiters[n] = fn
-  self.nwaiters = n
+  self.core:after_flush(fn)
+end
+
+-- Groups written so far (for specs and stats).
+function Records:syncs()
+  return self.core:syncs()
 end
 
 -- A storage error as clients may see it: LevelDB names the file that failed
 -- ("IO error: /srv/data/000003.log: No space left on device"); the path
 -- stays in the server log, the client gets "IO error: No space left on device".
+-- (csrc/records.c does the same for the errors it hands to waiters.)
 function M.public_error(err)
   return (tostring(err):gsub("/[^%s:]*: ", ""))
 end
 local public_error = M.public_error
 
--- Called with the outcome of writing one group: wakes its waiters.
-local function wake(waiters, n, ok, err)
-  if not ok then
-    log.error("storage write failed: %s", err)
-    err = public_error(err)
-  end
-  for i = 1, n do waiters[i](ok, err) end
-end
-
--- Writes the pending batch with one sync and wakes the waiters. Called by
--- the loop around every wait; cheap when nothing is pending. Returns true
--- when it did something (then the loop takes another turn before sleeping).
+-- Writes the pending group with one sync (see the top). Called by the loop
+-- around every wait; cheap when nothing is pending. Returns true when it did
+-- something (then the loop takes another turn before sleeping).
 function Records:flush()
-  if self.inflight then return false end -- the next group waits for this one
-  if not self.dirty and self.nwaiters == 0 then return false end
-  local waiters, n = self.waiters, self.nwaiters
-  self.waiters, self.nwaiters = {}, 0
-  if not self.dirty then -- waiters that only saw data now on disk
-    wake(waiters, n, true)
-    return true
-  end
-  local batch = self.batch
-  self.syncs = self.syncs + 1
-  self.dirty = false
-  if not self.loop then
-    local ok, err = self.store:write(batch, self.sync)
-    batch:clear()
-    self.pending = {}
-    wake(waiters, n, ok, err)
-    return true
-  end
-  self.inflight = { pending = self.pending }
-  self.pending = {}
-  self.batch = self.spare or self.store:batch()
-  self.spare = nil
-  local function done(ok, err)
-    self.inflight = nil
-    batch:clear()
-    self.spare = batch
-    wake(waiters, n, ok, err)
-  end
-  local ok, err = self.store:write_async(self.loop, batch, self.sync, done)
-  if not ok then done(nil, err) end
-  return true
+  return self.core:flush()
 end
 
 -- Runs the loop until every write is on disk (shutdown). Bounded.
 function Records:drain(max_ms)
-  if not self.loop then return self:flush() end
+  local c = self.core
+  if not self.loop then return c:flush() end
   local deadline = self.loop:now() + (max_ms or 10000)
-  while (self.dirty or self.inflight or self.nwaiters > 0) and self.loop:now() < deadline do
-    self:flush()
+  while (c:has_pending() or c:waiting()) and self.loop:now() < deadline do
+    c:flush()
     -- close() may run inside a loop callback: then the store's close waits
     -- for the write in flight, and nothing more can be served anyway
-    if self.inflight and not pcall(self.loop.run_once, self.loop, 10) then break end
+    if c:in_flight() and not pcall(self.loop.run_once, self.loop, 10) then break end
   end
 end
 

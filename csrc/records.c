@@ -1,0 +1,531 @@
+/* records: versioned record values over the store, with group commit.
+ *
+ * A stored value is "<version> <json>" under the key "r/<name>". Changes made
+ * while the loop serves one iteration go into one LevelDB write batch, which
+ * flush() (called by the server once per loop iteration) writes with one
+ * sync; only then are the requests that changed (or saw unsynced) data
+ * answered, through after_flush callbacks. Until then the changes live in an
+ * overlay (name -> version and text, or deleted) that every read consults.
+ *
+ * With a loop the synced write runs on the store's writer thread while the
+ * loop keeps serving: the next group gathers in a second batch and overlay
+ * meanwhile (double buffering) and is written when the first is on disk.
+ * Without a loop flush writes at once.
+ *
+ * This lives in C so that lua/moonstream/records.lua (the command semantics
+ * for the Lua path) and csrc/fastpath.c (the same commands answered without
+ * entering Lua) share one overlay and one commit. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#define HASH_NONFATAL_OOM 1
+#include <uthash.h>
+#include <leveldb/c.h>
+
+#include "core.h"
+#include "json.h"
+#include "loop.h"
+#include "records.h"
+#include "store.h"
+
+#define RECORDS_MT "moonstream.Records"
+#define KEY_PREFIX "r/"
+#define KEY_PREFIX_LEN 2
+
+/* user values of the records userdata */
+#define UV_STORE 1
+#define UV_LOOP 2
+#define UV_ON_ERROR 3
+
+typedef struct rec_entry {
+    char *name;
+    size_t nlen;
+    long long version;
+    char *text;          /* NULL: deleted */
+    size_t tlen;
+    UT_hash_handle hh;
+} rec_entry;
+
+typedef struct rec_waiter {
+    ms_records_done_fn fn;  /* NULL: a Lua function, ref */
+    void *ud;
+    int ref;
+} rec_waiter;
+
+typedef struct rec_waiters {
+    rec_waiter *items;
+    size_t n, cap;
+} rec_waiters;
+
+struct ms_records {
+    lua_State *L;                /* main thread */
+    ms_store *store;
+    ms_loop *loop;               /* NULL: flush writes synchronously */
+    int sync;
+    rec_entry *pending;          /* the group gathering (uthash head) */
+    rec_entry *inflight;         /* the group being written */
+    leveldb_writebatch_t *batch, *spare, *writing;
+    int dirty, flying, gone;
+    rec_waiters waiters;         /* to wake after the next write */
+    rec_waiters flying_waiters;  /* to wake when the write in flight returns */
+    lua_Integer syncs;
+    int on_error_ref;            /* function(err) that logs a failed write */
+    char *parked, *parked_err;   /* buffers being copied into Lua */
+    ms_jbuf scratch;             /* keys and values being built */
+};
+
+/* ---- overlay ---- */
+
+static void entries_free(rec_entry **head) {
+    rec_entry *e, *tmp;
+    HASH_ITER(hh, *head, e, tmp) {
+        HASH_DEL(*head, e);
+        free(e->name);
+        free(e->text);
+        free(e);
+    }
+}
+
+/* Sets name's pending entry (text NULL: deleted). 0, or -1 out of memory. */
+static int overlay_set(ms_records *r, const char *name, size_t nlen, long long version,
+                       const char *text, size_t tlen) {
+    char *copy = NULL;
+    if (text != NULL) {
+        copy = malloc(tlen + 1);
+        if (copy == NULL) return -1;
+        memcpy(copy, text, tlen);
+        copy[tlen] = '\0';
+    }
+    rec_entry *e;
+    HASH_FIND(hh, r->pending, name, nlen, e);
+    if (e == NULL) {
+        e = calloc(1, sizeof *e);
+        if (e == NULL || (e->name = malloc(nlen + 1)) == NULL) {
+            free(e);
+            free(copy);
+            return -1;
+        }
+        memcpy(e->name, name, nlen);
+        e->name[nlen] = '\0';
+        e->nlen = nlen;
+        HASH_ADD_KEYPTR(hh, r->pending, e->name, e->nlen, e);
+        if (e->hh.tbl == NULL) {  /* uthash could not grow */
+            free(e->name);
+            free(e);
+            free(copy);
+            return -1;
+        }
+    }
+    free(e->text);
+    e->version = version;
+    e->text = copy;
+    e->tlen = tlen;
+    return 0;
+}
+
+/* r->scratch = "r/" .. name; 0 or -1 out of memory */
+static int build_key(ms_records *r, const char *name, size_t nlen) {
+    r->scratch.len = 0;
+    return ms_jbuf_put(&r->scratch, KEY_PREFIX, KEY_PREFIX_LEN) && ms_jbuf_put(&r->scratch, name, nlen) ? 0 : -1;
+}
+
+/* ---- C API ---- */
+
+ms_records *ms_records_check(lua_State *L, int idx) {
+    ms_records *r = luaL_checkudata(L, idx, RECORDS_MT);
+    if (r->gone) luaL_error(L, "attempt to use closed records");
+    return r;
+}
+
+/* Parses a stored "<version> <json>" value. */
+static int parse_stored(const char *v, size_t vlen, ms_record *out) {
+    const char *sp = memchr(v, ' ', vlen);
+    if (sp == NULL || !ms_json_integer(v, (size_t)(sp - v), &out->version)) return 0;
+    out->text = sp + 1;
+    out->len = vlen - (size_t)(sp + 1 - v);
+    return 1;
+}
+
+int ms_records_get(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
+    *err = NULL;
+    out->owned = NULL;
+    rec_entry *e;
+    HASH_FIND(hh, r->pending, name, nlen, e);
+    if (e == NULL) HASH_FIND(hh, r->inflight, name, nlen, e);
+    if (e != NULL) {
+        if (e->text == NULL) return 0;
+        out->version = e->version;
+        out->text = e->text;
+        out->len = e->tlen;
+        return 1;
+    }
+    if (build_key(r, name, nlen) != 0) {
+        *err = strdup("out of memory");
+        return -1;
+    }
+    size_t vlen = 0;
+    char *v = ms_store_get(r->store, r->scratch.data, r->scratch.len, &vlen, err);
+    if (v == NULL) return *err ? -1 : 0;
+    out->owned = v;
+    if (!parse_stored(v, vlen, out)) {
+        leveldb_free(v);
+        out->owned = NULL;
+        size_t n = nlen + 40;
+        if ((*err = malloc(n)) != NULL) snprintf(*err, n, "corrupt entry for record \"%.*s\"", (int)nlen, name);
+        return -1;
+    }
+    return 1;
+}
+
+void ms_record_release(ms_record *rec) {
+    if (rec->owned) leveldb_free(rec->owned);
+    rec->owned = NULL;
+}
+
+int ms_records_put(ms_records *r, const char *name, size_t nlen, long long version,
+                   const char *text, size_t tlen) {
+    char num[24];
+    int n = snprintf(num, sizeof num, "%lld ", version);
+    if (build_key(r, name, nlen) != 0) return -1;
+    size_t klen = r->scratch.len;
+    if (!ms_jbuf_put(&r->scratch, num, (size_t)n) || !ms_jbuf_put(&r->scratch, text, tlen)) return -1;
+    if (overlay_set(r, name, nlen, version, text, tlen) != 0) return -1;
+    leveldb_writebatch_put(r->batch, r->scratch.data, klen, r->scratch.data + klen, r->scratch.len - klen);
+    r->dirty = 1;
+    return 0;
+}
+
+int ms_records_remove(ms_records *r, const char *name, size_t nlen) {
+    if (build_key(r, name, nlen) != 0 || overlay_set(r, name, nlen, 0, NULL, 0) != 0) return -1;
+    leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
+    r->dirty = 1;
+    return 0;
+}
+
+int ms_records_has_pending(const ms_records *r) {
+    return r->dirty || r->flying;
+}
+
+static int waiters_add(rec_waiters *w, ms_records_done_fn fn, void *ud, int ref) {
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 16;
+        rec_waiter *items = realloc(w->items, cap * sizeof *items);
+        if (items == NULL) return -1;
+        w->items = items;
+        w->cap = cap;
+    }
+    w->items[w->n++] = (rec_waiter){ fn, ud, ref };
+    return 0;
+}
+
+int ms_records_after_flush(ms_records *r, ms_records_done_fn fn, void *ud) {
+    return waiters_add(&r->waiters, fn, ud, LUA_NOREF);
+}
+
+/* ---- group commit ---- */
+
+/* LevelDB names the file that failed ("IO error: /srv/data/000003.log: No
+ * space left on device"); clients get the text without paths (the Lua
+ * pattern "/[^%s:]*: " removed). Returns a malloc'd copy or NULL. */
+static char *public_error(const char *err) {
+    size_t len = strlen(err);
+    char *out = malloc(len + 1), *o = out;
+    if (out == NULL) return NULL;
+    for (size_t i = 0; i < len;) {
+        if (err[i] == '/') {
+            size_t j = i + 1;
+            while (j < len && err[j] != ':' && err[j] != ' ' && (err[j] < '\t' || err[j] > '\r')) j++;
+            if (j + 1 < len && err[j] == ':' && err[j + 1] == ' ') {
+                i = j + 2;
+                continue;
+            }
+        }
+        *o++ = err[i++];
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Wakes a group's waiters: status 1 (on disk), 0 (failed: err), -1 (gone). */
+static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err) {
+    lua_State *L = r->L;
+    char *err = NULL;
+    if (status == 0) {
+        /* the server logs the full text; clients see it without paths */
+        if (r->on_error_ref != LUA_NOREF && lua_checkstack(L, 2)) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, r->on_error_ref);
+            lua_pushstring(L, raw_err);
+            ms_pcall(L, 1, 0);
+        }
+        err = public_error(raw_err);
+    }
+    const char *perr = err ? err : "storage error";
+    for (size_t i = 0; i < w->n; i++) {
+        rec_waiter *it = &w->items[i];
+        if (it->fn != NULL) {
+            it->fn(it->ud, status, perr);
+        } else if (status >= 0 && lua_checkstack(L, 3)) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, it->ref);
+            luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
+            if (status == 1) {
+                lua_pushboolean(L, 1);
+                ms_pcall(L, 1, 0);
+            } else {
+                lua_pushnil(L);
+                lua_pushstring(L, perr);
+                ms_pcall(L, 2, 0);
+            }
+        } else {
+            luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
+        }
+    }
+    free(err);
+    free(w->items);
+    *w = (rec_waiters){ NULL, 0, 0 };
+}
+
+/* The writer thread's answer for the group in flight (on the loop thread). */
+static void on_written(void *ud, const char *err) {
+    ms_records *r = ud;
+    entries_free(&r->inflight);
+    leveldb_writebatch_clear(r->writing);
+    if (r->spare == NULL) r->spare = r->writing;
+    else leveldb_writebatch_destroy(r->writing);
+    r->writing = NULL;
+    r->flying = 0;
+    rec_waiters w = r->flying_waiters;
+    r->flying_waiters = (rec_waiters){ NULL, 0, 0 };
+    wake(r, &w, err == NULL ? 1 : 0, err);
+}
+
+/* Writes the gathered group (see the top of the file). The records userdata
+ * is at index 1. Returns 1 when it did something. */
+static int flush(lua_State *L, ms_records *r) {
+    if (r->flying) return 0;  /* the next group waits for this one */
+    if (!r->dirty && r->waiters.n == 0) return 0;
+    rec_waiters w = r->waiters;
+    r->waiters = (rec_waiters){ NULL, 0, 0 };
+    if (!r->dirty) {  /* waiters that only saw data now on disk */
+        wake(r, &w, 1, NULL);
+        return 1;
+    }
+    r->syncs++;
+    r->dirty = 0;
+    if (r->loop == NULL) {
+        char *err = ms_store_write(r->store, r->batch, r->sync);
+        leveldb_writebatch_clear(r->batch);
+        entries_free(&r->pending);
+        wake(r, &w, err == NULL ? 1 : 0, err);
+        free(err);
+        return 1;
+    }
+    leveldb_writebatch_t *next = r->spare ? r->spare : leveldb_writebatch_create();
+    r->spare = NULL;
+    r->inflight = r->pending;
+    r->pending = NULL;
+    r->writing = r->batch;
+    r->batch = next;
+    r->flying = 1;
+    r->flying_waiters = w;
+    lua_getiuservalue(L, 1, UV_STORE);
+    lua_getiuservalue(L, 1, UV_LOOP);
+    if (ms_store_write_async(L, lua_gettop(L) - 1, r->loop, lua_gettop(L), r->writing, r->sync,
+                             on_written, r) != 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "cannot start the storage writer: %s", strerror(errno));
+        on_written(r, msg);
+    }
+    lua_pop(L, 2);
+    return 1;
+}
+
+/* ---- Lua API ---- */
+
+/* core.records(store [, loop [, opts]]) -> records
+ * opts: sync (default true), on_error (function(err): a group's write failed) */
+static int records_new(lua_State *L) {
+    ms_store *store = ms_store_check(L, 1);
+    ms_loop *loop = lua_isnoneornil(L, 2) ? NULL : ms_loop_check(L, 2);
+    int sync = 1, on_error = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        if (lua_getfield(L, 3, "sync") != LUA_TNIL) sync = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (lua_getfield(L, 3, "on_error") != LUA_TNIL) {
+            luaL_checktype(L, -1, LUA_TFUNCTION);
+            on_error = lua_gettop(L);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    ms_records *r = lua_newuserdatauv(L, sizeof *r, 2);
+    memset(r, 0, sizeof *r);
+    r->on_error_ref = LUA_NOREF;
+    luaL_setmetatable(L, RECORDS_MT);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, UV_STORE);  /* the store outlives the records */
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, UV_LOOP);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    r->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    r->store = store;
+    r->loop = loop;
+    r->sync = sync;
+    r->batch = leveldb_writebatch_create();
+    if (on_error) {
+        lua_pushvalue(L, on_error);
+        r->on_error_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 1;
+}
+
+/* Frees the buffer parked while Lua copies it (see records_get). */
+static void drop_parked(ms_records *r) {
+    if (r->parked) leveldb_free(r->parked);
+    if (r->parked_err) free(r->parked_err);
+    r->parked = NULL;
+    r->parked_err = NULL;
+}
+
+/* r:get(name) -> version, text | nil (missing) | nil, nil, err
+ * Buffers are parked in r while Lua copies them, so a memory error raised by
+ * the copy leaks nothing (the next call or __gc frees them). */
+static int records_get(lua_State *L) {
+    ms_records *r = ms_records_check(L, 1);
+    size_t nlen;
+    const char *name = luaL_checklstring(L, 2, &nlen);
+    ms_record rec;
+    char *err;
+    drop_parked(r);
+    int found = ms_records_get(r, name, nlen, &rec, &err);
+    if (found < 0) {
+        r->parked_err = err;
+        lua_pushnil(L);
+        lua_pushnil(L);
+        lua_pushstring(L, err ? err : "out of memory");
+        drop_parked(r);
+        return 3;
+    }
+    if (found == 0) return 0;
+    r->parked = rec.owned;
+    lua_pushinteger(L, (lua_Integer)rec.version);
+    lua_pushlstring(L, rec.text, rec.len);
+    drop_parked(r);
+    return 2;
+}
+
+/* r:put(name, version, text) */
+static int records_put(lua_State *L) {
+    ms_records *r = ms_records_check(L, 1);
+    size_t nlen, tlen;
+    const char *name = luaL_checklstring(L, 2, &nlen);
+    lua_Integer version = luaL_checkinteger(L, 3);
+    const char *text = luaL_checklstring(L, 4, &tlen);
+    if (ms_records_put(r, name, nlen, (long long)version, text, tlen) != 0) return luaL_error(L, "not enough memory");
+    return 0;
+}
+
+/* r:remove(name) */
+static int records_remove(lua_State *L) {
+    ms_records *r = ms_records_check(L, 1);
+    size_t nlen;
+    const char *name = luaL_checklstring(L, 2, &nlen);
+    if (ms_records_remove(r, name, nlen) != 0) return luaL_error(L, "not enough memory");
+    return 0;
+}
+
+static int records_has_pending(lua_State *L) {
+    lua_pushboolean(L, ms_records_has_pending(ms_records_check(L, 1)));
+    return 1;
+}
+
+/* r:in_flight() -> true while a group is being written */
+static int records_in_flight(lua_State *L) {
+    lua_pushboolean(L, ms_records_check(L, 1)->flying);
+    return 1;
+}
+
+/* r:waiting() -> true while callbacks wait for the next flush */
+static int records_waiting(lua_State *L) {
+    lua_pushboolean(L, ms_records_check(L, 1)->waiters.n > 0);
+    return 1;
+}
+
+/* r:after_flush(fn): fn(true) or fn(nil, err) once the changes so far are on disk */
+static int records_after_flush(lua_State *L) {
+    ms_records *r = ms_records_check(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (waiters_add(&r->waiters, NULL, NULL, ref) != 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return luaL_error(L, "not enough memory");
+    }
+    return 0;
+}
+
+/* r:flush() -> true when it wrote or woke something */
+static int records_flush(lua_State *L) {
+    ms_records *r = ms_records_check(L, 1);
+    lua_settop(L, 1);
+    lua_pushboolean(L, flush(L, r));
+    return 1;
+}
+
+/* r:syncs() -> groups written so far */
+static int records_syncs(lua_State *L) {
+    lua_pushinteger(L, ms_records_check(L, 1)->syncs);
+    return 1;
+}
+
+/* __gc: a write in flight is waited for; callbacks still waiting are told
+ * the records are gone (C ones free what they hold, Lua ones are dropped). */
+static int records_gc(lua_State *L) {
+    ms_records *r = luaL_checkudata(L, 1, RECORDS_MT);
+    if (r->gone) return 0;
+    r->gone = 1;
+    if (r->flying) {
+        lua_getiuservalue(L, 1, UV_STORE);
+        ms_store *store = lua_touserdata(L, -1);
+        lua_pop(L, 1);
+        if (store) ms_store_write_forget(store);
+        entries_free(&r->inflight);
+        if (r->writing) leveldb_writebatch_destroy(r->writing);
+        wake(r, &r->flying_waiters, -1, NULL);
+    }
+    wake(r, &r->waiters, -1, NULL);
+    entries_free(&r->pending);
+    if (r->batch) leveldb_writebatch_destroy(r->batch);
+    if (r->spare) leveldb_writebatch_destroy(r->spare);
+    luaL_unref(L, LUA_REGISTRYINDEX, r->on_error_ref);
+    drop_parked(r);
+    ms_jbuf_free(&r->scratch);
+    return 0;
+}
+
+static const luaL_Reg records_meth[] = {
+    {"get", records_get},
+    {"put", records_put},
+    {"remove", records_remove},
+    {"has_pending", records_has_pending},
+    {"in_flight", records_in_flight},
+    {"waiting", records_waiting},
+    {"after_flush", records_after_flush},
+    {"flush", records_flush},
+    {"syncs", records_syncs},
+    {NULL, NULL}
+};
+
+static const luaL_Reg records_metameth[] = {
+    {"__gc", records_gc},
+    {"__index", NULL},
+    {NULL, NULL}
+};
+
+void ms_records_open(lua_State *L) {
+    ms_createmeta(L, RECORDS_MT, records_meth, records_metameth);
+    lua_pushcfunction(L, records_new);
+    lua_setfield(L, -2, "records");
+}
