@@ -24,6 +24,7 @@
 #include "core.h"
 #include "loop.h"
 #include "ws.h"
+#include "fastpath.h"
 
 #define SERVER_MT "moonstream.HttpServer"
 #define REQUEST_MT "moonstream.Request"
@@ -57,6 +58,7 @@ struct http_request {
     struct MHD_Response *response;  /* answer waiting to be queued */
     unsigned int status;
     void *ws;                    /* WebSocket waiting for this request's socket (ws.c) */
+    ms_http_waiter *waiter;      /* the fast path answers it later (fastpath.c) */
     int upgraded;                /* the connection became a WebSocket */
     http_request *prev, *next;   /* list of live requests, for shutdown */
 };
@@ -70,6 +72,9 @@ struct http_server {
     size_t max_body;
     unsigned int active;         /* live requests */
     unsigned long long handled;  /* requests handed to Lua */
+    unsigned long long fast;     /* requests answered by the fast path */
+    ms_fast *fastpath;           /* NULL: every request goes to Lua */
+    int fast_ref;
     http_request *requests;      /* doubly linked list of live requests */
     uint16_t port;
     int listening;
@@ -79,6 +84,11 @@ struct http_server {
 };
 
 static int http_send_error(http_request *req, unsigned int status, const char *text);
+
+/* A request the fast path answers later: cleared when the request goes. */
+struct ms_http_waiter {
+    http_request *req;
+};
 
 /* ---- request lifetime ---- */
 
@@ -92,6 +102,7 @@ static void request_unlink(http_request *req) {
 /* Frees the C request; the Lua box (if any) is told the request is gone. */
 static void request_free(http_request *req) {
     if (req->box) req->box->req = NULL;
+    if (req->waiter) req->waiter->req = NULL;
     if (req->response) MHD_destroy_response(req->response);
     if (req->ws) ms_ws_abandon(req->ws);
     request_unlink(req);
@@ -139,12 +150,59 @@ static enum MHD_Result request_queue(http_request *req) {
 
 /* ---- calling Lua ---- */
 
-/* Calls handler(req) with a fresh box. Never raises. A handler error is
- * answered 500 (the error itself is logged by ms_pcall). */
+/* A 200 JSON answer of the fast path (it runs only while every origin is
+ * allowed, hence the header). */
+static void http_send_json(http_request *req, const char *body, size_t len) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (r == NULL) {
+        http_send_error(req, 500, "Internal server error.");
+        return;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json; charset=utf-8");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+    request_set_response(req, 200, r);
+}
+
+ms_http_waiter *ms_http_defer(void *vreq) {
+    http_request *req = vreq;
+    ms_http_waiter *w = malloc(sizeof *w);
+    if (w == NULL) return NULL;
+    w->req = req;
+    req->waiter = w;
+    return w;
+}
+
+void ms_http_waiter_answer(ms_http_waiter *w, const char *body, size_t len) {
+    http_request *req = w->req;
+    free(w);
+    if (req == NULL) return;  /* the connection went away meanwhile */
+    req->waiter = NULL;
+    if (body) http_send_json(req, body, len);
+    else http_send_error(req, 503, "Server is shutting down.");
+}
+
+/* Offers a complete POST to the fast path: 1 when it took it. */
+static int http_try_fast(http_request *req) {
+    http_server *srv = req->srv;
+    if (srv->fastpath == NULL || req->too_large || strcmp(req->method, "POST") != 0) return 0;
+    const char *out;
+    size_t outlen;
+    const char *ctype = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    int rc = ms_fast_run(srv->fastpath, req, req->url, ctype, req->body ? req->body : "", req->len, &out, &outlen);
+    if (rc == MS_FAST_DECLINE) return 0;
+    srv->fast++;
+    if (rc == MS_FAST_DONE) http_send_json(req, out, outlen);
+    return 1;
+}
+
+/* Calls handler(req) with a fresh box, unless the fast path answers. Never
+ * raises. A handler error is answered 500 (the error itself is logged by
+ * ms_pcall). */
 static void http_call_handler(http_request *req) {
     http_server *srv = req->srv;
     lua_State *L = srv->L;
     req->state = REQ_HANDLED;
+    if (http_try_fast(req)) return;
     srv->handled++;
     if (!lua_checkstack(L, 4)) { http_send_error(req, 500, "Internal server error."); return; }
     lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
@@ -340,6 +398,7 @@ static int http_server_new(lua_State *L) {
     http_server *srv = lua_newuserdatauv(L, sizeof *srv, 1);
     memset(srv, 0, sizeof *srv);
     srv->handler_ref = LUA_NOREF;
+    srv->fast_ref = LUA_NOREF;
     srv->epfd = -1;
     luaL_setmetatable(L, SERVER_MT);
     lua_pushvalue(L, 1);
@@ -411,6 +470,8 @@ static int http_server_stats(lua_State *L) {
     lua_setfield(L, -2, "connections");
     lua_pushinteger(L, (lua_Integer)srv->handled);
     lua_setfield(L, -2, "handled");
+    lua_pushinteger(L, (lua_Integer)srv->fast);
+    lua_setfield(L, -2, "fast");
     return 1;
 }
 
@@ -457,6 +518,23 @@ static int http_server_close(lua_State *L) {
     while (srv->requests) request_free(srv->requests);  /* MHD reported them all; defensive */
     luaL_unref(L, LUA_REGISTRYINDEX, srv->handler_ref);
     srv->handler_ref = LUA_NOREF;
+    srv->fastpath = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->fast_ref);
+    srv->fast_ref = LUA_NOREF;
+    return 0;
+}
+
+/* srv:set_fast_path(fp | nil): POST requests go to fp first (csrc/fastpath.c) */
+static int http_server_set_fast_path(lua_State *L) {
+    http_server *srv = check_server(L, 1);
+    ms_fast *f = lua_isnoneornil(L, 2) ? NULL : ms_fast_check(L, 2);
+    luaL_unref(L, LUA_REGISTRYINDEX, srv->fast_ref);
+    srv->fast_ref = LUA_NOREF;
+    srv->fastpath = f;
+    if (f) {
+        lua_pushvalue(L, 2);
+        srv->fast_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     return 0;
 }
 
@@ -618,6 +696,7 @@ static const luaL_Reg server_meth[] = {
     {"stats", http_server_stats},
     {"quiesce", http_server_quiesce},
     {"close", http_server_close},
+    {"set_fast_path", http_server_set_fast_path},
     {NULL, NULL}
 };
 

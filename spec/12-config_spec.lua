@@ -49,7 +49,7 @@ describe("moonstream.config", function()
         },
         storageExclusionPrefixes = {}, tokenTTL = 86400000, auth = { { type = "open" } },
         events = {}, logLevel = "info", connectionLimit = 1024, connectionTimeout = 30,
-        connectionLimitPerIp = 0, connectionMemoryLimit = 32768,
+        connectionLimitPerIp = 0, connectionMemoryLimit = 32768, fastPath = true,
       }, d)
       assert.is_nil(d.origins)
       assert.is_nil(d.permissions)

@@ -72,6 +72,8 @@ function M.defaults()
     connectionTimeout = 30,
     connectionLimitPerIp = 0,
     connectionMemoryLimit = 32768,
+    -- POST /api batches that need no Lua policy answered in C (csrc/fastpath.c)
+    fastPath = true,
   }
 end
 
@@ -576,6 +578,7 @@ local SCHEMA = {
   { key = "connectionTimeout", check = check_non_negative },
   { key = "connectionLimitPerIp", check = integer_in(0, 1000000, "an integer from 0 to 1000000") },
   { key = "connectionMemoryLimit", check = integer_in(4096, 16777216, "an integer from 4096 to 16777216") },
+  { key = "fastPath", check = check_boolean },
 }
 
 -- Lookups by key, and the names an unknown key is compared with: a section's

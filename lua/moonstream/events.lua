@@ -18,11 +18,20 @@ function Events:on(name, fn)
   local list = self.listeners[name]
   if not list then list = {}; self.listeners[name] = list end
   list[#list + 1] = fn
+  if self.on_change then self.on_change() end
   return function()
     for i = #list, 1, -1 do
       if list[i] == fn then table.remove(list, i) end
     end
+    if #list == 0 and self.listeners[name] == list then self.listeners[name] = nil end
+    if self.on_change then self.on_change() end
   end
+end
+
+-- True when some listener exists (the HTTP fast path calls Lua for emits
+-- only then; on_change, if set, hears of every change).
+function Events:any()
+  return next(self.listeners) ~= nil
 end
 
 local function traceback(err)

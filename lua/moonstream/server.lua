@@ -120,6 +120,7 @@ end
 -- Returns true | nil, err.
 function Server:reload()
   local ok, err = self.permissions:reload()
+  self:_update_fast_path() -- rules may have appeared
   local handlers, herr = scripts.load_spec(self.config.rpc.handlers, "rpc handler")
   if handlers then
     for name in pairs(self.file_handlers) do self.handlers:unregister(name) end
@@ -206,6 +207,7 @@ function Server:listen()
     return nil, err
   end
   self.http = http
+  if cfg.fastPath then self:_fast_path() end
   local records = self.records
   self.loop:on_iteration(function() return records:flush() end)
   self.state = "running"
@@ -216,6 +218,45 @@ function Server:listen()
   if exposed then log.warn("%s", exposed) end
   log.info("moonstream listening on %s (storage: %s)", self.url, cfg.storage.path)
   return true
+end
+
+-- The C fast path (csrc/fastpath.c) answers POST /api batches that need no
+-- policy: it runs while the configuration has none to apply (open auth for
+-- requests without credentials, no permission rules, every origin allowed)
+-- and asks Lua about emits only while a listener or subscriber exists.
+function Server:_fast_path()
+  local cfg, records, listeners, dispatcher = self.config, self.records, self.listeners, self.dispatcher
+  local auth = self.auth
+  local fast = core.fast_path(records.core, {
+    api_path = cfg.apiPath,
+    exclusions = cfg.storageExclusionPrefixes,
+    -- the same hooks the Lua path runs (dispatch.lua's emit, records.lua's put/remove)
+    emit_hook = function(name, text)
+      local data = text and json.decode(text)
+      local ctx = { user = auth:anonymous() }
+      listeners:emit(name, data, ctx)
+      if dispatcher.on_emit then dispatcher.on_emit(name, data, ctx) end
+    end,
+    change_hook = function(name, version, text)
+      if records.on_change then records.on_change(name, version, text) end
+    end,
+  })
+  local subs = self.realtime and self.realtime.events.subs
+  local function watch()
+    fast:watch_emits(listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
+  end
+  listeners.on_change = watch
+  if subs then subs.on_used = watch end
+  watch()
+  self.fast = fast
+  self:_update_fast_path()
+  self.http:set_fast_path(fast)
+end
+
+function Server:_update_fast_path()
+  if not self.fast then return end
+  local cfg = self.config
+  self.fast:enable(cfg.allowAllOrigins and not self.permissions:configured() and self.auth:anonymous() ~= nil)
 end
 
 -- True for addresses only this machine can reach.

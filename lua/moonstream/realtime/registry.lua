@@ -8,8 +8,16 @@ local M = {}
 local Registry = {}
 local mt = { __index = Registry }
 
-function M.new()
-  return setmetatable({ by_name = {}, by_conn = {} }, mt)
+-- on_used (optional): called with true when the first name gets a
+-- subscriber and with false when the last one goes (the HTTP fast path
+-- asks Lua about emits only while someone is subscribed).
+function M.new(on_used)
+  return setmetatable({ by_name = {}, by_conn = {}, on_used = on_used }, mt)
+end
+
+local function used(self, was_empty)
+  local on_used = self.on_used
+  if on_used and was_empty ~= (next(self.by_name) == nil) then on_used(was_empty) end
 end
 
 -- Adds conn to name. Returns false when it was already there, else true and
@@ -18,8 +26,10 @@ function Registry:add(name, conn)
   local set = self.by_name[name]
   local first = set == nil
   if first then
+    local was_empty = next(self.by_name) == nil
     set = {}
     self.by_name[name] = set
+    if was_empty then used(self, true) end
   elseif set[conn] then
     return false
   end
@@ -40,7 +50,7 @@ function Registry:remove(name, conn)
   if not set or not set[conn] then return false end
   set[conn] = nil
   local last = next(set) == nil
-  if last then self.by_name[name] = nil end
+  if last then self.by_name[name] = nil; used(self, false) end
   local names = self.by_conn[conn]
   names[name] = nil
   if next(names) == nil then self.by_conn[conn] = nil end
@@ -56,7 +66,7 @@ function Registry:remove_conn(conn, on_removed)
     local set = self.by_name[name]
     set[conn] = nil
     local last = next(set) == nil
-    if last then self.by_name[name] = nil end
+    if last then self.by_name[name] = nil; used(self, false) end
     if on_removed then on_removed(name, last) end
   end
 end
@@ -66,6 +76,7 @@ function Registry:remove_name(name)
   local set = self.by_name[name]
   if not set then return nil end
   self.by_name[name] = nil
+  used(self, false)
   for conn in next, set do
     local names = self.by_conn[conn]
     names[name] = nil
