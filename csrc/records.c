@@ -228,7 +228,7 @@ int ms_records_after_flush(ms_records *r, ms_records_done_fn fn, void *ud) {
 /* LevelDB names the file that failed ("IO error: /srv/data/000003.log: No
  * space left on device"); clients get the text without paths (the Lua
  * pattern "/[^%s:]*: " removed). Returns a malloc'd copy or NULL. */
-static char *public_error(const char *err) {
+char *ms_records_public_error(const char *err) {
     size_t len = strlen(err);
     char *out = malloc(len + 1), *o = out;
     if (out == NULL) return NULL;
@@ -258,7 +258,7 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
             lua_pushstring(L, raw_err);
             ms_pcall(L, 1, 0);
         }
-        err = public_error(raw_err);
+        err = ms_records_public_error(raw_err);
     }
     const char *perr = err ? err : "storage error";
     for (size_t i = 0; i < w->n; i++) {

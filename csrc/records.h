@@ -39,4 +39,8 @@ int ms_records_has_pending(const ms_records *r);
 typedef void (*ms_records_done_fn)(void *ud, int status, const char *err);
 int ms_records_after_flush(ms_records *r, ms_records_done_fn fn, void *ud);
 
+/* A storage error as clients may see it: without the file paths LevelDB
+ * puts in its messages. malloc'd (NULL when out of memory). */
+char *ms_records_public_error(const char *err);
+
 #endif
