@@ -89,7 +89,6 @@ struct ms_fast {
     char *api_path;
     char **exclusions;
     size_t nexclusions;
-    yajl_handle yajl;            /* reused: yajl has no reset, so re-made only after a failed parse */
     ms_json_pool *pool;
     fast_parse p;
     fast_cmd *cmds;
@@ -414,18 +413,15 @@ static int parse(ms_fast *f, const char *body, size_t len) {
     f->ncmds = f->nkeys = 0;
     f->names.len = f->data.len = 0;
     if (len == 0 || !ms_json_strict(body, len)) return 0;
-    if (f->yajl == NULL) {
-        yajl_alloc_funcs funcs;
-        ms_json_pool_funcs(f->pool, &funcs);
-        f->yajl = yajl_alloc(&fast_callbacks, &funcs, f);
-        if (f->yajl == NULL) return 0;
-        yajl_config(f->yajl, yajl_dont_validate_strings, 1);  /* ms_json_strict checked UTF-8 */
-    }
-    yajl_status st = yajl_parse(f->yajl, (const unsigned char *)body, len);
-    if (st == yajl_status_ok) st = yajl_complete_parse(f->yajl);
-    /* yajl cannot start over after a complete parse or an error */
-    yajl_free(f->yajl);
-    f->yajl = NULL;
+    /* a handle per parse (yajl has no reset), its blocks from the pool */
+    yajl_alloc_funcs funcs;
+    ms_json_pool_funcs(f->pool, &funcs);
+    yajl_handle h = yajl_alloc(&fast_callbacks, &funcs, f);
+    if (h == NULL) return 0;
+    yajl_config(h, yajl_dont_validate_strings, 1);  /* ms_json_strict checked UTF-8 */
+    yajl_status st = yajl_parse(h, (const unsigned char *)body, len);
+    if (st == yajl_status_ok) st = yajl_complete_parse(h);
+    yajl_free(h);
     if (st != yajl_status_ok || f->p.decline || !f->p.body_seen || f->ncmds == 0) return 0;
     /* commands end at level 2: each closed command is checked here */
     for (size_t i = 0; i < f->ncmds; i++) {
@@ -453,9 +449,7 @@ static int put_failure(ms_jbuf *o, const char *event, const char *message, size_
     return ms_jbuf_put(o, "}", 1);
 }
 
-/* f->msg = the pieces concatenated (NULL-terminated list of strings, with
- * the record name spliced in where a piece is NULL... kept simple: prefix,
- * name, suffix). */
+/* f->msg = a .. name .. b [.. c]: an error text around a record name. */
 static int build_msg(ms_fast *f, const char *a, const char *name, size_t nlen, const char *b,
                      const char *c) {
     f->msg.len = 0;
@@ -807,8 +801,6 @@ static int fast_watch_emits(lua_State *L) {
 
 static int fast_gc(lua_State *L) {
     ms_fast *f = luaL_checkudata(L, 1, FAST_MT);
-    if (f->yajl) yajl_free(f->yajl);
-    f->yajl = NULL;
     ms_json_pool_delete(f->pool);
     f->pool = NULL;
     free(f->api_path);
