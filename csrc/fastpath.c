@@ -52,6 +52,7 @@ typedef struct fast_cmd {
     unsigned seen;
     size_t name_off, name_len;  /* in f->names, raw bytes */
     size_t data_off, data_len;  /* in f->data, canonical JSON */
+    size_t raw_off, raw_len;    /* the data as the client wrote it, in the body */
     long long version;
 } fast_cmd;
 
@@ -96,6 +97,9 @@ struct ms_fast {
     key_ref *keys;
     size_t nkeys, capkeys;
     ms_jbuf names, data, out, msg, resp;
+    yajl_handle h;               /* during a parse */
+    const char *body;            /* the request's, during a parse and its run */
+    size_t body_len;
     fast_result *results;
     size_t capresults;
 };
@@ -133,6 +137,7 @@ static void data_begin(ms_fast *f) {
 static void data_end(ms_fast *f) {
     fast_cmd *c = &f->cmds[f->ncmds - 1];
     c->data_len = f->data.len - c->data_off;
+    c->raw_len = yajl_get_bytes_consumed(f->h) - c->raw_off;
     f->p.field = 0;
 }
 
@@ -141,7 +146,11 @@ static void data_end(ms_fast *f) {
 static int on_scalar(ms_fast *f, const char *text, size_t len, int is_string, int is_number) {
     fast_parse *p = &f->p;
     if (p->decline) return 0;
-    if (p->skip_level) return 1;
+    if (p->skip_level || (p->level == 1 && p->top_key != 1)) {
+        /* an ignored value, but json_decode refuses numbers out of range */
+        f->msg.len = 0;
+        return !is_number || ms_jbuf_number(&f->msg, text, len) ? 1 : decline(f);
+    }
     if (p->data_level) {
         if (!data_comma(f)) return decline(f);
         int ok = is_string ? ms_jbuf_string(&f->data, text, len)
@@ -150,9 +159,8 @@ static int on_scalar(ms_fast *f, const char *text, size_t len, int is_string, in
         return ok ? 1 : decline(f);
     }
     switch (p->level) {
-    case 1:  /* a top-level value: body must be an array */
-        if (p->top_key == 1) return decline(f);
-        return 1;
+    case 1:  /* body must be an array */
+        return decline(f);
     case 3: {
         fast_cmd *c = &f->cmds[f->ncmds - 1];
         unsigned field = p->field;
@@ -164,6 +172,7 @@ static int on_scalar(ms_fast *f, const char *text, size_t len, int is_string, in
                    : ms_jbuf_put(&f->data, text, len);
             if (!ok) return decline(f);
             c->data_len = f->data.len - c->data_off;
+            c->raw_len = yajl_get_bytes_consumed(f->h) - c->raw_off;
             return 1;
         }
         if (field == F_VERSION) {
@@ -267,6 +276,14 @@ static int on_map_key(void *ud, const unsigned char *s, size_t len) {
         if (c->seen & field) return decline(f);
         c->seen |= field;
         p->field = field;
+        if (field == F_DATA) {
+            /* the value starts after the key's closing quote, blanks and ':' */
+            size_t at = yajl_get_bytes_consumed(f->h);
+            while (at < f->body_len && (f->body[at] == ' ' || f->body[at] == '\t' || f->body[at] == '\n' ||
+                                        f->body[at] == '\r' || f->body[at] == ':'))
+                at++;
+            c->raw_off = at;
+        }
         return 1;
     }
     return decline(f);
@@ -419,9 +436,13 @@ static int parse(ms_fast *f, const char *body, size_t len) {
     yajl_handle h = yajl_alloc(&fast_callbacks, &funcs, f);
     if (h == NULL) return 0;
     yajl_config(h, yajl_dont_validate_strings, 1);  /* ms_json_strict checked UTF-8 */
+    f->h = h;
+    f->body = body;
+    f->body_len = len;
     yajl_status st = yajl_parse(h, (const unsigned char *)body, len);
     if (st == yajl_status_ok) st = yajl_complete_parse(h);
     yajl_free(h);
+    f->h = NULL;
     if (st != yajl_status_ok || f->p.decline || !f->p.body_seen || f->ncmds == 0) return 0;
     /* commands end at level 2: each closed command is checked here */
     for (size_t i = 0; i < f->ncmds; i++) {
@@ -441,7 +462,7 @@ static int put_failure(ms_jbuf *o, const char *event, const char *message, size_
         !ms_jbuf_put(o, event, strlen(event)) || !ms_jbuf_put(o, "\"", 1))
         return 0;
     if (current) {
-        char num[40];
+        char num[80];  /* 35 characters and at most 20 digits */
         int n = snprintf(num, sizeof num, ",\"currentVersion\":%lld,\"currentData\":", current->version);
         if (!ms_jbuf_put(o, num, (size_t)n)) return 0;
         if (current->text ? !ms_jbuf_put(o, current->text, current->len) : !ms_jbuf_put(o, "null", 4)) return 0;
@@ -494,7 +515,9 @@ static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
         if (f->watch_emits && f->emit_ref != LUA_NOREF && lua_checkstack(L, 4)) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, f->emit_ref);
             lua_pushlstring(L, name, nlen);
-            if (c->seen & F_DATA) lua_pushlstring(L, f->data.data + c->data_off, c->data_len);
+            /* the client's own text: listeners decode it as the Lua path would
+             * (2.0 stays a float, which the canonical text would not keep) */
+            if (c->seen & F_DATA) lua_pushlstring(L, f->body + c->raw_off, c->raw_len);
             else lua_pushnil(L);
             ms_pcall(L, 2, 0);
         }
@@ -514,7 +537,7 @@ static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
             ok = build_msg(f, "Record read failed. Record \"", name, nlen, "\" could not be found.", NULL) &&
                  put_failure(&f->out, "RECORD_NOT_FOUND", f->msg.data, f->msg.len, NULL);
         } else {
-            char num[48];
+            char num[80];  /* 35 characters and at most 20 digits */
             int n = snprintf(num, sizeof num, "{\"success\":true,\"version\":%lld,\"data\":", rec.version);
             ok = ms_jbuf_put(o, num, (size_t)n) && ms_jbuf_put(o, rec.text, rec.len) && ms_jbuf_put(o, "}", 1);
         }
@@ -524,7 +547,7 @@ static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
             res->ok = 0;
             ok = put_storage_failure(f, "Record read failed. Record \"", "RECORD_LOAD_ERROR", name, nlen, err);
         } else {
-            char num[48];
+            char num[80];
             int n = snprintf(num, sizeof num, "{\"success\":true,\"version\":%lld}", found ? rec.version : -1LL);
             ok = ms_jbuf_put(o, num, (size_t)n);
         }
@@ -536,8 +559,10 @@ static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
             break;
         }
         long long cur = found ? rec.version : 0;
+        /* the next version wraps at the int64 limit, as Lua integers do */
+        long long next = (long long)((unsigned long long)cur + 1);
         int has_version = (c->seen & F_VERSION) && c->version != -1;
-        if (has_version && (c->version <= cur || c->version > cur + 1)) {
+        if (has_version && (c->version <= cur || c->version > next)) {
             ms_record current = { cur, found ? rec.text : NULL, found ? rec.len : 0, NULL };
             char num[24];
             res->ok = 0;
@@ -558,12 +583,12 @@ static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
         ms_record_release(&rec);  /* before the put changes what it points at */
         found = 0;
         const char *text = f->data.data + c->data_off;
-        if (ms_records_put(f->records, name, nlen, cur + 1, text, c->data_len) != 0) {
+        if (ms_records_put(f->records, name, nlen, next, text, c->data_len) != 0) {
             ok = 0;
             break;
         }
         res->change = 1;
-        call_change_hook(f, name, nlen, cur + 1, text, c->data_len);
+        call_change_hook(f, name, nlen, next, text, c->data_len);
         ok = ms_jbuf_put(o, OK, sizeof OK - 1);
         break;
     }
