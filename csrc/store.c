@@ -97,8 +97,6 @@ typedef struct store_config {
     int bloom_bits;
     size_t write_buffer_size;       /* 0: LevelDB's default */
     int max_open_files;             /* 0: LevelDB's default */
-    size_t block_size;              /* 0: LevelDB's default (4 KiB) */
-    int compression;                /* snappy (LevelDB's default) */
 } store_config;
 
 /* Frees the buffer parked in s->pending, if any. */
@@ -213,8 +211,6 @@ static void store_read_config(lua_State *L, int opts, store_config *cfg) {
     cfg->bloom_bits = STORE_DEFAULT_BLOOM_BITS;
     cfg->write_buffer_size = 0;
     cfg->max_open_files = 0;
-    cfg->block_size = 0;
-    cfg->compression = 1;
     if (lua_isnoneornil(L, opts)) return;
     luaL_checktype(L, opts, LUA_TTABLE);
     cfg->create_if_missing = store_opt_boolean(L, opts, "create_if_missing", 1);
@@ -227,8 +223,6 @@ static void store_read_config(lua_State *L, int opts, store_config *cfg) {
     cfg->write_buffer_size = (size_t)store_opt_integer(L, opts, "write_buffer_size",
                                                        0, 1, STORE_SIZE_OPT_MAX);
     cfg->max_open_files = (int)store_opt_integer(L, opts, "max_open_files", 0, 1, INT_MAX);
-    cfg->block_size = (size_t)store_opt_integer(L, opts, "block_size", 0, 256, 16 * 1024 * 1024);
-    cfg->compression = store_opt_boolean(L, opts, "compression", 1);
 }
 
 /* core.store_open(path [, opts]) -> store | nil, errmsg.
@@ -261,10 +255,6 @@ static int store_open(lua_State *L) {
         leveldb_options_set_write_buffer_size(s->options, cfg.write_buffer_size);
     if (cfg.max_open_files > 0)
         leveldb_options_set_max_open_files(s->options, cfg.max_open_files);
-    if (cfg.block_size > 0)
-        leveldb_options_set_block_size(s->options, cfg.block_size);
-    leveldb_options_set_compression(s->options,
-                                    cfg.compression ? leveldb_snappy_compression : leveldb_no_compression);
 
     s->read = leveldb_readoptions_create();
     s->scan = leveldb_readoptions_create();
@@ -343,14 +333,6 @@ static int store_write(lua_State *L) {
     if (err != NULL) return store_push_error(L, s, err);
     lua_pushboolean(L, 1);
     return 1;
-}
-
-/* st:compact(): rewrites every table with the current options (block size,
- * compression) and drops deleted and overwritten entries. Blocks while it runs. */
-static int store_compact(lua_State *L) {
-    store *s = check_store(L, 1);
-    leveldb_compact_range(s->db, NULL, 0, NULL, 0);
-    return 0;
 }
 
 /* ---- background writer ---- */
@@ -761,7 +743,6 @@ static int store_batch_close(lua_State *L) {
 }
 
 static const luaL_Reg store_meth[] = {
-    {"compact", store_compact},
     {"get", store_get},
     {"put", store_put},
     {"delete", store_delete},
