@@ -11,6 +11,7 @@ local WORKLOADS = {
   { "emit10", "batch of 10 event emits" },
   { "mixed10", "batch of 10 mixed commands" },
   { "rpc", "RPC add-two (Lua handler)" },
+  { "rpcws", "RPC add-two-ws answered by a WebSocket provider (the real @deepstream/client, bench/rpc-provider.js)" },
 }
 
 local function split(line)
@@ -99,7 +100,7 @@ p("Workloads: " .. (function()
   local t = {}
   for _, wl in ipairs(WORKLOADS) do t[#t + 1] = "`" .. wl[1] .. "` " .. wl[2] end
   return table.concat(t, "; ")
-end)() .. ". deepstream's RPCs need a WebSocket provider, so its `rpc` is n/a.")
+end)() .. ". deepstream's RPCs need a WebSocket provider, so its `rpc` is n/a; `rpcws` compares both with one.")
 p("")
 p("### Ratios (moonstream durable against the others, same run)")
 p("")

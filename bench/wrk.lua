@@ -1,5 +1,5 @@
 -- wrk script for bench/run: the workload comes from the environment.
---   BENCH_WORKLOAD  read | write | emit10 | mixed10 | rpc | randread
+--   BENCH_WORKLOAD  read | write | emit10 | mixed10 | rpc | rpcws | randread
 --   BENCH_RECORDS   randread: how many records (bench/r<i>, 0-based) to pick from
 --   BENCH_VALIDATE  1: check every response (status 200 and "result":"SUCCESS")
 --                   and report how many failed (checking slows wrk: not for timing)
@@ -34,6 +34,8 @@ local static = {
     read("bench/mixed3"), read("bench/read"),
   },
   rpc = batch { '{"topic":"rpc","action":"make","rpcName":"add-two","data":{"numA":1,"numB":2}}' },
+  -- answered by a WebSocket client (bench/rpc-provider.js), on both servers
+  rpcws = batch { '{"topic":"rpc","action":"make","rpcName":"add-two-ws","data":{"numA":1,"numB":2}}' },
 }
 
 if workload == "write" then

@@ -64,6 +64,8 @@
 #include <string.h>
 #include <strings.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <microhttpd.h>
 #include <wslay/wslay.h>
@@ -528,6 +530,11 @@ static void ws_upgraded(void *cls, struct MHD_Connection *connection, void *req_
     ws->http_req = req_cls;
     ws->urh = urh;
     ws->fd = sock;
+    /* Frames are small messages: without this, a frame written while the
+     * previous one is unacknowledged waits for the peer's delayed ACK
+     * (Nagle), up to 40 ms here (the RPC round trips in bench/RESULTS.md). */
+    int one = 1;
+    (void)setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (extra_in_size > 0) {
         ws->extra = malloc(extra_in_size);
         if (ws->extra == NULL) { ws->dead = 1; ws->forced_code = 1011; }
