@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
         MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_TIMEOUT, 30u,
         /* keep equal to moonstream's connectionMemoryLimit default: MHD zeroes
          * this pool on every request, so it shows in both figures */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_END);
     if (d == NULL) { perror("bare: MHD_start_daemon"); return 1; }
     signal(SIGTERM, on_signal);

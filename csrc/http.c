@@ -390,7 +390,7 @@ static int http_server_new(lua_State *L) {
     luaL_argcheck(L, max_body > 0, 2, "opts.max_body must be positive");
     int conn_limit = opt_int(L, 2, "connection_limit", 1024);
     int conn_timeout = opt_int(L, 2, "connection_timeout", 30);
-    int mem_limit = opt_int(L, 2, "memory_limit", 32 * 1024);
+    int mem_limit = opt_int(L, 2, "memory_limit", 16 * 1024);
     int per_ip_limit = opt_int(L, 2, "per_ip_limit", 0);
     luaL_argcheck(L, conn_limit > 0 && conn_timeout >= 0 && mem_limit >= 4096 && per_ip_limit >= 0, 2,
                   "opts: connection limits out of range");

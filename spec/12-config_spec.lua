@@ -41,7 +41,7 @@ describe("moonstream.config", function()
         host = "127.0.0.1", port = 6020, apiPath = "/api", authPath = "/api/auth",
         healthCheckPath = "/health-check", enableAuthEndpoint = true, allowAuthData = true,
         maxMessageSize = 1048576, requestTimeout = 20000, allowAllOrigins = true,
-        rpc = { responseTimeout = 10000, ackTimeout = 1000 }, storage = { path = "./data", sync = true, cacheSize = 8388608 },
+        rpc = { responseTimeout = 10000, ackTimeout = 1000 }, storage = { path = "./data", sync = true, cacheSize = 8388608, writeBufferSize = 1048576 },
         realtime = {
           urlPath = "/deepstream", jsonUrlPath = "/deepstream-json", heartbeatInterval = 30000,
           unauthenticatedClientTimeout = 180000, maxAuthAttempts = 3, maxBufferedBytes = 4194304,
@@ -49,7 +49,7 @@ describe("moonstream.config", function()
         },
         storageExclusionPrefixes = {}, tokenTTL = 86400000, auth = { { type = "open" } },
         events = {}, logLevel = "info", connectionLimit = 1024, connectionTimeout = 30,
-        connectionLimitPerIp = 0, connectionMemoryLimit = 32768, fastPath = true,
+        connectionLimitPerIp = 0, connectionMemoryLimit = 16384, fastPath = true,
       }, d)
       assert.is_nil(d.origins)
       assert.is_nil(d.permissions)
@@ -184,6 +184,8 @@ describe("moonstream.config", function()
         { { storage = { path = "" } }, "config key 'storage.path' must be a non-empty string (got an empty string)" },
         { { storage = { sync = "yes" } }, "config key 'storage.sync' must be a boolean (got string)" },
         { { storage = { cacheSize = -1 } }, "config key 'storage.cacheSize' must be a non-negative integer (got -1)" },
+        { { storage = { writeBufferSize = 1024 } },
+          "config key 'storage.writeBufferSize' must be an integer from 65536 to 1073741824 (got 1024)" },
         { { allowAllOrigins = false, origins = "http://a" },
           "config key 'origins' must be a list of strings (got string)" },
         { { allowAllOrigins = false, origins = { "http://a", 3 } },

@@ -55,7 +55,9 @@ function M.defaults()
     allowAllOrigins = true,
     origins = nil,
     rpc = { responseTimeout = 10000, ackTimeout = 1000, handlers = nil },
-    storage = { path = "./data", sync = true, cacheSize = 8388608 },
+    -- writeBufferSize: LevelDB's memtable; 1 MiB rather than its 4 MiB: small
+    -- JSON records, 5 MB less memory and ~6 % faster writes (bench/RESULTS.md)
+    storage = { path = "./data", sync = true, cacheSize = 8388608, writeBufferSize = 1048576 },
     storageExclusionPrefixes = {},
     tokenTTL = 86400000,
     auth = { { type = "open" } },
@@ -71,7 +73,9 @@ function M.defaults()
     connectionLimit = 1024,
     connectionTimeout = 30,
     connectionLimitPerIp = 0,
-    connectionMemoryLimit = 32768,
+    -- 16 KiB of request line and headers, as node (deepstream) allows; MHD
+    -- zeroes the whole pool for every request, so a larger one costs time
+    connectionMemoryLimit = 16384,
     -- POST /api batches that need no Lua policy answered in C (csrc/fastpath.c)
     fastPath = true,
   }
@@ -551,6 +555,7 @@ local SCHEMA = {
     { key = "path", check = check_storage_path },
     { key = "sync", check = check_boolean },
     { key = "cacheSize", check = check_non_negative },
+    { key = "writeBufferSize", check = integer_in(65536, 1073741824, "an integer from 65536 to 1073741824") },
   } },
   { key = "storageExclusionPrefixes", check = check_string_list },
   { key = "tokenTTL", check = check_positive },

@@ -156,7 +156,9 @@ end
 function Server:listen()
   if self.state ~= "new" then error("server already started", 2) end
   local cfg = self.config
-  local store, err = core.store_open(cfg.storage.path, { cache_size = cfg.storage.cacheSize })
+  local store, err = core.store_open(cfg.storage.path, {
+    cache_size = cfg.storage.cacheSize, write_buffer_size = cfg.storage.writeBufferSize,
+  })
   if not store then
     if err:find("lock", 1, true) then
       return nil, "storage.path '" .. cfg.storage.path .. "' is in use by another moonstream process (" .. err .. ")"
