@@ -141,6 +141,14 @@ static void data_end(ms_fast *f) {
     f->p.field = 0;
 }
 
+/* Appends a scalar to the data, canonical (0: out of memory or a number
+ * json_decode refuses). */
+static int put_scalar(ms_fast *f, const char *text, size_t len, int is_string, int is_number) {
+    return is_string ? ms_jbuf_string(&f->data, text, len)
+         : is_number ? ms_jbuf_number(&f->data, text, len)
+         : ms_jbuf_put(&f->data, text, len);
+}
+
 /* A scalar anywhere: skipped, captured as data, or a command field. Returns
  * whether to go on. `text` is written to data when it is data. */
 static int on_scalar(ms_fast *f, const char *text, size_t len, int is_string, int is_number) {
@@ -153,10 +161,7 @@ static int on_scalar(ms_fast *f, const char *text, size_t len, int is_string, in
     }
     if (p->data_level) {
         if (!data_comma(f)) return decline(f);
-        int ok = is_string ? ms_jbuf_string(&f->data, text, len)
-               : is_number ? ms_jbuf_number(&f->data, text, len)
-               : ms_jbuf_put(&f->data, text, len);
-        return ok ? 1 : decline(f);
+        return put_scalar(f, text, len, is_string, is_number) ? 1 : decline(f);
     }
     switch (p->level) {
     case 1:  /* body must be an array */
@@ -167,10 +172,7 @@ static int on_scalar(ms_fast *f, const char *text, size_t len, int is_string, in
         p->field = 0;
         if (field == F_DATA) {
             c->data_off = f->data.len;
-            int ok = is_string ? ms_jbuf_string(&f->data, text, len)
-                   : is_number ? ms_jbuf_number(&f->data, text, len)
-                   : ms_jbuf_put(&f->data, text, len);
-            if (!ok) return decline(f);
+            if (!put_scalar(f, text, len, is_string, is_number)) return decline(f);
             c->data_len = f->data.len - c->data_off;
             c->raw_len = yajl_get_bytes_consumed(f->h) - c->raw_off;
             return 1;

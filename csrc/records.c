@@ -138,10 +138,11 @@ ms_records *ms_records_check(lua_State *L, int idx) {
     return r;
 }
 
-/* Parses a stored "<version> <json>" value. */
+/* Parses a stored "<version> <json>" value; versions start at 1, so a
+ * negative one is as corrupt as a missing one. */
 static int parse_stored(const char *v, size_t vlen, ms_record *out) {
     const char *sp = memchr(v, ' ', vlen);
-    if (sp == NULL || !ms_json_integer(v, (size_t)(sp - v), &out->version)) return 0;
+    if (sp == NULL || !ms_json_integer(v, (size_t)(sp - v), &out->version) || out->version < 0) return 0;
     out->text = sp + 1;
     out->len = vlen - (size_t)(sp + 1 - v);
     return 1;

@@ -113,6 +113,8 @@ describe("moonstream.records", function()
   it("reports a corrupt entry as an error on that record only", function()
     assert(store:put("r/bad", "not a version"))
     assert.equal("RECORD_LOAD_ERROR", records:cmd_read("bad", "record").errorEvent)
+    assert(store:put("r/negative", "-5 {}")) -- versions start at 1
+    assert.equal("RECORD_LOAD_ERROR", records:cmd_read("negative", "record").errorEvent)
     assert.equal("RECORD_UPDATE_ERROR", write("bad", { x = 1 }, 2).errorEvent)
     write("good", { n = 1 })
     assert.is_true(records:cmd_read("good", "record").success)

@@ -950,18 +950,7 @@ describe("fast path", function()
       local f = assert(io.open(config_path, "w"))
       f:write('return { storage = { path = "data" }, logLevel = "info", fastPath = true }\n')
       f:close()
-      local function spawn()
-        local cmd = "sh -c 'echo $$; exec env -u LD_PRELOAD lua5.4 bin/moonstream start " .. config_path .. " --port 0' 2>&1"
-        local pipe = assert(io.popen(cmd, "r"))
-        local pid = assert(tonumber(pipe:read("l")), "no pid")
-        local port
-        for line in pipe:lines() do
-          port = line:match("listening on http://127%.0%.0%.1:(%d+)")
-          if port then break end
-        end
-        assert(port, "server did not start")
-        return { pipe = pipe, pid = pid, port = tonumber(port) }
-      end
+      local function spawn() return H.spawn_cli(config_path) end
       local loop = core.loop()
       local client = core.http_client(loop)
       local function post(port, body)
@@ -1007,41 +996,7 @@ describe("fast path", function()
   end)
 
   describe("realtime subscribers and Lua listeners", function()
-    -- A deepstream client on the JSON transport (as spec/52 drives it).
-    local function connect(t)
-      local c = WS.connect(t.loop, t.server:port(), "/deepstream-json")
-      assert.equal(101, c.status)
-      local d = { ws = c }
-      function d.send(msg) return assert(c:send_text(type(msg) == "string" and msg or assert(json.encode(msg)))) end
-      function d.recv()
-        local data, err = c:read_message()
-        if not data then return nil, err end
-        return assert(json.decode(data))
-      end
-      function d.expect(fields)
-        local m, err = d.recv()
-        assert(m, "expected a message, got " .. tostring(err))
-        for k, v in pairs(fields) do assert.same(v, m[k], "field " .. k .. " of " .. json.encode(m)) end
-        return m
-      end
-      -- everything sent before the answer to our PING
-      function d.drain()
-        d.send({ topic = 2, action = 2 })
-        local got = {}
-        while true do
-          local m = assert(d.recv())
-          if m.topic == 2 and m.action == 3 then return got end
-          got[#got + 1] = m
-        end
-      end
-      function d.login(username)
-        d.send({ topic = 2, action = 5 })
-        d.expect({ topic = 2, action = 4 })
-        d.send({ topic = 3, action = 2, parsedData = { username = username } })
-        return d.expect({ topic = 3, action = 3 })
-      end
-      return d
-    end
+    local connect = H.realtime_client
 
     -- A message with its data decoded (key order of the text is free).
     local function normal(m)

@@ -6,20 +6,7 @@ local core = require "moonstream.core"
 local json = require "moonstream.json"
 local H = require "spec.support.helpers"
 
--- Starts bin/moonstream on port 0; the log line with the URL is the readiness
--- signal. LD_PRELOAD (ASan runs) is not passed on.
-local function spawn(config_path)
-  local cmd = "sh -c 'echo $$; exec env -u LD_PRELOAD lua5.4 bin/moonstream start " .. config_path .. " --port 0' 2>&1"
-  local pipe = assert(io.popen(cmd, "r"))
-  local pid = assert(tonumber(pipe:read("l")), "no pid")
-  local port
-  for line in pipe:lines() do
-    port = line:match("listening on http://127%.0%.0%.1:(%d+)")
-    if port then break end
-  end
-  assert(port, "server did not start")
-  return { pipe = pipe, pid = pid, port = tonumber(port) }
-end
+local spawn = H.spawn_cli
 
 local function post(loop, client, port, msg, done)
   assert(client:request({ method = "POST", url = "http://127.0.0.1:" .. port .. "/api",

@@ -9,56 +9,7 @@ local WS = require "support.ws_client"
 
 local OP = WS.OP
 
--- A deepstream client speaking the json transport (or raw bytes on the
--- binary one). Every wait is bounded by ws_client's step limit.
-local function connect(t, path)
-  local c = WS.connect(t.loop, t.server:port(), path or "/deepstream-json")
-  assert.equal(101, c.status)
-  local d = { ws = c }
-  function d.send(msg)
-    if type(msg) == "string" then return assert(c:send_text(msg)) end
-    return assert(c:send_text(assert(json.encode(msg))))
-  end
-  -- next message, decoded; nil, "close" | "closed" | "timeout"
-  function d.recv()
-    local data, err = c:read_message()
-    if not data then return nil, err end
-    return assert(json.decode(data))
-  end
-  function d.expect(fields)
-    local m, err = d.recv()
-    assert(m, "expected a message, got " .. tostring(err))
-    for k, v in pairs(fields) do
-      assert.same(v, m[k], "field " .. k .. " of " .. json.encode(m))
-    end
-    return m
-  end
-  -- Everything the server sent before our PING's PONG: proves an absence
-  -- without sleeping (the server answers in order).
-  function d.drain()
-    d.send({ topic = 2, action = 2 })
-    local got = {}
-    while true do
-      local m = assert(d.recv())
-      if m.topic == 2 and m.action == 3 then return got end
-      got[#got + 1] = m
-    end
-  end
-  function d.login(username)
-    d.send({ topic = 2, action = 5 })
-    d.expect({ topic = 2, action = 4 })
-    d.send({ topic = 3, action = 2, parsedData = { username = username } })
-    return d.expect({ topic = 3, action = 3 })
-  end
-  function d.closed()
-    while true do
-      local f, err = c:read_frame()
-      if not f then return err == "closed" end
-      if f.opcode == OP.CLOSE then return true end
-    end
-  end
-  return d
-end
+local connect = H.realtime_client
 
 -- POST /api with the commands; returns the decoded response.
 local function api(t, ...)

@@ -4,6 +4,9 @@
 -- without blocking each other.
 local core = require "moonstream.core"
 local json = require "moonstream.json"
+local WS = require "support.ws_client"
+local OP = WS.OP
+local luassert = require "luassert" -- busted's assert, for helpers that check answers
 local lfs = require "lfs"
 
 local H = {}
@@ -97,6 +100,72 @@ function T:stop()
   self.server:close()
   self.loop:close()
   H.rmdir(self.dir)
+end
+
+-- Starts bin/moonstream on port 0; the log line with the URL is the readiness
+-- signal. LD_PRELOAD (ASan runs) is not passed on.
+function H.spawn_cli(config_path)
+  local cmd = "sh -c 'echo $$; exec env -u LD_PRELOAD lua5.4 bin/moonstream start " .. config_path .. " --port 0' 2>&1"
+  local pipe = assert(io.popen(cmd, "r"))
+  local pid = assert(tonumber(pipe:read("l")), "no pid")
+  local port
+  for line in pipe:lines() do
+    port = line:match("listening on http://127%.0%.0%.1:(%d+)")
+    if port then break end
+  end
+  assert(port, "server did not start")
+  return { pipe = pipe, pid = pid, port = tonumber(port) }
+end
+
+-- A deepstream client speaking the json transport (or raw bytes on the
+-- binary one). Every wait is bounded by ws_client's step limit.
+function H.realtime_client(t, path)
+  local c = WS.connect(t.loop, t.server:port(), path or "/deepstream-json")
+  luassert.equal(101, c.status)
+  local d = { ws = c }
+  function d.send(msg)
+    if type(msg) == "string" then return assert(c:send_text(msg)) end
+    return assert(c:send_text(assert(json.encode(msg))))
+  end
+  -- next message, decoded; nil, "close" | "closed" | "timeout"
+  function d.recv()
+    local data, err = c:read_message()
+    if not data then return nil, err end
+    return assert(json.decode(data))
+  end
+  function d.expect(fields)
+    local m, err = d.recv()
+    assert(m, "expected a message, got " .. tostring(err))
+    for k, v in pairs(fields) do
+      luassert.same(v, m[k], "field " .. k .. " of " .. json.encode(m))
+    end
+    return m
+  end
+  -- Everything the server sent before our PING's PONG: proves an absence
+  -- without sleeping (the server answers in order).
+  function d.drain()
+    d.send({ topic = 2, action = 2 })
+    local got = {}
+    while true do
+      local m = assert(d.recv())
+      if m.topic == 2 and m.action == 3 then return got end
+      got[#got + 1] = m
+    end
+  end
+  function d.login(username)
+    d.send({ topic = 2, action = 5 })
+    d.expect({ topic = 2, action = 4 })
+    d.send({ topic = 3, action = 2, parsedData = { username = username } })
+    return d.expect({ topic = 3, action = 3 })
+  end
+  function d.closed()
+    while true do
+      local f, err = c:read_frame()
+      if not f then return err == "closed" end
+      if f.opcode == OP.CLOSE then return true end
+    end
+  end
+  return d
 end
 
 return H
