@@ -87,6 +87,8 @@ struct ms_fast {
     ms_records *records;
     int enabled, watch_emits;
     int emit_ref, change_ref;
+    size_t max_response;         /* record data one answer may carry (dispatch.lua's bound) */
+    size_t budget;               /* what this batch's answer carries so far */
     char *api_path;
     char **exclusions;
     size_t nexclusions;
@@ -489,6 +491,14 @@ static int put_storage_failure(ms_fast *f, const char *what, const char *event, 
     return ok;
 }
 
+/* Whether len more bytes of record data fit in this batch's answer; counts
+ * them if so. */
+static int fits(ms_fast *f, size_t len) {
+    if (len > f->max_response - f->budget) return 0;
+    f->budget += len;
+    return 1;
+}
+
 static void call_change_hook(ms_fast *f, const char *name, size_t nlen, long long version,
                              const char *text, size_t tlen) {
     lua_State *L = f->L;
@@ -538,6 +548,13 @@ static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
             res->ok = 0;
             ok = build_msg(f, "Record read failed. Record \"", name, nlen, "\" could not be found.", NULL) &&
                  put_failure(&f->out, "RECORD_NOT_FOUND", f->msg.data, f->msg.len, NULL);
+        } else if (!fits(f, rec.len)) {
+            char limit[24];
+            snprintf(limit, sizeof limit, "%zu", f->max_response);
+            res->ok = 0;
+            ok = build_msg(f, "Record read failed. Record \"", name, nlen,
+                           "\" does not fit in this response (maxResponseSize is ", limit) &&
+                 ms_jbuf_put(&f->msg, " bytes).", 8) && put_failure(&f->out, "RECORD_LOAD_ERROR", f->msg.data, f->msg.len, NULL);
         } else {
             char num[80];  /* 35 characters and at most 20 digits */
             int n = snprintf(num, sizeof num, "{\"success\":true,\"version\":%lld,\"data\":", rec.version);
@@ -566,6 +583,7 @@ static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
         int has_version = (c->seen & F_VERSION) && c->version != -1;
         if (has_version && (c->version <= cur || c->version > next)) {
             ms_record current = { cur, found ? rec.text : NULL, found ? rec.len : 0, NULL };
+            if (current.text && !fits(f, current.len)) current.text = NULL;  /* currentData: null */
             char num[24];
             res->ok = 0;
             if (c->version <= cur) {
@@ -678,6 +696,7 @@ static int run(ms_fast *f, void *req, const char **out, size_t *outlen) {
         f->capresults = f->ncmds;
     }
     f->out.len = 0;
+    f->budget = 0;
     for (size_t i = 0; i < f->ncmds; i++) {
         fast_result *res = &f->results[i];
         res->off = f->out.len;
@@ -771,7 +790,7 @@ static int opt_ref(lua_State *L, int opts, const char *key) {
 
 /* core.fast_path(records, opts) -> fast path, disabled until fp:enable(true)
  * opts: api_path (string), exclusions (list of record name prefixes kept in
- * memory only), emit_hook (function(name, data_text|nil)), change_hook
+ * memory only), max_response (bytes of record data per answer, default 16 MiB), emit_hook (function(name, data_text|nil)), change_hook
  * (function(name [, version, text]): a record changed; no version: deleted) */
 static int fast_new(lua_State *L) {
     ms_records *records = ms_records_check(L, 1);
@@ -804,6 +823,11 @@ static int fast_new(lua_State *L) {
             lua_pop(L, 1);
         }
     }
+    lua_pop(L, 1);
+    lua_getfield(L, 2, "max_response");
+    lua_Integer max_response = luaL_optinteger(L, -1, 16777216);
+    luaL_argcheck(L, max_response > 0, 2, "opts.max_response must be positive");
+    f->max_response = (size_t)max_response;
     lua_pop(L, 1);
     f->emit_ref = opt_ref(L, 2, "emit_hook");
     f->change_ref = opt_ref(L, 2, "change_hook");

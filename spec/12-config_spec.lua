@@ -40,7 +40,7 @@ describe("moonstream.config", function()
       assert.same({
         host = "127.0.0.1", port = 6020, apiPath = "/api", authPath = "/api/auth",
         healthCheckPath = "/health-check", enableAuthEndpoint = true, allowAuthData = true,
-        maxMessageSize = 1048576, requestTimeout = 20000, allowAllOrigins = true,
+        maxMessageSize = 1048576, maxResponseSize = 16777216, requestTimeout = 20000, allowAllOrigins = true,
         rpc = { responseTimeout = 10000, ackTimeout = 1000 }, storage = { path = "./data", sync = true, cacheSize = 8388608, writeBufferSize = 1048576 },
         realtime = {
           urlPath = "/deepstream", jsonUrlPath = "/deepstream-json", heartbeatInterval = 30000,

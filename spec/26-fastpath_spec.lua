@@ -1132,6 +1132,33 @@ describe("fast path", function()
       return s
     end
 
+    it("bounds the record data of one answer (maxResponseSize) alike", function()
+      local data = '{"pad":"' .. string.rep("p", 590) .. '"}' -- 600 bytes stored
+      local read = '{"topic":"record","action":"read","recordName":"big"}'
+      local conflict = '{"topic":"record","action":"write","recordName":"big","version":1,"data":{}}'
+      local requests = {
+        { body = '{"body":[{"topic":"record","action":"write","recordName":"big","data":' .. data .. '}]}' },
+        { body = '{"body":[' .. read .. "]}" },
+        { body = '{"body":[' .. read .. "," .. read .. "," .. conflict .. "," .. conflict .. "]}" },
+        { body = '{"body":[' .. conflict .. "," .. read .. "]}" },
+      }
+      local fast_t, slow_t = start_pair({ maxResponseSize = 1024 })
+      local s = differential(fast_t, slow_t, requests)
+      assert(s.diff == nil, s.diff)
+      assert.equal(#requests, fast_count(fast_t))
+      -- what the bound means: the first read fits, the second fails, conflicts lose currentData
+      local _, msg = fast_t:api({ json.decode(read), json.decode(read), json.decode(conflict) })
+      assert.equal("PARTIAL_SUCCESS", msg.result)
+      assert.equal(600, #json.encode(msg.body[1].data))
+      assert.equal("RECORD_LOAD_ERROR", msg.body[2].errorEvent)
+      assert.matches("does not fit in this response %(maxResponseSize is 1024 bytes%)", msg.body[2].error)
+      assert.equal("VERSION_EXISTS", msg.body[3].errorEvent)
+      assert.equal(1, msg.body[3].currentVersion)
+      assert.equal(null, msg.body[3].currentData)
+      fast_t:stop()
+      slow_t:stop()
+    end)
+
     it("answers objects of more than 64 keys alike", function()
       local nested = wide_object(70, function(i) return i % 7 == 0 and wide_object(66) or format('"v%d"', i) end)
       local requests = {}

@@ -51,6 +51,7 @@ function M.defaults()
     enableAuthEndpoint = true,
     allowAuthData = true,
     maxMessageSize = 1048576,
+    maxResponseSize = 16777216, -- record data in one POST /api answer
     requestTimeout = 20000,
     allowAllOrigins = true,
     origins = nil,
@@ -543,6 +544,7 @@ local SCHEMA = {
   { key = "enableAuthEndpoint", check = check_boolean },
   { key = "allowAuthData", check = check_boolean },
   { key = "maxMessageSize", check = check_message_size },
+  { key = "maxResponseSize", check = integer_in(1024, 1073741824, "an integer from 1024 to 1073741824") },
   { key = "requestTimeout", check = check_positive },
   { key = "allowAllOrigins", check = check_boolean },
   { key = "origins", check = check_string_list },

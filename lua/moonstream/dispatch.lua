@@ -11,6 +11,7 @@ local Dispatcher = {}
 local mt = { __index = Dispatcher }
 
 local failure = records_mod.failure
+local raw_mt = getmetatable(json.raw(""))
 local OK = setmetatable({ success = true }, { __newindex = function() error("shared result is read-only", 2) end })
 
 local TIMEOUT_RESULT = {
@@ -26,6 +27,7 @@ end
 M.denied = denied
 
 -- parts: records, events, rpc, presence, loop, request_timeout (ms),
+-- max_response (bytes of record data one answer may carry),
 -- permit (optional function(ctx, topic, action, name, cmd) -> true | false, denied_action)
 -- on_emit / on_record_change (optional hooks for realtime subscribers)
 function M.new(parts)
@@ -36,6 +38,7 @@ function M.new(parts)
     presence = parts.presence,
     loop = parts.loop,
     request_timeout = parts.request_timeout or 20000,
+    max_response = parts.max_response or 16777216,
     permit = parts.permit,
     on_emit = parts.on_emit,
     on_record_change = parts.on_record_change,
@@ -78,6 +81,27 @@ function run.presence.query(d, cmd)
 end
 
 local NAME_FIELD = { event = "eventName", record = "recordName", list = "listName", rpc = "rpcName" }
+
+-- Record data copied into one answer is bounded (maxResponseSize): a 1 MB
+-- batch of reads of a 1 MB record would otherwise build a 16 GB answer. A
+-- read that does not fit fails; a version conflict loses its currentData.
+-- (csrc/fastpath.c counts the same bytes the same way.)
+local function bound(d, job, result, topic, name)
+  local field = result.data ~= nil and "data" or "currentData"
+  local v = result[field]
+  if type(v) ~= "table" or getmetatable(v) ~= raw_mt then return result end
+  local size = #v[1]
+  if job.bytes + size <= d.max_response then
+    job.bytes = job.bytes + size
+    return result
+  end
+  if field == "currentData" then
+    result.currentData = json.null
+    return result
+  end
+  return failure(topic, "RECORD_LOAD_ERROR", "Record read failed. Record \"" .. name
+    .. "\" does not fit in this response (maxResponseSize is " .. d.max_response .. " bytes).")
+end
 
 local function overall(results, n)
   local ok = 0
@@ -145,6 +169,9 @@ function Dispatcher:_run(job, i)
       results[i] = result
     else
       local result, is_write = run[topic][action](self, cmd, ctx)
+      if result.data ~= nil or result.currentData ~= nil then
+        result = bound(self, job, result, topic, cmd[NAME_FIELD[topic]])
+      end
       results[i] = result
       if is_write and result.success then job.writes[#job.writes + 1] = i end
     end
@@ -157,7 +184,7 @@ end
 -- respond(response_table) is called exactly once, possibly before this returns.
 function Dispatcher:execute(commands, ctx, respond)
   local job = {
-    commands = commands, n = #commands, results = {}, writes = {},
+    commands = commands, n = #commands, results = {}, writes = {}, bytes = 0,
     ctx = ctx, respond = respond,
   }
   self:_run(job, 1)

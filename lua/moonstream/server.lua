@@ -182,6 +182,7 @@ function Server:listen()
   self.dispatcher = dispatch.new({
     records = self.records, events = self.listeners, rpc = self.handlers, presence = self.presence,
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
+    max_response = cfg.maxResponseSize,
   })
   -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
   self.realtime = realtime_mod.new({
@@ -232,6 +233,7 @@ function Server:_fast_path()
   local fast = core.fast_path(records.core, {
     api_path = cfg.apiPath,
     exclusions = cfg.storageExclusionPrefixes,
+    max_response = cfg.maxResponseSize,
     -- the same hooks the Lua path runs (dispatch.lua's emit, records.lua's put/remove)
     emit_hook = function(name, text)
       local data = text and json.decode(text)
