@@ -56,7 +56,6 @@ local function excluded(self, name)
   end
   return false
 end
-M.excluded = excluded
 
 -- Current state of a record: version, json_text; nil when it does not exist;
 -- nil, nil, err when the store failed or the entry is corrupt.
