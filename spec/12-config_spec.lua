@@ -13,11 +13,7 @@ local function remove_dir(dir)
   os.execute("rm -rf '" .. dir .. "'")
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = require("spec.support.helpers").write_file
 
 local function mkdir(path)
   assert(os.execute("mkdir -p '" .. path .. "'"))

@@ -3,7 +3,6 @@
 -- failed attempts, and that credentials never reach the log.
 local core = require "moonstream.core"
 local json = require "moonstream.json"
-local log = require "moonstream.log"
 local file_auth = require "moonstream.auth.file"
 local H = require "spec.support.helpers"
 
@@ -24,25 +23,9 @@ local function emit_as(t, msg)
 end
 
 -- A file in a fresh folder; returns its path.
-local function write_file(dir, name, text)
-  local path = dir .. "/" .. name
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
+local function write_file(dir, name, text) return H.write_file(dir .. "/" .. name, text) end
 
--- Captures log lines (all levels) while fn runs.
-local function capture_log(fn)
-  local lines = {}
-  log.set_level("debug")
-  log.set_sink(function(line) lines[#lines + 1] = line end)
-  local ok, err = pcall(fn)
-  log.set_sink(nil)
-  log.set_level("error")
-  assert(ok, err)
-  return table.concat(lines, "\n")
-end
+local capture_log = H.capture_log
 
 describe("crypto primitives (csrc/crypto.c)", function()
   it("computes PBKDF2 as RFC 6070 says", function()

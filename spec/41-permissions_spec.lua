@@ -10,21 +10,7 @@ log.set_level("error")
 
 local function user(id, data) return { user = { id = id, data = data, isAuthenticated = true } } end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function capture_log(fn)
-  local lines = {}
-  log.set_sink(function(line) lines[#lines + 1] = line end)
-  local ok, err = pcall(fn)
-  log.set_sink(nil)
-  assert(ok, err)
-  return table.concat(lines, "\n")
-end
+local write_file, capture_log = H.write_file, H.capture_log
 
 -- A records stand-in with the one method permissions use.
 local function fake_records(map)

@@ -26,6 +26,22 @@ describe("realtime server", function()
     return t
   end
 
+  -- A server and two logged-in JSON clients, ann (a) and bob (b).
+  local function two_clients()
+    start()
+    local a, b = connect(t), connect(t)
+    a.login("ann"); b.login("bob")
+    return a, b
+  end
+
+  -- Both clients subscribe to record name (SUBSCRIBECREATEANDREAD: ack, then the record).
+  local function subscribe_both(a, b, name)
+    for _, c in ipairs({ a, b }) do
+      c.send({ topic = 5, action = 23, names = { name }, correlationId = "0" })
+      c.expect({ isAck = true }); c.expect({ action = 4 })
+    end
+  end
+
   after_each(function()
     if t then t:stop() end
     t = nil
@@ -161,9 +177,7 @@ describe("realtime server", function()
 
   describe("events", function()
     it("delivers an emit to every subscriber but the sender, acks bulk subscriptions", function()
-      start()
-      local a, b = connect(t), connect(t)
-      a.login("ann"); b.login("bob")
+      local a, b = two_clients()
       a.send({ topic = 4, action = 3, names = { "news", "other" }, correlationId = "0", isAck = false })
       a.expect({ topic = 4, action = 3, correlationId = "0", isAck = true })
       b.send({ topic = 4, action = 3, names = { "news" }, correlationId = "0" })
@@ -222,9 +236,7 @@ describe("realtime server", function()
     end)
 
     it("stops delivering after unsubscribe", function()
-      start()
-      local a, b = connect(t), connect(t)
-      a.login("ann"); b.login("bob")
+      local a, b = two_clients()
       a.send({ topic = 4, action = 3, names = { "news" }, correlationId = "0" })
       a.expect({ isAck = true })
       a.send({ topic = 4, action = 4, names = { "news" }, correlationId = "1" })
@@ -351,13 +363,8 @@ describe("realtime server", function()
     end)
 
     it("forwards updates and patches to other subscribers, not the writer", function()
-      start()
-      local a, b = connect(t), connect(t)
-      a.login("ann"); b.login("bob")
-      for _, c in ipairs({ a, b }) do
-        c.send({ topic = 5, action = 23, names = { "car" }, correlationId = "0" })
-        c.expect({ isAck = true }); c.expect({ action = 4 })
-      end
+      local a, b = two_clients()
+      subscribe_both(a, b, "car")
       a.send({ topic = 5, action = 18, name = "car", version = 1, parsedData = { brand = "bmw", tags = { "a" } } })
       local m = b.expect({ topic = 5, action = 18, name = "car", version = 1, isWriteAck = false })
       assert.same({ brand = "bmw", tags = { "a" } }, json.decode(m.data))
@@ -442,13 +449,8 @@ describe("realtime server", function()
     end)
 
     it("deletes: DELETE_SUCCESS to the deleter, DELETED to the others", function()
-      start()
-      local a, b = connect(t), connect(t)
-      a.login("ann"); b.login("bob")
-      for _, c in ipairs({ a, b }) do
-        c.send({ topic = 5, action = 23, names = { "doomed" }, correlationId = "0" })
-        c.expect({ isAck = true }); c.expect({ action = 4 })
-      end
+      local a, b = two_clients()
+      subscribe_both(a, b, "doomed")
       a.send({ topic = 5, action = 9, name = "doomed" })
       a.expect({ topic = 5, action = 10, name = "doomed" })
       b.expect({ topic = 5, action = 13, name = "doomed" })

@@ -175,13 +175,17 @@ def slowloris(port, n, seconds, baseline, limit_ratio):
     return ph
 
 
-def idle(port, n, seconds, baseline, limit_ratio, timeout_s):
-    ph = Phase("idle keep-alive")
+def stalled(name, port, n, preamble, read_reply, seconds, baseline, limit_ratio, timeout_s):
+    """n connections that send preamble (and read the answer if read_reply)
+    and then stay open doing nothing: a healthy client must not slow down, and
+    the server must close them after connectionTimeout."""
+    ph = Phase(name)
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(b"GET /health-check HTTP/1.1\r\nHost: x\r\n\r\n")
-        s.recv(4096)
+        s.sendall(preamble)
+        if read_reply:
+            s.recv(4096)
         s.setblocking(False)
         socks.append(s)
     ratio = with_healthy(port, seconds, ph, baseline, lambda deadline: time.sleep(max(0, deadline - time.monotonic())))
@@ -189,6 +193,11 @@ def idle(port, n, seconds, baseline, limit_ratio, timeout_s):
         ph.failures.append("healthy client slowed %.2fx (limit %.1fx)" % (ratio, limit_ratio))
     wait_closed(ph, socks, timeout_s)
     return ph
+
+
+def idle(port, n, seconds, baseline, limit_ratio, timeout_s):
+    return stalled("idle keep-alive", port, n, b"GET /health-check HTTP/1.1\r\nHost: x\r\n\r\n", True,
+                   seconds, baseline, limit_ratio, timeout_s)
 
 
 def wait_closed(ph, socks, timeout_s):
@@ -205,19 +214,9 @@ def wait_closed(ph, socks, timeout_s):
 
 
 def half_body(port, n, seconds, baseline, limit_ratio, timeout_s):
-    ph = Phase("half-body")
-    socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20000\r\n\r\n"
-                  + b'{"body":[' + b" " * 9000)
-        s.setblocking(False)
-        socks.append(s)
-    ratio = with_healthy(port, seconds, ph, baseline, lambda deadline: time.sleep(max(0, deadline - time.monotonic())))
-    if ratio > limit_ratio:
-        ph.failures.append("healthy client slowed %.2fx (limit %.1fx)" % (ratio, limit_ratio))
-    wait_closed(ph, socks, timeout_s)
-    return ph
+    preamble = (b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20000\r\n\r\n"
+                + b'{"body":[' + b" " * 9000)
+    return stalled("half-body", port, n, preamble, False, seconds, baseline, limit_ratio, timeout_s)
 
 
 def burst(port, n, server):

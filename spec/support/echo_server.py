@@ -22,15 +22,15 @@ the headers only):
   /headers?k=v   200, every query pair sent as a response header, in order
   anything else  404
 """
-import ctypes
 import json
 import os
-import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlsplit
+
+from child_server import serve
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -123,32 +123,6 @@ class Handler(BaseHTTPRequestHandler):
     do_PROPFIND = handle_any  # a method curl knows nothing about
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        # Clients that time out or cancel close their end: not worth a traceback.
-        pass
-
-
-def die_with_parent():
-    """Asks the kernel for SIGTERM when the parent dies; falls back to polling."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            raise OSError("prctl")
-    except Exception:
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            os._exit(0)
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(0)
-
-
 def exit_on_stdin_eof():
     def watch():
         while os.read(0, 4096):
@@ -158,13 +132,8 @@ def exit_on_stdin_eof():
 
 
 def main():
-    die_with_parent()
-    if "--exit-on-stdin-eof" in sys.argv[1:]:
-        exit_on_stdin_eof()
-    server = Server(("127.0.0.1", 0), Handler)
-    sys.stdout.write("%d %d\n" % (server.server_address[1], os.getpid()))
-    sys.stdout.flush()
-    server.serve_forever()
+    stdin_eof = "--exit-on-stdin-eof" in sys.argv[1:]
+    serve(Handler, exit_on_stdin_eof if stdin_eof else None)
 
 
 if __name__ == "__main__":

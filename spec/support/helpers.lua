@@ -168,4 +168,26 @@ function H.realtime_client(t, path)
   return d
 end
 
+-- Writes text to path (a fresh file); returns the path.
+function H.write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- Captures every log line (debug and up) while fn runs; the level goes back
+-- to "error" (the specs' quiet default) afterwards.
+function H.capture_log(fn)
+  local log = require "moonstream.log"
+  local lines = {}
+  log.set_level("debug")
+  log.set_sink(function(line) lines[#lines + 1] = line end)
+  local ok, err = pcall(fn)
+  log.set_sink(nil)
+  log.set_level("error")
+  assert(ok, err)
+  return table.concat(lines, "\n")
+end
+
 return H

@@ -15,14 +15,12 @@ authData.username:
   anything else 401 "no"
 GET /last      200 JSON of the last /auth request: body and headers (lowercased names)
 """
-import ctypes
 import json
-import os
-import signal
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from child_server import serve
 
 MAX_BODY = 1024 * 1024
 state = {"last": None, "flaky": {}}
@@ -87,35 +85,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send(401, b"no", "text/plain")
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass
-
-
-def die_with_parent():
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-            raise OSError("prctl")
-    except Exception:
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            os._exit(0)
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:
-        os._exit(0)
-
-
 def main():
-    die_with_parent()
-    server = Server(("127.0.0.1", 0), Handler)
-    sys.stdout.write("%d %d\n" % (server.server_address[1], os.getpid()))
-    sys.stdout.flush()
-    server.serve_forever()
+    serve(Handler)
 
 
 if __name__ == "__main__":
