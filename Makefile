@@ -27,7 +27,7 @@ DEB_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb
                lua-filesystem lua-yaml lua-socket libssl-dev libwslay-dev curl python3 valgrind \
                wrk clang libclang-rt-14-dev
 
-.PHONY: all deps run test test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak
+.PHONY: all deps node-deps run test test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak
 
 all: build/moonstream/core.so
 
@@ -64,8 +64,17 @@ run: deps all
 rock: deps
 	luarocks --lua-version=$(LUA_VERSION) make --deps-mode=none moonstream-scm-1.rockspec
 
+# Node.js packages the specs use (the real @deepstream/client, ws), from the npm registry.
+NODE_DEPS = spec/support/node/node_modules/.package-lock.json
+$(NODE_DEPS): spec/support/node/package.json spec/support/node/package-lock.json
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd spec/support/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node-deps: $(NODE_DEPS)
+
 # All specs, again under AddressSanitizer + UBSan, and the HTTP spec under valgrind.
-test: deps all build-asan/moonstream/core.so
+test: deps all build-asan/moonstream/core.so $(NODE_DEPS)
 	@bash spec/support/test-all
 
 test-asan: deps build-asan/moonstream/core.so
