@@ -1,12 +1,13 @@
 -- The two realtime wire codecs against the frames captured between the real
--- @deepstream/client 7.0.5 and the reference server (../shared/realtime/vectors),
+-- @deepstream/client 7.0.5 and the deepstream 7.0.2 reference server
+-- (spec/fixtures/realtime-vectors, see its README),
 -- the crash frames of section 12, and malformed input.
 local json = require "moonstream.json"
 local binary = require "moonstream.realtime.binary"
 local json_codec = require "moonstream.realtime.json_codec"
 local message = require "moonstream.realtime.message"
 
-local VECTORS = os.getenv("MOONSTREAM_VECTORS") or "../shared/realtime/vectors"
+local VECTORS = "spec/fixtures/realtime-vectors"
 
 local function unhex(h)
   return (h:gsub("..", function(x) return string.char(tonumber(x, 16)) end))

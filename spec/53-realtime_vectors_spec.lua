@@ -1,5 +1,6 @@
 -- Replays the captured conversations between the real client and the
--- reference server (../shared/realtime/vectors/{json,binary}-{open,file}.jsonl)
+-- deepstream 7.0.2 reference server
+-- (spec/fixtures/realtime-vectors/{json,binary}-{open,file}.jsonl)
 -- against moonstream, in lockstep: every client frame is sent as captured,
 -- and every frame the reference sent must come from moonstream too, to the
 -- same client, in the same order. Frames are compared as messages: field
@@ -12,11 +13,11 @@ local binary = require "moonstream.realtime.binary"
 local H = require "support.helpers"
 local WS = require "support.ws_client"
 
-local VECTORS = os.getenv("MOONSTREAM_VECTORS") or "../shared/realtime/vectors"
+local VECTORS = "spec/fixtures/realtime-vectors"
 
 -- The reference's conf-file profile: examples/conformance/users.lua holds
 -- the same users (fred with clientData, wilma), and these rules mirror
--- ../shared/reference/conf-file/permissions.yml.
+-- the reference's permissions.yml for that capture.
 local FILE_PROFILE = {
   auth = { { type = "file", options = { users = "examples/conformance/users.lua" } } },
   permissions = {
@@ -113,8 +114,7 @@ end
 
 local function replay(spec)
   local file, is_binary = spec.file, spec.binary
-  local events = read_lines(VECTORS .. "/" .. file)
-  if not events then return nil end
+  local events = assert(read_lines(VECTORS .. "/" .. file), "no vectors at " .. VECTORS .. "/" .. file)
   local t = H.start(spec.config)
   local socks, mismatches, checked = {}, {}, 0
   local queued, logged_in = {}, {} -- per label: messages read ahead by a barrier; login seen
@@ -213,7 +213,6 @@ describe("realtime conversations captured from the reference", function()
   for _, spec in ipairs(FILES) do
     it("answers every client frame of " .. spec.file .. " as the reference did", function()
       local r = replay(spec)
-      if not r then return pending("no vectors at " .. VECTORS) end
       assert.same({}, r.mismatches)
       assert.is_true(r.checked >= 15, "only " .. r.checked .. " server frames checked")
     end)
