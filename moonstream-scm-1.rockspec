@@ -2,7 +2,7 @@ rockspec_format = "3.0"
 package = "moonstream"
 version = "scm-1"
 source = {
-   url = "git+file:///work/main",
+   url = "git+https://github.com/moonstream/moonstream.git",
 }
 description = {
    summary = "A realtime data server speaking the deepstream HTTP API, with a C core",
@@ -12,14 +12,24 @@ records, RPCs and presence queries; POST /api/auth) from a Lua 5.4 rock whose
 C core does HTTP (libmicrohttpd), storage (LevelDB, group-committed fsyncs),
 JSON and presence. RPC handlers and event listeners are plain Lua files.
 ]],
+   homepage = "https://github.com/moonstream/moonstream",
    license = "MIT",
 }
+-- the core uses epoll, signalfd and eventfd
+supported_platforms = { "linux" }
 dependencies = {
-   "lua >= 5.4",
+   "lua >= 5.4, < 5.5",
    "luafilesystem",
+   "argparse",      -- the command line
+   "lyaml",         -- deepstream's users.yml files (loaded only when one is used)
 }
 test_dependencies = {
    "busted",
+   "lua-cjson",     -- spec/05-httpclient_spec.lua
+   "luasocket",     -- raw sockets in the HTTP and WebSocket specs
+}
+test = {
+   type = "busted",
 }
 external_dependencies = {
    MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
@@ -40,7 +50,7 @@ build = {
             "csrc/records.c", "csrc/fastpath.c",
          },
          defines = { "_GNU_SOURCE" },
-         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay" },
+         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay", "pthread" },
          incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
          libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
       },

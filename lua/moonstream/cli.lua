@@ -1,89 +1,106 @@
--- The command line: moonstream start [config.lua] [--host H] [--port N],
--- moonstream hash, moonstream token revoke, moonstream reload,
--- moonstream version, moonstream --help.
+-- The command line: start, check, hash, token revoke, reload, version, help.
+-- Arguments are parsed by argparse (Debian's lua-argparse); every command
+-- has --help. Exit status: 0 done, 1 a run-time failure (a broken config, a
+-- store in use, ...), 2 a usage error (an unknown command or option, a
+-- malformed value).
+local argparse = require "argparse"
+
 local M = {}
 
-local USAGE = [[
-Usage: moonstream <command> [options]
-
-Commands:
-  start [config.lua] [--host H] [--port N]
-                 serve the deepstream HTTP API in the foreground; without a
-                 config file: 127.0.0.1:6020, data in ./data
-  hash [password] [-c config.lua] [--hash NAME] [--iterations N] [--key-length N]
-                 print a password hash for a users file (without a password
-                 argument, reads one line from stdin, so it stays out of the
-                 shell history); defaults: sha256, 100000 iterations, 32 bytes,
-                 or the settings of the first file strategy of config.lua
-  token revoke <token> [config.lua]
-  token revoke --user ID [config.lua]
-                 revoke one token, or every token of a user (in the running
-                 server's store, or directly when no server runs)
-  reload [config.lua]
-                 make the running server reload its permissions and RPC
-                 handler files (as SIGHUP does)
-  version        print the version
-  help           this text
-
-Stop a running server with Ctrl-C or SIGTERM: it finishes in-flight requests,
-closes the database and exits 0.
-]]
+local USAGE_ERROR, FAILURE = 2, 1
 
 local function fail(msg)
   io.stderr:write("moonstream: ", msg, "\n")
-  return 1
+  return FAILURE
 end
 
--- Splits args into options that take a value (the names in `valued`, kept
--- in the order given) and at most one positional argument (`what`, for the
--- error). Returns options, positional; or nil, error text.
-local function parse_args(args, valued, what)
-  local opts, positional, i = {}, nil, 1
-  while i <= #args do
-    local a = args[i]
-    if valued[a] then
-      local v = args[i + 1]
-      if not v then return nil, a .. " needs a value" end
-      opts[#opts + 1] = { a, v }
-      i = i + 2
-    elseif a:sub(1, 1) == "-" then
-      return nil, "unknown option '" .. a .. "' (see moonstream --help)"
-    elseif positional then
-      return nil, "only one " .. what .. " can be given"
-    else
-      positional = a
-      i = i + 1
+-- An integer option value, or nil and the reason (argparse prints it).
+local function integer(name, min)
+  return function(v)
+    local n = math.tointeger(tonumber(v))
+    if not n or (min and n < min) then
+      return nil, ("%s must be %s (got '%s')"):format(name, min and "a positive integer" or "a number", v)
     end
+    return n
   end
-  return opts, positional
 end
 
--- The configuration at path, or the defaults.
+-- The configuration file: a positional argument or -c/--config, not both.
+local function add_config(cmd, positional)
+  if positional then cmd:argument("config", "Configuration file (as -c)."):args("?") end
+  cmd:option("-c --config", "Configuration file: a Lua file returning a table with deepstream's key names.")
+    :target("config_option"):argname("<file>")
+  cmd:help_description_margin(28)
+end
+
+-- The parser, and the parser of each command by its words ("token revoke").
+local function build_parser()
+  local p = argparse("moonstream", "A realtime data server speaking the deepstream HTTP API and realtime protocol.")
+    :command_target("command"):require_command(false)
+    :help_max_width(100)
+    :epilog("Without a configuration file: 127.0.0.1:6020, data in ./data.\n"
+      .. "`moonstream <command> --help` describes a command. Exit status: 0 done, 1 failed, 2 usage error.")
+  p:flag("-v --version", "Print the version and exit.")
+
+  local start = p:command("start", "Serve in the foreground until SIGINT or SIGTERM (it then finishes "
+    .. "in-flight requests, closes the database and exits 0; SIGHUP reloads permissions and RPC handlers).")
+  add_config(start, true)
+  start:option("--host", "Address to bind (overrides the config's host).")
+  start:option("--port", "Port to listen on, 0 for any free port (overrides the config's port).")
+    :convert(integer("--port"))
+
+  local check = p:command("check", "Validate a configuration and the permission, RPC handler, event listener "
+    .. "and users files it names, without starting (like nginx -t). Exits 0 when it would start.")
+  add_config(check, true)
+
+  local hash = p:command("hash", "Print a password hash for a users file. Without a password argument it reads "
+    .. "one line from stdin, which keeps it out of the shell history. Defaults: sha256, 100000 iterations, "
+    .. "32 bytes, or the settings of the first file auth strategy of the configuration given with -c.")
+  hash:argument("password", "The password (else read from stdin)."):args("?")
+  add_config(hash, false)
+  hash:option("--hash", "Hash function (sha256, sha512, md5, ...).")
+  hash:option("--iterations", "PBKDF2 iterations."):convert(integer("--iterations", 1))
+  hash:option("--key-length", "Derived key length in bytes."):convert(integer("--key-length", 1))
+
+  local token = p:command("token", "Manage tokens."):command_target("token_command")
+  local revoke = token:command("revoke", "Revoke one token, or every token of a user (--user), in the running "
+    .. "server's store or directly when no server runs.")
+  revoke:argument("token", "The token, then optionally the configuration file."):args("0-2")
+    :argname({ "<token>", "<config>" })
+  revoke:option("--user", "Revoke every token of this user id.")
+  add_config(revoke, false)
+
+  local reload = p:command("reload", "Make the running server reload its permissions and RPC handler files "
+    .. "(as SIGHUP does).")
+  add_config(reload, true)
+
+  local version = p:command("version", "Print the version.")
+  local help = p:command("help", "Print this help, or a command's: moonstream help start.")
+  help:argument("topic", "The command."):args("*")
+  return p, { start = start, check = check, hash = hash, token = token, ["token revoke"] = revoke,
+              reload = reload, version = version, help = help }
+end
+
+-- The configuration at path, or the defaults. Every command loads its
+-- configuration here, through the config module's loader.
 local function load_config(path)
   local config = require "moonstream.config"
   if path then return config.load(path) end
   return config.validate({})
 end
 
-local function start(args)
+-- The config path of parsed arguments, or nil, usage error.
+local function config_path(a)
+  if a.config and a.config_option then return nil, "give the configuration file once (either -c or the argument)" end
+  return true, a.config or a.config_option
+end
+
+local function start(a)
   local config = require "moonstream.config"
   local server = require "moonstream.server"
-  local opts, path = parse_args(args, { ["--host"] = true, ["--port"] = true }, "configuration file")
-  if not opts then return fail(path) end
-  local overrides = {}
-  for _, o in ipairs(opts) do
-    local a, v = o[1], o[2]
-    if a == "--port" then
-      local n = math.tointeger(tonumber(v))
-      if not n then return fail("--port must be a number (got '" .. v .. "')") end
-      overrides.port = n
-    else
-      overrides.host = v
-    end
-  end
-  local cfg, err = load_config(path)
+  local cfg, err = load_config(a.path)
   if not cfg then return fail(err) end
-  cfg, err = config.apply_overrides(cfg, overrides)
+  cfg, err = config.apply_overrides(cfg, { host = a.host, port = a.port })
   if not cfg then return fail(err) end
   local srv
   srv, err = server.new(cfg, true)
@@ -94,36 +111,43 @@ local function start(args)
   return 0
 end
 
-local function hash(args)
+-- Builds the server without listening: that loads and checks every file the
+-- configuration names (auth users and scripts, permissions, RPC handlers,
+-- event listeners) but opens no store and no socket, so a running server on
+-- the same configuration does not stand in the way.
+local function check(a)
+  local server = require "moonstream.server"
+  local cfg, err = load_config(a.path)
+  if not cfg then return fail(err) end
+  local srv
+  srv, err = server.new(cfg, true)
+  if not srv then return fail(err) end
+  local exposed = server.exposure_warning(cfg)
+  if exposed then io.stdout:write("warning: ", exposed, "\n") end
+  io.stdout:write(("moonstream: configuration %s is valid\n"):format(a.path or "(the defaults)"))
+  return 0
+end
+
+local function hash(a)
   local file = require "moonstream.auth.file"
   local settings = { hash = file.DEFAULTS.hash, iterations = file.DEFAULTS.iterations,
                      keyLength = file.DEFAULTS.keyLength }
-  local opts, password = parse_args(args, { ["-c"] = true, ["--config"] = true, ["--hash"] = true,
-    ["--iterations"] = true, ["--key-length"] = true }, "password")
-  if not opts then return fail(password) end
-  local overrides = {}
-  for _, o in ipairs(opts) do
-    local a, v = o[1], o[2]
-    if a == "-c" or a == "--config" then
-      local cfg, err = load_config(v)
-      if not cfg then return fail(err) end
-      local found
-      for _, s in ipairs(cfg.auth) do
-        if s.type == "file" then found = s.options or s break end
-      end
-      if not found then return fail(v .. " has no file auth strategy") end
-      for _, k in ipairs({ "hash", "iterations", "keyLength" }) do
-        if found[k] ~= nil then settings[k] = found[k] end
-      end
-    elseif a == "--hash" then
-      overrides.hash = v
-    else
-      local n = math.tointeger(tonumber(v))
-      if not n or n < 1 then return fail(a .. " must be a positive integer (got '" .. v .. "')") end
-      overrides[a == "--iterations" and "iterations" or "keyLength"] = n
+  if a.path then
+    local cfg, err = load_config(a.path)
+    if not cfg then return fail(err) end
+    local found
+    for _, s in ipairs(cfg.auth) do
+      if s.type == "file" then found = s.options or s break end
+    end
+    if not found then return fail(a.path .. " has no file auth strategy") end
+    for _, k in ipairs({ "hash", "iterations", "keyLength" }) do
+      if found[k] ~= nil then settings[k] = found[k] end
     end
   end
-  for k, v in pairs(overrides) do settings[k] = v end
+  settings.hash = a.hash or settings.hash
+  settings.iterations = a.iterations or settings.iterations
+  settings.keyLength = a.key_length or settings.keyLength
+  local password = a.password
   if password == nil then password = io.stdin:read("l") end
   if password == nil or password == "" then return fail("no password given") end
   if settings.iterations > 10000000 or settings.keyLength > 1024 then
@@ -144,51 +168,13 @@ end
 
 local REQUEST_WAIT_S = 10
 
--- Revokes tokens: directly in the store when no server holds it, else
--- through the running server (control.lua).
-local function token(args)
-  if args[1] ~= "revoke" then return fail("usage: moonstream token revoke <token> | --user ID [config.lua]") end
-  local tokens_mod = require "moonstream.tokens"
+-- Asks the running server (pid) that holds dir to run a control request;
+-- prints its answer. Returns the exit status.
+local function revoke_through_server(dir, request)
   local control = require "moonstream.control"
-  local core = require "moonstream.core"
-  local what, user, path
-  local i = 2
-  while i <= #args do
-    local a = args[i]
-    if a == "--user" then
-      user = args[i + 1]
-      if not user or user == "" then return fail("--user needs a user id") end
-      i = i + 2
-    elseif what == nil and user == nil and not a:match("%.lua$") then
-      what = a
-      i = i + 1
-    elseif path == nil then
-      path = a
-      i = i + 1
-    else
-      return fail("usage: moonstream token revoke <token> | --user ID [config.lua]")
-    end
-  end
-  if not what and not user then return fail("usage: moonstream token revoke <token> | --user ID [config.lua]") end
-  local cfg, err = load_config(path)
-  if not cfg then return fail(err) end
-  local dir = cfg.storage.path
-  if not has_store(dir) then return fail("no moonstream store at storage.path '" .. dir .. "'") end
-  local store, serr = core.store_open(dir, {})
-  if store then
-    local tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
-    local n, rerr
-    if user then n, rerr = tokens:revoke_user(user) else n = tokens:revoke(what) and 1 or 0 end
-    store:close()
-    if not n then return fail("cannot revoke: " .. tostring(rerr)) end
-    io.stdout:write(("revoked %d token(s)\n"):format(n))
-    return 0
-  end
-  if not serr:find("lock", 1, true) then return fail(serr) end
   local pid = control.read_pid(dir)
   if not pid then return fail("the store is in use but " .. dir .. "/moonstream.pid is missing") end
-  local id
-  id, err = control.submit(dir, user and "revoke-user " .. user or "revoke-token " .. tokens_mod.hash(what))
+  local id, err = control.submit(dir, request)
   if not id then return fail("cannot queue the request: " .. tostring(err)) end
   if not os.execute("kill -HUP " .. pid) then return fail("cannot signal the server (pid " .. pid .. ")") end
   local deadline = os.time() + REQUEST_WAIT_S
@@ -205,10 +191,43 @@ local function token(args)
   return fail("the server (pid " .. pid .. ") did not answer within " .. REQUEST_WAIT_S .. " s")
 end
 
-local function reload(args)
+-- Revokes tokens: directly in the store when no server holds it, else
+-- through the running server (control.lua).
+local function revoke(a)
+  local tokens_mod = require "moonstream.tokens"
+  local core = require "moonstream.core"
+  local user, what = a.user, nil
+  if user == "" then return USAGE_ERROR, "--user needs a user id" end
+  local path = a.path
+  for _, v in ipairs(a.token) do
+    -- the token comes first; a .lua file (or anything after the token, or
+    -- anything given with --user) is the configuration file
+    if what == nil and user == nil and not v:match("%.lua$") then what = v
+    elseif path == nil then path = v
+    else return USAGE_ERROR, "too many arguments" end
+  end
+  if (what == nil) == (user == nil) then return USAGE_ERROR, "give either a token or --user ID" end
+  local cfg, err = load_config(path)
+  if not cfg then return fail(err) end
+  local dir = cfg.storage.path
+  if not has_store(dir) then return fail("no moonstream store at storage.path '" .. dir .. "'") end
+  local store, serr = core.store_open(dir, {})
+  if not store then
+    if not serr:find("lock", 1, true) then return fail(serr) end
+    return revoke_through_server(dir, user and "revoke-user " .. user or "revoke-token " .. tokens_mod.hash(what))
+  end
+  local tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
+  local n, rerr
+  if user then n, rerr = tokens:revoke_user(user) else n = tokens:revoke(what) and 1 or 0 end
+  store:close()
+  if not n then return fail("cannot revoke: " .. tostring(rerr)) end
+  io.stdout:write(("revoked %d token(s)\n"):format(n))
+  return 0
+end
+
+local function reload(a)
   local control = require "moonstream.control"
-  if #args > 1 then return fail("usage: moonstream reload [config.lua]") end
-  local cfg, err = load_config(args[1])
+  local cfg, err = load_config(a.path)
   if not cfg then return fail(err) end
   -- A pid file outlives a killed server, and its pid may be reused: signal
   -- only while some process holds the store's lock.
@@ -227,25 +246,67 @@ local function reload(args)
   return 0
 end
 
+local RUN = { start = start, check = check, hash = hash, reload = reload }
+
+-- The parser of the longest command that the leading words name.
+local function command_parser(parser, commands, words)
+  local found, name = parser, nil
+  for _, w in ipairs(words) do
+    name = name and name .. " " .. w or w
+    if not commands[name] then break end
+    found = commands[name]
+  end
+  return found
+end
+
+-- -h/--help anywhere (before "--") asks for the help of the command named
+-- before it; answered before parsing, so a broken rest of the line still
+-- gets help.
+local function help_request(args)
+  local words = {}
+  for _, v in ipairs(args) do
+    if v == "--" then return nil end
+    if v == "-h" or v == "--help" then return words end
+    if v:sub(1, 1) ~= "-" then words[#words + 1] = v end
+  end
+  return nil
+end
+
+local function usage_error(parser, msg)
+  io.stderr:write(parser:get_usage(), "\n\nmoonstream: ", msg, "\n")
+  return USAGE_ERROR
+end
+
 -- Runs the CLI with an argument list; returns the exit status.
 function M.main(args)
-  local cmd = args[1]
-  if cmd == nil or cmd == "help" or cmd == "--help" or cmd == "-h" then
-    io.stdout:write(USAGE)
-    return cmd == nil and 1 or 0
-  elseif cmd == "version" or cmd == "--version" then
+  local parser, commands = build_parser()
+  local words = help_request(args)
+  if words then
+    io.stdout:write(command_parser(parser, commands, words):get_help(), "\n")
+    return 0
+  end
+  local ok, a = parser:pparse(args)
+  if not ok then return usage_error(command_parser(parser, commands, args), a) end
+  if a.version or a.command == "version" then
     io.stdout:write("moonstream ", require("moonstream").VERSION, "\n")
     return 0
-  elseif cmd == "start" then
-    return start({ table.unpack(args, 2) })
-  elseif cmd == "hash" then
-    return hash({ table.unpack(args, 2) })
-  elseif cmd == "token" then
-    return token({ table.unpack(args, 2) })
-  elseif cmd == "reload" then
-    return reload({ table.unpack(args, 2) })
+  elseif a.command == "help" then
+    io.stdout:write(command_parser(parser, commands, a.topic):get_help(), "\n")
+    return 0
+  elseif not a.command then
+    return usage_error(parser, "a command is required (see moonstream --help)")
   end
-  return fail("unknown command '" .. cmd .. "' (see moonstream --help)")
+  local cmd = a.token_command or a.command
+  local sub = command_parser(parser, commands, { a.command, a.token_command })
+  local path_ok, path = config_path(a)
+  if not path_ok then return usage_error(sub, path) end
+  a.path = path
+  if cmd == "revoke" then
+    local status, err = revoke(a)
+    if status == USAGE_ERROR then return usage_error(sub, err) end
+    return status
+  end
+  return RUN[cmd](a)
 end
 
 return M

@@ -7,7 +7,7 @@ local server = require "moonstream.server"
 local config = require "moonstream.config"
 
 local M = {
-  VERSION = "0.1.0",
+  VERSION = "0.2.0",
   json = require "moonstream.json",
 }
 

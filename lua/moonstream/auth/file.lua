@@ -95,7 +95,11 @@ local function load_users(path)
   local text, err = read_file(path)
   if not text then return nil, "cannot read users file: " .. err end
   if path:match("%.ya?ml$") then
-    local lyaml = require "lyaml"
+    -- lyaml is needed only for YAML users files: without it, an error, not a raise
+    local found, lyaml = pcall(require, "lyaml")
+    if not found then
+      return nil, format("users file '%s' needs the lyaml rock (Debian: lua-yaml), which is not installed", path)
+    end
     local ok, doc = pcall(lyaml.load, text)
     if not ok then return nil, format("users file '%s' is not valid YAML: %s", path, tostring(doc)) end
     local converted
