@@ -177,7 +177,7 @@ return {
       if port then break end
     end
     assert(port, "the server did not start")
-    local curl = assert(io.popen("curl -s -m 10 http://127.0.0.1:" .. port .. "/api -H 'Content-Type: application/json'"
+    local curl = assert(io.popen("env -u LD_PRELOAD curl -s -m 10 http://127.0.0.1:" .. port .. "/api -H 'Content-Type: application/json'"
       .. [[ -d '{"body":[{"topic":"record","action":"write","recordName":"cli","data":{"v":1}},]]
       .. [[{"topic":"record","action":"read","recordName":"cli"}]}']]))
     local answer = curl:read("a")

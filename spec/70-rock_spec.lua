@@ -129,7 +129,7 @@ describe("a missing optional rock", function()
 
   it("does not matter when no YAML file is used", function()
     local server = assert(moonstream.new({
-      auth = { { type = "file", options = { users = "examples/conformance/users.lua" } } } }))
+      logLevel = "error", auth = { { type = "file", options = { users = "examples/conformance/users.lua" } } } }))
     server:close()
   end)
 end)
@@ -153,8 +153,14 @@ describe("the source rock", function()
     local f = assert(io.open(config, "w"))
     f:write('return { logLevel = "info", storage = { path = "data" } }\n')
     f:close()
-    local cmd = "cd " .. dir .. " && eval \"$(luarocks --lua-version=5.4 --tree " .. tree .. " path)\" && "
-      .. "sh -c 'echo $$; exec env -u LD_PRELOAD " .. tree .. "/bin/moonstream start -c " .. config
+    local lpath, cpath = {}, {}
+    for _, v in ipairs({ { lpath, "--lr-path" }, { cpath, "--lr-cpath" } }) do
+      out, code = sh("luarocks --lua-version=5.4 --tree " .. tree .. " path " .. v[2])
+      assert.are.equal(0, code, out)
+      v[1][1] = out:gsub("%s+$", "")
+    end
+    local cmd = "cd " .. dir .. " && sh -c 'echo $$; exec env -u LD_PRELOAD -u LUA_PATH_5_4 -u LUA_CPATH_5_4 LUA_PATH=\"" .. lpath[1] .. ";;\" "
+      .. "LUA_CPATH=\"" .. cpath[1] .. ";;\" " .. tree .. "/bin/moonstream start -c " .. config
       .. " --port 0' 2>&1; echo \"exit=$?\""
     local pipe = assert(io.popen(cmd, "r"))
     local pid = assert(tonumber(pipe:read("l")), "no pid")
