@@ -8,7 +8,7 @@
 // connection closes: exit 1).
 'use strict'
 const path = require('path')
-const REF = process.env.MOONSTREAM_REF_DIR || '/tmp/moonstream-reference'
+const REF = path.join(__dirname, 'reference') // bench/reference/setup installs it
 const { DeepstreamClient } = require(path.join(REF, 'node_modules', '@deepstream', 'client'))
 
 const url = process.argv[2]

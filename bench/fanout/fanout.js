@@ -9,7 +9,7 @@
 const fs = require('fs')
 const http = require('http')
 const path = require('path')
-const REF = process.env.MOONSTREAM_REF_DIR || '/tmp/moonstream-reference'
+const REF = path.join(__dirname, '..', 'reference') // bench/reference/setup installs it
 const WebSocket = require(path.join(REF, 'node_modules', 'ws'))
 
 const args = {}
