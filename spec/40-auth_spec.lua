@@ -6,7 +6,7 @@ local json = require "moonstream.json"
 local file_auth = require "moonstream.auth.file"
 local H = require "spec.support.helpers"
 
--- deepstream's own users.yml, copied unchanged from ../shared/reference/conf-file/
+-- deepstream's own users.yml, copied unchanged from the deepstream reference's conf-file/
 -- (hashes made by `deepstream hash` with md5, 100 iterations, keyLength 32)
 local REFERENCE_USERS = "spec/support/deepstream-users.yml"
 

@@ -59,7 +59,7 @@ local function wire_form(msg)
 end
 
 -- A JSON frame as the client sees it: payload = data parsed if it is a
--- non-empty string, else parsedData (spec section 3); both keys replaced.
+-- non-empty string, else parsedData; both keys replaced.
 local function json_view(obj)
   local t = plain(obj)
   if type(obj.data) == "string" and obj.data ~= "" then

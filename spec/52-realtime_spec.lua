@@ -1,7 +1,7 @@
 -- The realtime server (lua/moonstream/realtime): deepstream's WebSocket
 -- protocol, driven frame by frame by a raw client (spec/support/ws_client.lua)
 -- against an in-process server on port 0, both on the server's loop. The
--- frames are those of ../shared/spec/ws-protocol.md; HTTP requests go through
+-- frames are deepstream's; HTTP requests go through
 -- the helpers' libcurl client so the cross-surface cases run on one thread.
 local json = require "moonstream.json"
 local H = require "support.helpers"

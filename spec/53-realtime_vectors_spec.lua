@@ -5,7 +5,7 @@
 -- and every frame the reference sent must come from moonstream too, to the
 -- same client, in the same order. Frames are compared as messages: field
 -- order, `data` text vs `parsedData` value, and the json reference's missing
--- or echoed `isAck` do not matter (spec §3, §4.4). Where moonstream differs
+-- or echoed `isAck` do not matter. Where moonstream differs
 -- on purpose the line is listed in NOT_SENT with the reason.
 local json = require "moonstream.json"
 local message = require "moonstream.realtime.message"
@@ -47,7 +47,7 @@ local FILES = {
 
 -- Lines whose server frame moonstream does not send, on purpose.
 local NOT_SENT = {
-  -- §12.3: after an INVALID_VERSION the reference wedges the record and
+  -- after an INVALID_VERSION the reference wedges the record and
   -- answers the next good write (version current + 1) with VERSION_EXISTS;
   -- moonstream accepts it.
   ["json-open.jsonl"] = { [398] = true },
@@ -182,7 +182,7 @@ local function replay(spec)
       elseif e.ev == "frame" and e.dir == "S>C" then
         local expected
         if e.decoded then expected = normalize(e.decoded[1]) else expected = normalize(json.decode(e.text)) end
-        -- §12.5: the binary reference never transmits originalTopic; moonstream does
+        -- the binary reference never transmits originalTopic; moonstream does
         local drop_original_topic = is_binary and expected.originalTopic == nil
         if expected.topic == 3 and expected.action == 3 then logged_in[e.label] = true end
         checked = checked + 1

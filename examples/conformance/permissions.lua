@@ -1,4 +1,4 @@
--- Permissions for the auth conformance profile (see PROFILES.md, "auth").
+-- Permissions for the auth conformance profile (the shared conformance suite's "auth" profile).
 -- The longest pattern that matches a name and has the rule wins; no rule denies.
 return {
   event = {

@@ -1,5 +1,5 @@
 -- moonstream's configuration: a Lua file that returns a table whose keys are
--- deepstream's (spec/http-api.md section 7), so a deepstream user recognises
+-- deepstream's, so a deepstream user recognises
 -- them. The table is data; a schema below checks it before the server binds a
 -- port, and a mistake is reported with the key's dotted path and, when it came
 -- from a file, the line where that key is written (Kong's plugin schemas).

@@ -1,5 +1,5 @@
 -- Runs a validated batch of commands in order, each seeing the effects of the
--- ones before it (spec section 3, step 7). Most commands finish at once; an
+-- ones before it. Most commands finish at once; an
 -- RPC handler may wait, and then the batch goes on when it answers. The
 -- response is sent when every command has a result and the batch's writes
 -- are on disk (group commit, see records.lua), or when requestTimeout passes.

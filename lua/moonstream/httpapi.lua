@@ -1,4 +1,4 @@
--- The HTTP surface (spec sections 1, 2, 3 and 6): routing, CORS, transport
+-- The HTTP surface: routing, CORS, transport
 -- errors in the contract's order, the auth endpoint and the batch endpoint.
 -- The C core hands over complete requests (req); this module answers each
 -- exactly once with req:respond(status, body, headers).

@@ -1,7 +1,7 @@
 -- JSON values as moonstream sees them, shared by the dispatcher, the store and
 -- user scripts. The codec is C (csrc/json.c): Debian's lua-cjson 2.1.0 cannot
 -- keep [] apart from {}, prints at most 14 significant digits and reads every
--- number as a float, which breaks the exact round-trip of spec section 5.
+-- number as a float, which breaks the exact round-trip of JSON values.
 --
 -- Conventions:
 --   * JSON arrays are tables with the metatable json.array_mt (an empty array

@@ -1,4 +1,4 @@
--- Record path writes (spec/http-api.md section 4, "Record versions and writes").
+-- Record path writes (deepstream's `path` on record writes).
 --
 -- A path is split on '.', each part trimmed and empty parts skipped; a part is
 -- a key, optionally followed by array indexes: `name`, `name[2]`, `name[ 2 ]`,

@@ -149,7 +149,7 @@ function Records:each(prefix)
 end
 
 ---------------------------------------------------------------------------
--- Command semantics (spec section 4), shared by record and list commands.
+-- Command semantics, shared by record and list commands.
 -- Each returns a result table; `topic` is "record" or "list" for errors.
 ---------------------------------------------------------------------------
 

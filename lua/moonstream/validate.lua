@@ -1,4 +1,4 @@
--- Validation of POST /api requests (spec/http-api.md sections 3 and 4).
+-- Validation of POST /api requests.
 --
 -- It runs on every request, so the success path builds no strings and creates
 -- no closures: each topic/action has a table of allowed properties, built once

@@ -1,6 +1,6 @@
 -- The /deepstream (ws-binary) wire codec: @deepstream/protobuf 1.0.9 frames
 -- <-> the message tables of realtime/message.lua. Hand-written and
--- table-driven (spec/ws-protocol.md section 13.4): one table per topic maps
+-- table-driven: one table per topic maps
 -- field numbers to names and types.
 --
 --   decode(bytes) -> msg | nil, err   never raises, whatever the bytes

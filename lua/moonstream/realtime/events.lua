@@ -1,4 +1,4 @@
--- Realtime events (spec §6): bulk subscribe/unsubscribe, emit to every
+-- Realtime events: bulk subscribe/unsubscribe, emit to every
 -- subscriber but the sender, listen (listen.lua), and emits from POST /api or
 -- Lua code reaching WebSocket subscribers. Lua listeners (events.listeners)
 -- hear client emits too.

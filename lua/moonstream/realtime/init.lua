@@ -1,4 +1,4 @@
--- The realtime server: deepstream's WebSocket protocol (../shared/spec/ws-protocol.md)
+-- The realtime server: deepstream's WebSocket protocol
 -- for the unmodified @deepstream/client. One codec per transport at the edge
 -- (json_codec.lua for /deepstream-json, binary.lua for /deepstream) turns
 -- frames into the message tables of message.lua; everything behind it is
@@ -35,7 +35,7 @@ local CONNECTION, AUTH, PARSER = T.CONNECTION, T.AUTH, T.PARSER
 -- (an asynchronous strategy): they are replayed after AUTH_SUCCESSFUL.
 local MAX_PENDING_WHILE_AUTH = 64
 
--- The payload of an incoming message (spec §3, message.lua's rules):
+-- The payload of an incoming message (message.lua's rules):
 -- true, value, text (both nil when there is none), or false, err when
 -- `data` is not JSON.
 local function payload(msg)
@@ -262,7 +262,7 @@ end
 function Conn:close()
   if not self.open then return end
   self:closed()
-  self.ws:close(0) -- no status code, as deepstream closes (§2.1)
+  self.ws:close(0) -- no status code, as deepstream closes
 end
 
 -- The connection is gone (closed by us, by the peer or by an error): cancel
@@ -295,7 +295,7 @@ function Conn:receive(frame, is_binary)
   local msg, err = self.codec.decode(frame)
   if msg == nil then
     -- json: text that is not JSON closes; binary: bytes that do not decode
-    -- are answered like a message without a topic (§5.3, §13.1)
+    -- are answered like a message without a topic (as the reference does)
     if self.binary and not self.user then
       return self:send({ topic = CONNECTION, action = A.CONNECTION.INVALID_MESSAGE })
     end

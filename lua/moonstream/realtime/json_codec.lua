@@ -1,5 +1,5 @@
 -- The /deepstream-json (ws-json) wire codec: one JSON object per text frame
--- (spec/ws-protocol.md sections 2.2 and 3) <-> the message tables of
+-- <-> the message tables of
 -- realtime/message.lua.
 --
 --   decode(text) -> msg | nil, err   never raises. err when the text is not

@@ -1,4 +1,4 @@
--- Listening (spec §6.2): a provider registers a pattern and is told when a
+-- Listening: a provider registers a pattern and is told when a
 -- name matching it gets its first subscriber (SUBSCRIPTION_FOR_PATTERN_FOUND);
 -- it accepts (it now provides that name until the last subscriber leaves:
 -- SUBSCRIPTION_FOR_PATTERN_REMOVED) or rejects (the next matching provider is
@@ -257,7 +257,7 @@ function Listen:handle(c, msg)
   elseif action == A.LISTEN_ACCEPT then return self:accept(c, msg)
   elseif action == A.LISTEN_REJECT then return self:reject(c, msg)
   end
-  -- unknown actions are ignored, as the reference does (§5.3)
+  -- unknown actions are ignored, as the reference does
 end
 
 -- A connection closed: its subscriptions in subs go (providers are told when

@@ -1,7 +1,7 @@
 -- The realtime protocol's message: one Lua table shape shared by both wire
 -- codecs (realtime/json_codec.lua for /deepstream-json, realtime/binary.lua
 -- for /deepstream) and everything behind them. Codes are those of
--- @deepstream/protobuf 1.0.9 (spec/ws-protocol.md section 4, the .proto).
+-- @deepstream/protobuf 1.0.9 (its .proto).
 --
 -- Message table (every field optional except topic and action):
 --   topic          "CONNECTION" | "AUTH" | "EVENT" | "RECORD" | "RPC" |
@@ -25,7 +25,7 @@
 --   data           the payload as JSON TEXT (string), as received
 --   parsedData     the payload as a decoded JSON VALUE (json.null for null)
 --
--- Payload rules (spec section 3):
+-- Payload rules:
 --   * decoders set `data` to the JSON text when the frame carries a non-empty
 --     `data` string (binary: always its `data` field), else `parsedData` when
 --     a json frame has that key (null -> json.null); nothing else is decoded:

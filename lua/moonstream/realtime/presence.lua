@@ -1,4 +1,4 @@
--- Realtime presence (spec §9): a login with a user id joins the server's
+-- Realtime presence: a login with a user id joins the server's
 -- presence registry (refcounted: a user with two connections leaves when the
 -- last one closes); SUBSCRIBE_ALL and per-user subscribers hear JOIN/LEAVE
 -- (the *_ALL notice first); QUERY and QUERY_ALL answer from the registry,

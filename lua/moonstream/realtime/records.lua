@@ -1,4 +1,4 @@
--- Realtime records (spec §7): subscribe-create-read, update/patch/erase with
+-- Realtime records: subscribe-create-read, update/patch/erase with
 -- versions, write acknowledgements, snapshot/has/head, delete, discard.
 --
 -- Writes go through records.lua's cmd_write/cmd_delete, the same storage and

@@ -1,4 +1,4 @@
--- Realtime RPC (spec §8): clients provide RPCs; a make from a client or from
+-- Realtime RPC: clients provide RPCs; a make from a client or from
 -- POST /api goes to the Lua handler registered under that name when there is
 -- one, else to a client provider chosen at random. A REJECT (or a provider
 -- closing) moves the request on to a provider not tried yet, and when none is
