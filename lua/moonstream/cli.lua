@@ -89,7 +89,8 @@ local function load_config(path)
   return config.validate({})
 end
 
--- The config path of parsed arguments, or nil, usage error.
+-- true and the configuration path of parsed arguments (nil: the defaults),
+-- or nil and a usage error.
 local function config_path(a)
   if a.config and a.config_option then return nil, "give the configuration file once (either -c or the argument)" end
   return true, a.config or a.config_option
