@@ -136,7 +136,7 @@ bench: bench-deps all
 bench-1m: bench-deps all
 	nice -n 10 bench/run-1m
 
-# Reliability (issue 6; README "Reliability"). Long forms by default; CI runs
+# Reliability (README "Reliability"). Long forms by default; CI runs
 # the short forms from .ci/run. All traffic stays on 127.0.0.1.
 FUZZ_SECONDS ?= 60
 CRASH_CYCLES ?= 100

@@ -1,7 +1,7 @@
 -- Hostile input through the whole HTTP stack: a structure-aware fuzz of the
 -- dispatcher (random and mutated JSON commands: right and wrong types, huge
 -- and deep values, unicode, numbers at the limits) and the extreme cases of
--- issue 6 (100 000 '[', huge strings, numbers beyond 2^53). Every request must
+-- a hostile client (100 000 '[', huge strings, numbers beyond 2^53). Every request must
 -- get a 200 with one result per command or a 4xx with a readable text, never
 -- a 5xx, a hang or a crash; a value that is accepted must read back exactly;
 -- no answer may show a file path or a stack trace.

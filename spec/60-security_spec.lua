@@ -1,4 +1,4 @@
--- Security properties of issue 6 that no other spec owns: loopback detection
+-- Security properties (SECURITY.md) that no other spec owns: loopback detection
 -- for the open-auth warning, tokens absent from the database in clear, and
 -- the server's own failures answered without file names or tracebacks.
 -- (Hashing, constant-time compares, rate limits and secret-free logs are in
