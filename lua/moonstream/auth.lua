@@ -15,6 +15,7 @@
 -- the credentials; nothing here logs auth data.
 local core = require "moonstream.core"
 local config = require "moonstream.config"
+local metrics = require "moonstream.metrics"
 
 local type, ipairs, pairs, format = type, ipairs, pairs, string.format
 
@@ -140,15 +141,22 @@ end
 
 -- Checks auth_data with the strategies, without issuing a token (realtime
 -- logins). callback(user) | callback(nil, reason [, retry_after]).
-function Auth:authenticate(auth_data, connection, callback)
+-- endpoint: "http" (default) or "websocket", for moonstream_logins_total.
+function Auth:authenticate(auth_data, connection, callback, endpoint)
+  endpoint = endpoint or "http"
   local address = connection and connection.remoteAddress
   local wait = self:_limited(address)
-  if wait then return callback(nil, "limited", wait) end
+  if wait then
+    metrics.login(endpoint, "limited")
+    return callback(nil, "limited", wait)
+  end
   run_chain(self.chain, 1, auth_data, connection, function(user)
     if not user then
       self:_failed(address)
+      metrics.login(endpoint, "failure")
       return callback(nil, "invalid")
     end
+    metrics.login(endpoint, "success")
     callback(user)
   end)
 end
