@@ -228,8 +228,7 @@ function Server:listen()
   self.url = "http://" .. (cfg.host:find(":", 1, true) and "[" .. cfg.host .. "]" or cfg.host) .. ":" .. http:port()
   local exposed = M.exposure_warning(cfg)
   if exposed then log.warn("%s", exposed) end
-  log.event("info", "moonstream listening on " .. self.url .. " (storage: " .. cfg.storage.path .. ")",
-    { url = self.url, storage = cfg.storage.path })
+  log.event("info", "moonstream listening on " .. self.url, { storage = cfg.storage.path })
   self:_notify("READY=1\nSTATUS=listening on " .. self.url)
   return true
 end
