@@ -120,6 +120,18 @@ describe("metrics endpoint", function()
     assert.equal(200, scrape(t, { Authorization = "Bearer scrape-me" }).status)
   end)
 
+  it("refuses a path another endpoint has", function()
+    local config = require "moonstream.config"
+    local _, err = config.validate({ metrics = { path = "/api" } })
+    assert.equal("config key 'metrics.path' is the path of 'apiPath' already", err)
+    _, err = config.validate({ monitoring = { url = "/metrics", allowOpenPermissions = true } })
+    assert.equal("config key 'monitoring.url' is the path of 'metrics.path' already", err)
+    _, err = config.validate({ metrics = { path = 5 } })
+    assert.equal("config key 'metrics.path' must be a string starting with '/' (got 5)", err)
+    _, err = config.validate({ metrics = { allow = "127.0.0.1" } })
+    assert.equal("config key 'metrics.allow' must be a list of strings (got string)", err)
+  end)
+
   it("is off with metrics = false, and moves with metrics.path", function()
     t = H.start({ metrics = false })
     assert.equal(404, scrape(t).status)

@@ -735,6 +735,20 @@ local function check_combined(cfg)
   if cfg.allowAllOrigins and cfg.origins ~= nil then
     return failure({ "origins" }, "has no effect while 'allowAllOrigins' is true (set allowAllOrigins = false)")
   end
+  -- the operator endpoints are answered before the API's routing: a shared
+  -- path would hide an endpoint
+  local taken = {
+    [cfg.apiPath] = "apiPath", [cfg.authPath] = "authPath", [cfg.healthCheckPath] = "healthCheckPath",
+    [cfg.realtime.urlPath] = "realtime.urlPath", [cfg.realtime.jsonUrlPath] = "realtime.jsonUrlPath",
+  }
+  for _, e in ipairs({ { "metrics", "path" }, { "monitoring", "url" } }) do
+    local section = cfg[e[1]]
+    if section then
+      local owner = taken[section[e[2]]]
+      if owner then return failure(e, "is the path of '" .. owner .. "' already") end
+      taken[section[e[2]]] = e[1] .. "." .. e[2]
+    end
+  end
 end
 
 -- Finding the line of a key
