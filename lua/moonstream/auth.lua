@@ -141,7 +141,8 @@ end
 
 -- Checks auth_data with the strategies, without issuing a token (realtime
 -- logins). callback(user) | callback(nil, reason [, retry_after]).
--- endpoint: "http" (default) or "websocket", for moonstream_logins_total.
+-- endpoint, for moonstream_logins_total: "http" (POST /api/auth, the
+-- default), "api" (authData in a POST /api) or "websocket".
 function Auth:authenticate(auth_data, connection, callback, endpoint)
   endpoint = endpoint or "http"
   local address = connection and connection.remoteAddress
@@ -178,7 +179,7 @@ end
 -- A POST /api request: authData wins over token; with an open strategy in
 -- the chain no credentials are needed (and an unknown token is no error).
 function Auth:request(token, auth_data, connection, callback)
-  if auth_data ~= nil then return self:authenticate(auth_data, connection, callback) end
+  if auth_data ~= nil then return self:authenticate(auth_data, connection, callback, "api") end
   if token ~= nil then
     local address = connection and connection.remoteAddress
     local wait = self:_limited(address)

@@ -8,7 +8,7 @@
 -- when someone scrapes. Gauges (connections, presence users, memory) are read
 -- from the serving server at scrape time.
 --
---   metrics.login(endpoint, result)       auth.lua: "http"|"websocket", "success"|"failure"|"limited"
+--   metrics.login(endpoint, result)       auth.lua: "http"|"api"|"websocket", "success"|"failure"|"limited"
 --   metrics.rpc(result)                   rpc.lua, realtime/rpc.lua: a result table or a label
 --   metrics.commands(commands, results, n)  dispatch.lua: a batch answered by the Lua path
 --   metrics.ws_opened(transport), metrics.ws_received(msg), metrics.ws_sent(msg [, count])
@@ -179,7 +179,7 @@ end
 
 local function render_lua(out, parts)
   family(out, "moonstream_logins_total", "counter",
-    "Login attempts by endpoint (http: POST /api/auth and authData; websocket) and result.")
+    "Login attempts by endpoint (http: POST /api/auth; api: authData in POST /api; websocket) and result.")
   for _, endpoint in ipairs(sorted(logins)) do
     for _, result in ipairs(sorted(logins[endpoint])) do
       sample(out, "moonstream_logins_total", { "endpoint", endpoint, "result", result }, logins[endpoint][result])

@@ -17,7 +17,10 @@
 -- Differences, on purpose: deepstream keys errors by its log EVENT names,
 -- which moonstream's log does not have (the level is used); deepstream adds
 -- broadcasts to `received` when that topic already has an entry there (a
--- slip in its monitoring-base.ts), moonstream always to `send`.
+-- slip in its monitoring-base.ts), moonstream always to `send`; deepstream
+-- also counts each POST /api command as a message received and its result
+-- as one sent, moonstream only WebSocket messages (moonstream_commands_total
+-- on /metrics has the commands).
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local metrics = require "moonstream.metrics"
@@ -85,11 +88,25 @@ local function state_metrics(realtime, presence)
   }
 end
 
+-- deepstream counts POST /api/auth ("http") and WebSocket logins; authData
+-- sent along with a POST /api is not a login there.
 local function logins_now()
   local out = {}
-  for endpoint, results in pairs(metrics.logins) do
-    out[endpoint] = { allowed = results.success or 0, declined = (results.failure or 0) + (results.limited or 0) }
+  for _, endpoint in ipairs({ "http", "websocket" }) do
+    local results = metrics.logins[endpoint]
+    if results then
+      out[endpoint] = { allowed = results.success or 0, declined = (results.failure or 0) + (results.limited or 0) }
+    end
   end
+  return out
+end
+
+-- deepstream counts the messages its distributor routes to a topic handler:
+-- not the CONNECTION and AUTH messages of the handshake (which it does count
+-- in `send`).
+local function received_now()
+  local out = copy2(metrics.ws_in)
+  out.CONNECTION, out.AUTH = nil, nil
   return out
 end
 
@@ -110,7 +127,7 @@ function M.handler(cfg, parts)
     end
     local to = now_ms()
     local now = {
-      received = copy2(metrics.ws_in), send = copy2(metrics.ws_out), logins = logins_now(),
+      received = received_now(), send = copy2(metrics.ws_out), logins = logins_now(),
       errors = { levels = errors_now() },
     }
     local body = {
