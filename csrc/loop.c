@@ -289,6 +289,8 @@ static int loop_signals_lua(lua_State *L) {
 /* loop:timer(ms, fn) -> timer: calls fn() once after ms milliseconds (0 = on
  * the next iteration). timer:cancel() disarms it; a fired or cancelled timer
  * is inert. The loop keeps an armed timer alive, so callers may drop it. */
+static void loop_host_timer_sooner(ms_loop *loop, double ms);
+
 static int loop_timer_lua(lua_State *L) {
     ms_loop *loop = ms_loop_check(L, 1);
     lua_Number ms = luaL_checknumber(L, 2);
@@ -314,6 +316,8 @@ static int loop_timer_lua(lua_State *L) {
     loop->heap[loop->ntimers] = t;
     t->heap_index = loop->ntimers++;
     heap_sift_up(loop, t->heap_index);
+    /* a timer armed between steps (host code calling in): the host timer must not sleep past it */
+    if (loop->tfd >= 0 && !loop->running) loop_host_timer_sooner(loop, t->due - ms_loop_now());
     return 1;
 }
 
@@ -389,6 +393,20 @@ static void loop_arm_host_timer(ms_loop *loop) {
         its.it_value.tv_sec = limit / 1000;
         its.it_value.tv_nsec = (limit % 1000) * 1000000L;
     }
+    timerfd_settime(loop->tfd, 0, &its, NULL);
+}
+
+/* Brings the host timer forward to ms from now when it is due later (or
+ * not armed); outside a step, where the prepare sources must not run. */
+static void loop_host_timer_sooner(ms_loop *loop, double ms) {
+    struct itimerspec cur;
+    if (timerfd_gettime(loop->tfd, &cur) != 0) return;
+    double left = (double)cur.it_value.tv_sec * 1000.0 + (double)cur.it_value.tv_nsec / 1e6;
+    int armed = cur.it_value.tv_sec != 0 || cur.it_value.tv_nsec != 0;
+    if (armed && left <= ms) return;
+    long whole = ms <= 0 ? 0 : (long)ms + 1;
+    struct itimerspec its = { { 0, 0 }, { whole / 1000, (whole % 1000) * 1000000L } };
+    if (whole == 0) its.it_value.tv_nsec = 1;
     timerfd_settime(loop->tfd, 0, &its, NULL);
 }
 

@@ -98,4 +98,32 @@ describe("embedding in a libuv loop", function()
     assert.equal(42, answers.rpc.body.body[1].data)
     assert.is_true(steps > 0)
   end)
+
+  it("wakes the host for a timer armed between steps", function()
+    dir = H.tmpdir()
+    server = assert(moonstream.new({ port = 0, logLevel = "error", storage = { path = dir .. "/data" } }))
+    assert(server:listen())
+    local poll = uv.new_poll(server:fd())
+    poll:start("r", function() server:step(0) end)
+    local deadline = uv.new_timer()
+    local timed_out = false
+    deadline:start(DEADLINE_MS, 0, function()
+      timed_out = true
+      uv.stop()
+    end)
+    uv.run("nowait") -- the loop is idle: its host timer is not armed for anything soon
+    local fired = false
+    server.loop:timer(20, function() -- host code arming a moonstream timer outside a step
+      fired = true
+      uv.stop()
+    end)
+    uv.run()
+    poll:stop()
+    poll:close()
+    deadline:stop()
+    deadline:close()
+    uv.run("nowait")
+    assert.is_false(timed_out, "the timer did not fire within " .. DEADLINE_MS .. " ms")
+    assert.is_true(fired)
+  end)
 end)
