@@ -213,7 +213,45 @@ local function render_lua(out, parts)
   sample(out, "moonstream_presence_users", nil, presence and presence:size() or 0)
 end
 
+-- utime + stime of /proc/self/stat, in seconds (Linux counts in USER_HZ,
+-- which is 100 on every architecture it exposes to user space).
+local function proc_cpu_seconds()
+  local f = io.open("/proc/self/stat", "r")
+  if not f then return nil end
+  local text = f:read("a")
+  f:close()
+  -- fields after the ")" that ends the command name: state is field 3, utime 14, stime 15
+  local rest = text:match("^.*%)%s+(.*)$")
+  if not rest then return nil end
+  local fields = {}
+  for v in rest:gmatch("%S+") do fields[#fields + 1] = v end
+  local utime, stime = tonumber(fields[12]), tonumber(fields[13])
+  return utime and stime and (utime + stime) / 100
+end
+
+local function open_fds()
+  local ok, lfs = pcall(require, "lfs")
+  if not ok then return nil end
+  local n = 0
+  local iter_ok = pcall(function()
+    for entry in lfs.dir("/proc/self/fd") do
+      if entry ~= "." and entry ~= ".." then n = n + 1 end
+    end
+  end)
+  return iter_ok and n - 1 or nil -- minus the directory lfs.dir itself holds open
+end
+
 local function render_process(out)
+  local cpu = proc_cpu_seconds()
+  if cpu then
+    family(out, "process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.")
+    sample(out, "process_cpu_seconds_total", nil, cpu)
+  end
+  local fds = open_fds()
+  if fds then
+    family(out, "process_open_fds", "gauge", "Open file descriptors (connections, LevelDB files, the loop's own).")
+    sample(out, "process_open_fds", nil, fds)
+  end
   local rss, vsz = proc_memory()
   if rss then
     family(out, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
