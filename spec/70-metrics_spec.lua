@@ -72,6 +72,8 @@ describe("metrics endpoint", function()
     assert.is_true(grew('moonstream_group_commit_records_count') >= 1)
     assert.is_true(grew('moonstream_event_loop_lag_seconds_count') >= 1)
     assert.is_true(value(after, "process_resident_memory_bytes") > 0)
+    assert.is_true(value(after, "process_open_fds") > 0)
+    assert.is_true(after:find("\nprocess_cpu_seconds_total ", 1, true) ~= nil)
     assert.equal(1, value(after, 'moonstream_build_info{version="' .. require("moonstream").VERSION
       .. '",lua="' .. _VERSION .. '"}'))
   end)
