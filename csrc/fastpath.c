@@ -515,7 +515,6 @@ static void call_change_hook(ms_fast *f, const char *name, size_t nlen, long lon
     }
 }
 
-/* Runs command c, appending its result to f->out. 0 when out of memory. */
 /* The commands this path answers, as moonstream_commands_total labels them. */
 static void metrics_count_command(const fast_cmd *c, int ok) {
     static const int ACTION[] = { [K_EMIT] = MS_ACTION_EMIT, [K_READ] = MS_ACTION_READ, [K_HEAD] = MS_ACTION_HEAD,
@@ -523,6 +522,7 @@ static void metrics_count_command(const fast_cmd *c, int ok) {
     ms_metrics_command(c->topic == T_EVENT ? MS_TOPIC_EVENT : MS_TOPIC_RECORD, ACTION[c->kind], ok);
 }
 
+/* Runs command c, appending its result to f->out. 0 when out of memory. */
 static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
     lua_State *L = f->L;
     ms_jbuf *o = &f->out;

@@ -517,14 +517,14 @@ static int http_server_quiesce(lua_State *L) {
     return 0;
 }
 
-/* srv:close(): answers every request still waiting for Lua with 503, resumes
- * every suspended connection (MHD requires it), stops the daemon (which
- * frees the requests through http_completed). Safe twice. */
 static void http_free_endpoints(http_server *srv) {
     for (int i = 0; i < srv->nendpoints; i++) free(srv->endpoints[i].path);
     srv->nendpoints = 0;
 }
 
+/* srv:close(): answers every request still waiting for Lua with 503, resumes
+ * every suspended connection (MHD requires it), stops the daemon (which
+ * frees the requests through http_completed). Safe twice. */
 static int http_server_close(lua_State *L) {
     http_server *srv = luaL_checkudata(L, 1, SERVER_MT);
     if (srv->daemon == NULL) http_free_endpoints(srv);  /* never started: nothing else to free */
