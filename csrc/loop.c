@@ -508,6 +508,16 @@ static int loop_fd(lua_State *L) {
     return 1;
 }
 
+/* core.wallclock() -> milliseconds since the Unix epoch (an integer), for
+ * times shown to people and other programs (monitoring's from/to); durations
+ * use core.now(), which never jumps. */
+static int loop_wallclock_lua(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    return 1;
+}
+
 static int loop_now_lua(lua_State *L) {
     lua_pushnumber(L, ms_loop_now());
     return 1;
@@ -611,4 +621,6 @@ void ms_loop_open(lua_State *L) {
     lua_setfield(L, -2, "loop");
     lua_pushcfunction(L, loop_now_lua);
     lua_setfield(L, -2, "now");
+    lua_pushcfunction(L, loop_wallclock_lua);
+    lua_setfield(L, -2, "wallclock");
 }

@@ -39,6 +39,7 @@ describe("monitoring endpoint", function()
     local a = assert(json.decode(first.body))
     assert.equal(1, a.clusterSize)
     assert.is_true(math.type(a.from) == "integer" and a.to >= a.from)
+    assert.is_true(math.abs(a.to - os.time() * 1000) < 60000, "to is milliseconds since the epoch")
     for _, key in ipairs({ "errors", "received", "send", "logins", "stateMetrics" }) do
       assert.is_true(json.is_object(a[key]), key)
     end

@@ -27,9 +27,7 @@ local metrics = require "moonstream.metrics"
 
 local M = {}
 
-local function now_ms()
-  return os.time() * 1000
-end
+local now_ms = require("moonstream.core").wallclock
 
 local function copy2(t)
   local out = {}
