@@ -97,15 +97,25 @@ describe("metrics endpoint", function()
     c.ws:shutdown()
   end)
 
-  it("is text Debian's promtool accepts", function()
-    t = H.start()
-    t:api({ { topic = "record", action = "write", recordName = "p", data = {} } })
+  it("is text Debian's promtool accepts, with every family holding samples", function()
+    t = H.start({}, function(server) server:rpc("one", function() return 1 end) end)
+    t:api({ { topic = "record", action = "write", recordName = "p", data = {} },
+            { topic = "rpc", action = "make", rpcName = "one" } })
+    t:request({ path = "/api/auth", body = '{"username":"ann"}' })
+    local c = H.realtime_client(t)
+    c.login("ann")
+    c.drain()
     local res = scrape(t)
+    c.ws:shutdown()
     assert.equal(200, res.status)
     assert.matches("^text/plain; version=0.0.4", res.headers["content-type"] or res.headers["Content-Type"])
     local file = H.write_file(t.dir .. "/metrics.txt", res.body)
     local code, out = run("promtool check metrics < " .. file)
     assert.equal(0, code, out)
+    -- every family announced has a sample now: nothing is left to chance in the check
+    for name in res.body:gmatch("# TYPE (%S+)") do
+      assert.matches("\n" .. name:gsub("%p", "%%%0") .. "[_{ ]", res.body)
+    end
   end)
 
   it("answers loopback clients only by default, others per metrics.allow", function()
