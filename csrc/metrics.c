@@ -79,19 +79,30 @@ void ms_metrics_loop_busy(double seconds) { observe(&M.loop, seconds); }
 
 /* ---- Lua API ---- */
 
-static int name_index(const char *const *names, int n, const char *s) {
-    for (int i = 0; i < n; i++)
-        if (strcmp(s, names[i]) == 0) return i;
-    return -1;
+/* core.metrics_command(topic_id, action_id, ok): a command the Lua path
+ * ran; the ids are positions (from 1) in core.metrics_labels() lists, which
+ * metrics.lua looks up once, so the hot path passes integers. */
+static int metrics_command_lua(lua_State *L) {
+    ms_metrics_command((int)luaL_checkinteger(L, 1) - 1, (int)luaL_checkinteger(L, 2) - 1, lua_toboolean(L, 3));
+    return 0;
 }
 
-/* core.metrics_command(topic, action, ok): a command the Lua path ran.
- * Unknown names are ignored (the label sets are fixed). */
-static int metrics_command_lua(lua_State *L) {
-    int t = name_index(TOPICS, MS_TOPIC_COUNT, luaL_checkstring(L, 1));
-    int a = name_index(ACTIONS, MS_ACTION_COUNT, luaL_checkstring(L, 2));
-    ms_metrics_command(t, a, lua_toboolean(L, 3));
-    return 0;
+static void push_names(lua_State *L, const char *const *names, int n, const char *field) {
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, names[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, field);
+}
+
+/* core.metrics_labels() -> { topics = {...}, actions = {...} }: the label
+ * values of moonstream_commands_total, in id order. */
+static int metrics_labels(lua_State *L) {
+    lua_createtable(L, 0, 2);
+    push_names(L, TOPICS, MS_TOPIC_COUNT, "topics");
+    push_names(L, ACTIONS, MS_ACTION_COUNT, "actions");
+    return 1;
 }
 
 static void set_int(lua_State *L, const char *k, uint64_t v) {
@@ -175,4 +186,6 @@ void ms_metrics_open(lua_State *L) {
     lua_setfield(L, -2, "metrics_command");
     lua_pushcfunction(L, metrics_snapshot);
     lua_setfield(L, -2, "metrics_snapshot");
+    lua_pushcfunction(L, metrics_labels);
+    lua_setfield(L, -2, "metrics_labels");
 }

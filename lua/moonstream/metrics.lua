@@ -56,11 +56,20 @@ function M.rpc(result)
   rpcs[label] = (rpcs[label] or 0) + 1
 end
 
+-- The C counters' label ids (csrc/metrics.c owns the names), looked up once.
+local TOPIC_ID, ACTION_ID = {}, {}
+do
+  local labels = core.metrics_labels()
+  for i, name in ipairs(labels.topics) do TOPIC_ID[name] = i end
+  for i, name in ipairs(labels.actions) do ACTION_ID[name] = i end
+end
+
 local metrics_command = core.metrics_command
 function M.commands(commands, results, n)
   for i = 1, n do
     local cmd, res = commands[i], results[i]
-    metrics_command(cmd.topic, cmd.action, res ~= nil and res.success == true)
+    local t, a = TOPIC_ID[cmd.topic], ACTION_ID[cmd.action]
+    if t and a then metrics_command(t, a, res ~= nil and res.success == true) end
   end
 end
 
