@@ -14,7 +14,7 @@ BUSTED ?= busted
 
 MS_CFLAGS = -std=gnu11 -fPIC -Wall -Wextra -Wshadow -Wmissing-prototypes \
             -Wno-unused-parameter -I$(LUA_INCDIR) -MMD -MP
-MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lwslay -lpthread
+MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lwslay -lsystemd -lpthread
 
 SRC := $(wildcard csrc/*.c)
 OBJ := $(SRC:csrc/%.c=build/obj/%.o)
@@ -26,13 +26,13 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 # Building and running the server (make all, make run, make install):
 RUN_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev libyajl-dev \
                uthash-dev libcurl4-openssl-dev libssl-dev libwslay-dev lua-filesystem lua-argparse \
-               lua-yaml
+               lua-yaml libsystemd-dev
 # Packing and installing the rock (make rock):
 ROCK_PACKAGES = luarocks git zip unzip
 # The tests (make test, test-asan, test-valgrind, fuzz, crash, hostile, soak);
 # Node.js and npm come through $(NODE) below:
 TEST_PACKAGES = $(ROCK_PACKAGES) lua-busted lua-cjson lua-socket curl python3 valgrind clang-14 \
-                libclang-rt-14-dev
+                libclang-rt-14-dev prometheus lua-luv
 # The benchmarks (make bench, bench-1m, bench/fanout/run, bench/profile):
 BENCH_PACKAGES = wrk curl python3 valgrind
 

@@ -39,6 +39,7 @@ external_dependencies = {
    UTHASH = { header = "uthash.h" },
    OPENSSL = { header = "openssl/evp.h", library = "crypto" },
    WSLAY = { header = "wslay/wslay.h", library = "wslay" },
+   SYSTEMD = { header = "systemd/sd-daemon.h", library = "systemd" },
 }
 build = {
    type = "builtin",
@@ -47,12 +48,12 @@ build = {
          sources = {
             "csrc/core.c", "csrc/pcall.c", "csrc/loop.c", "csrc/http.c", "csrc/store.c",
             "csrc/presence.c", "csrc/json.c", "csrc/httpclient.c", "csrc/ws.c", "csrc/crypto.c",
-            "csrc/records.c", "csrc/fastpath.c",
+            "csrc/records.c", "csrc/fastpath.c", "csrc/metrics.c", "csrc/notify.c",
          },
          defines = { "_GNU_SOURCE" },
-         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay", "pthread" },
-         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
-         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
+         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay", "systemd", "pthread" },
+         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)", "$(SYSTEMD_INCDIR)" },
+         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)", "$(SYSTEMD_LIBDIR)" },
       },
       ["moonstream"] = "lua/moonstream/init.lua",
       ["moonstream.auth"] = "lua/moonstream/auth.lua",
@@ -70,6 +71,8 @@ build = {
       ["moonstream.httpapi"] = "lua/moonstream/httpapi.lua",
       ["moonstream.json"] = "lua/moonstream/json.lua",
       ["moonstream.log"] = "lua/moonstream/log.lua",
+      ["moonstream.metrics"] = "lua/moonstream/metrics.lua",
+      ["moonstream.monitoring"] = "lua/moonstream/monitoring.lua",
       ["moonstream.paths"] = "lua/moonstream/paths.lua",
       ["moonstream.records"] = "lua/moonstream/records.lua",
       ["moonstream.rpc"] = "lua/moonstream/rpc.lua",

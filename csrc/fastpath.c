@@ -31,6 +31,7 @@
 #include "fastpath.h"
 #include "json.h"
 #include "records.h"
+#include "metrics.h"
 
 #define FAST_MT "moonstream.FastPath"
 #define UV_RECORDS 1
@@ -514,6 +515,13 @@ static void call_change_hook(ms_fast *f, const char *name, size_t nlen, long lon
     }
 }
 
+/* The commands this path answers, as moonstream_commands_total labels them. */
+static void metrics_count_command(const fast_cmd *c, int ok) {
+    static const int ACTION[] = { [K_EMIT] = MS_ACTION_EMIT, [K_READ] = MS_ACTION_READ, [K_HEAD] = MS_ACTION_HEAD,
+                                  [K_WRITE] = MS_ACTION_WRITE, [K_DELETE] = MS_ACTION_DELETE };
+    ms_metrics_command(c->topic == T_EVENT ? MS_TOPIC_EVENT : MS_TOPIC_RECORD, ACTION[c->kind], ok);
+}
+
 /* Runs command c, appending its result to f->out. 0 when out of memory. */
 static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
     lua_State *L = f->L;
@@ -708,6 +716,7 @@ static int run(ms_fast *f, void *req, const char **out, size_t *outlen) {
             if (!put_failure(&f->out, "RECORD_UPDATE_ERROR", "out of memory", 13, NULL)) f->out.len = res->off;
         }
         res->len = f->out.len - res->off;
+        metrics_count_command(&f->cmds[i], res->ok);
     }
     size_t n = f->ncmds;
     if (!ms_records_has_pending(f->records)) {

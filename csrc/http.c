@@ -25,9 +25,11 @@
 #include "loop.h"
 #include "ws.h"
 #include "fastpath.h"
+#include "metrics.h"
 
 #define SERVER_MT "moonstream.HttpServer"
 #define REQUEST_MT "moonstream.Request"
+#define HTTP_MAX_ENDPOINTS 16
 
 typedef struct http_server http_server;
 typedef struct http_request http_request;
@@ -60,6 +62,7 @@ struct http_request {
     void *ws;                    /* WebSocket waiting for this request's socket (ws.c) */
     ms_http_waiter *waiter;      /* the fast path answers it later (fastpath.c) */
     int upgraded;                /* the connection became a WebSocket */
+    int endpoint;                /* its moonstream_http_requests_total label (metrics.h) */
     http_request *prev, *next;   /* list of live requests, for shutdown */
 };
 
@@ -81,6 +84,8 @@ struct http_server {
     int resumed;                 /* a connection was resumed since the last MHD_run */
     ms_ws_hub *ws_hub;           /* its WebSockets (ws.c), NULL before the first */
     int closing;                 /* inside close(): on_close callbacks may call it again */
+    struct { char *path; int id; } endpoints[HTTP_MAX_ENDPOINTS];  /* exact paths -> metrics label */
+    int nendpoints;
 };
 
 static int http_send_error(http_request *req, unsigned int status, const char *text);
@@ -141,6 +146,7 @@ static int request_set_response(http_request *req, unsigned int status, struct M
 static enum MHD_Result request_queue(http_request *req) {
     enum MHD_Result r = MHD_queue_response(req->conn, req->status, req->response);
     if (r == MHD_YES) {
+        ms_metrics_http_response(req->endpoint, req->status);
         MHD_destroy_response(req->response);
         req->response = NULL;
         req->state = REQ_QUEUED;
@@ -259,6 +265,13 @@ static void http_take_body(http_request *req, const char *data, size_t size) {
     req->len += size;
 }
 
+/* The metrics label of a URL path: the configured endpoint it names exactly. */
+static int http_endpoint(const http_server *srv, const char *url) {
+    for (int i = 0; i < srv->nendpoints; i++)
+        if (strcmp(url, srv->endpoints[i].path) == 0) return srv->endpoints[i].id;
+    return MS_EP_OTHER;
+}
+
 static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *url,
                                    const char *method, const char *version, const char *upload_data,
                                    size_t *upload_data_size, void **req_cls) {
@@ -272,6 +285,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         req->conn = conn;
         req->method = method;
         req->url = url;
+        req->endpoint = http_endpoint(srv, url);
         req->state = REQ_RECEIVING;
         req->next = srv->requests;
         if (srv->requests) srv->requests->prev = req;
@@ -376,7 +390,8 @@ static int opt_int(lua_State *L, int t, const char *k, lua_Integer dflt) {
  * max_body (bytes), connection_limit, connection_timeout (s, idle time
  * before MHD closes a connection), memory_limit (bytes per connection: the
  * request line and headers must fit, else 431), per_ip_limit (connections
- * per client address, 0 = no limit). Starts listening at once. */
+ * per client address, 0 = no limit), endpoints (exact path -> metrics
+ * label, see metrics.h; other paths count as "other"). Starts listening at once. */
 static int http_server_new(lua_State *L) {
     ms_loop *loop = ms_loop_check(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -408,6 +423,21 @@ static int http_server_new(lua_State *L) {
     srv->L = lua_tothread(L, -1);
     lua_pop(L, 1);
     srv->max_body = (size_t)max_body;
+    if (lua_getfield(L, 2, "endpoints") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (srv->nendpoints < HTTP_MAX_ENDPOINTS && lua_type(L, -2) == LUA_TSTRING &&
+                lua_type(L, -1) == LUA_TSTRING) {
+                char *path = strdup(lua_tostring(L, -2));
+                if (path) {
+                    srv->endpoints[srv->nendpoints].path = path;
+                    srv->endpoints[srv->nendpoints++].id = ms_metrics_endpoint_id(lua_tostring(L, -1));
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
 
     struct sockaddr_storage ss;
     const char *err = NULL;
@@ -487,11 +517,17 @@ static int http_server_quiesce(lua_State *L) {
     return 0;
 }
 
+static void http_free_endpoints(http_server *srv) {
+    for (int i = 0; i < srv->nendpoints; i++) free(srv->endpoints[i].path);
+    srv->nendpoints = 0;
+}
+
 /* srv:close(): answers every request still waiting for Lua with 503, resumes
  * every suspended connection (MHD requires it), stops the daemon (which
  * frees the requests through http_completed). Safe twice. */
 static int http_server_close(lua_State *L) {
     http_server *srv = luaL_checkudata(L, 1, SERVER_MT);
+    if (srv->daemon == NULL) http_free_endpoints(srv);  /* never started: nothing else to free */
     if (srv->daemon == NULL || srv->closing) return 0;
     srv->closing = 1;
     for (http_request *req = srv->requests; req; req = req->next) {
@@ -516,6 +552,7 @@ static int http_server_close(lua_State *L) {
     MHD_stop_daemon(srv->daemon);
     srv->daemon = NULL;
     while (srv->requests) request_free(srv->requests);  /* MHD reported them all; defensive */
+    http_free_endpoints(srv);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->handler_ref);
     srv->handler_ref = LUA_NOREF;
     srv->fastpath = NULL;

@@ -10,9 +10,11 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 
 #include "core.h"
 #include "loop.h"
+#include "metrics.h"
 
 #define LOOP_MT "moonstream.Loop"
 #define TIMER_MT "moonstream.Timer"
@@ -50,6 +52,7 @@ struct ms_loop {
     int iteration_ref;    /* Lua function run after each iteration */
     int sigfd, signal_ref;
     sigset_t sigmask, old_sigmask;
+    int tfd;              /* embedding (loop:fd()): a timerfd due when the loop next needs a step, else -1 */
 };
 
 double ms_loop_now(void) {
@@ -286,6 +289,8 @@ static int loop_signals_lua(lua_State *L) {
 /* loop:timer(ms, fn) -> timer: calls fn() once after ms milliseconds (0 = on
  * the next iteration). timer:cancel() disarms it; a fired or cancelled timer
  * is inert. The loop keeps an armed timer alive, so callers may drop it. */
+static void loop_host_timer_sooner(ms_loop *loop, double ms);
+
 static int loop_timer_lua(lua_State *L) {
     ms_loop *loop = ms_loop_check(L, 1);
     lua_Number ms = luaL_checknumber(L, 2);
@@ -311,6 +316,8 @@ static int loop_timer_lua(lua_State *L) {
     loop->heap[loop->ntimers] = t;
     t->heap_index = loop->ntimers++;
     heap_sift_up(loop, t->heap_index);
+    /* a timer armed between steps (host code calling in): the host timer must not sleep past it */
+    if (loop->tfd >= 0 && !loop->running) loop_host_timer_sooner(loop, t->due - ms_loop_now());
     return 1;
 }
 
@@ -374,6 +381,41 @@ static int loop_run_hook(ms_loop *loop) {
     return busy;
 }
 
+/* Embedding: a host loop watches loop:fd() (the epoll fd) and calls
+ * run_once(0) when it is readable. Timers and the prepare sources' deadlines
+ * are not fds, so a timerfd in the epoll set is armed after each iteration
+ * to when the loop next needs a turn: the epoll fd turns readable then. */
+static void loop_arm_host_timer(ms_loop *loop) {
+    long limit = loop_wait_limit(loop, -1);
+    struct itimerspec its = { { 0, 0 }, { 0, 0 } };  /* -1: disarmed */
+    if (limit == 0) its.it_value.tv_nsec = 1;      /* at once */
+    else if (limit > 0) {
+        its.it_value.tv_sec = limit / 1000;
+        its.it_value.tv_nsec = (limit % 1000) * 1000000L;
+    }
+    timerfd_settime(loop->tfd, 0, &its, NULL);
+}
+
+/* Brings the host timer forward to ms from now when it is due later (or
+ * not armed); outside a step, where the prepare sources must not run. */
+static void loop_host_timer_sooner(ms_loop *loop, double ms) {
+    struct itimerspec cur;
+    if (timerfd_gettime(loop->tfd, &cur) != 0) return;
+    double left = (double)cur.it_value.tv_sec * 1000.0 + (double)cur.it_value.tv_nsec / 1e6;
+    int armed = cur.it_value.tv_sec != 0 || cur.it_value.tv_nsec != 0;
+    if (armed && left <= ms) return;
+    long whole = ms <= 0 ? 0 : (long)ms + 1;
+    struct itimerspec its = { { 0, 0 }, { whole / 1000, (whole % 1000) * 1000000L } };
+    if (whole == 0) its.it_value.tv_nsec = 1;
+    timerfd_settime(loop->tfd, 0, &its, NULL);
+}
+
+static void loop_host_timer_fired(void *ud, int fd, uint32_t events) {
+    uint64_t expirations;
+    ssize_t n = read(fd, &expirations, sizeof expirations);
+    (void)n;  /* EAGAIN when already drained: nothing to do either way */
+}
+
 /* One iteration: ask the prepare sources for a wait limit (they may do work
  * of their own, e.g. MHD_run for resumed connections), run the hook so that
  * work is committed before sleeping, wait for fds (at most timeout_ms; -1 =
@@ -386,6 +428,7 @@ static int loop_iterate(ms_loop *loop, long timeout_ms) {
     if (loop->epfd < 0) return 0;
     int n = epoll_wait(loop->epfd, events, LOOP_MAX_EVENTS, limit);
     if (n < 0) n = 0; /* EINTR: just go round */
+    double woke = ms_loop_now();  /* how long this iteration keeps new events waiting (metrics) */
     for (int i = 0; i < n && loop->epfd >= 0; i++) {
         int fd = (int)(uint32_t)events[i].data.u64;
         uint32_t gen = (uint32_t)(events[i].data.u64 >> 32);
@@ -398,6 +441,8 @@ static int loop_iterate(ms_loop *loop, long timeout_ms) {
     if (loop->epfd < 0) return n;
     n += loop_run_timers(loop);
     loop_run_hook(loop);
+    if (n > 0) ms_metrics_loop_busy((ms_loop_now() - woke) / 1000.0);
+    if (loop->tfd >= 0) loop_arm_host_timer(loop);
     return n;
 }
 
@@ -444,6 +489,35 @@ static int loop_on_iteration(lua_State *L) {
     return 0;
 }
 
+/* loop:fd() -> the epoll fd, for a host event loop: when it is readable,
+ * call loop:run_once(0). Turns on the timerfd above (a syscall per
+ * iteration, so only for loops that are driven this way). */
+static int loop_fd(lua_State *L) {
+    ms_loop *loop = ms_loop_check(L, 1);
+    if (loop->tfd < 0) {
+        int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (tfd < 0) return luaL_fileresult(L, 0, "timerfd_create");
+        if (ms_loop_watch(loop, tfd, EPOLLIN, loop_host_timer_fired, loop) != 0) {
+            close(tfd);
+            return luaL_fileresult(L, 0, "epoll_ctl");
+        }
+        loop->tfd = tfd;
+        loop_arm_host_timer(loop);
+    }
+    lua_pushinteger(L, loop->epfd);
+    return 1;
+}
+
+/* core.wallclock() -> milliseconds since the Unix epoch (an integer), for
+ * times shown to people and other programs (monitoring's from/to); durations
+ * use core.now(), which never jumps. */
+static int loop_wallclock_lua(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    return 1;
+}
+
 static int loop_now_lua(lua_State *L) {
     lua_pushnumber(L, ms_loop_now());
     return 1;
@@ -461,6 +535,11 @@ static int loop_close(lua_State *L) {
     ms_loop *loop = luaL_checkudata(L, 1, LOOP_MT);
     if (loop->epfd < 0) return 0;
     loop_signals_off(loop);
+    if (loop->tfd >= 0) {
+        ms_loop_unwatch(loop, loop->tfd);
+        close(loop->tfd);
+        loop->tfd = -1;
+    }
     while (loop->ntimers > 0) timer_disarm(L, loop->heap[0]);
     for (int fd = 0; fd < loop->nwatches; fd++)
         if (loop->watches[fd].lua_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, loop->watches[fd].lua_ref);
@@ -488,6 +567,7 @@ static int loop_new(lua_State *L) {
     memset(loop, 0, sizeof *loop);
     loop->epfd = -1;
     loop->sigfd = -1;
+    loop->tfd = -1;
     loop->iteration_ref = loop->signal_ref = LUA_NOREF;
     luaL_setmetatable(L, LOOP_MT);
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
@@ -508,6 +588,7 @@ static const luaL_Reg loop_meth[] = {
     {"run", loop_run},
     {"stop", loop_stop},
     {"now", loop_now_lua},
+    {"fd", loop_fd},
     {"pending_timers", loop_pending_timers},
     {"close", loop_close},
     {NULL, NULL}
@@ -540,4 +621,6 @@ void ms_loop_open(lua_State *L) {
     lua_setfield(L, -2, "loop");
     lua_pushcfunction(L, loop_now_lua);
     lua_setfield(L, -2, "now");
+    lua_pushcfunction(L, loop_wallclock_lua);
+    lua_setfield(L, -2, "wallclock");
 }

@@ -27,6 +27,7 @@
 #include "json.h"
 #include "loop.h"
 #include "records.h"
+#include "metrics.h"
 #include "store.h"
 
 #define RECORDS_MT "moonstream.Records"
@@ -151,6 +152,7 @@ static int parse_stored(const char *v, size_t vlen, ms_record *out) {
 int ms_records_get(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
     *err = NULL;
     out->owned = NULL;
+    ms_metrics_record_read();
     rec_entry *e;
     HASH_FIND(hh, r->pending, name, nlen, e);
     if (e == NULL) HASH_FIND(hh, r->inflight, name, nlen, e);
@@ -194,6 +196,7 @@ int ms_records_put(ms_records *r, const char *name, size_t nlen, long long versi
     if (overlay_set(r, name, nlen, version, text, tlen) != 0) return -1;
     leveldb_writebatch_put(r->batch, r->scratch.data, klen, r->scratch.data + klen, r->scratch.len - klen);
     r->dirty = 1;
+    ms_metrics_record_written();
     return 0;
 }
 
@@ -201,6 +204,7 @@ int ms_records_remove(ms_records *r, const char *name, size_t nlen) {
     if (build_key(r, name, nlen) != 0 || overlay_set(r, name, nlen, 0, NULL, 0) != 0) return -1;
     leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
     r->dirty = 1;
+    ms_metrics_record_deleted();
     return 0;
 }
 
@@ -313,6 +317,7 @@ static int flush(lua_State *L, ms_records *r) {
     }
     r->syncs++;
     r->dirty = 0;
+    ms_metrics_group_commit(HASH_COUNT(r->pending));
     if (r->loop == NULL) {
         char *err = ms_store_write(r->store, r->batch, r->sync);
         leveldb_writebatch_clear(r->batch);

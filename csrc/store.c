@@ -16,6 +16,7 @@
 #include <leveldb/c.h>
 #include "core.h"
 #include "loop.h"
+#include "metrics.h"
 #include "store.h"
 
 #define STORE_MT "moonstream.Store"
@@ -86,6 +87,7 @@ struct store_writer {
     ms_store_done_fn cfn;           /* a C caller's callback (ms_store_write_async) */
     void *cud;
     int busy;                       /* a job was handed over and not yet called back */
+    double took;                    /* ms the finished job's write took (metrics) */
 };
 
 /* Options of store_open after validation; read before anything is allocated so
@@ -346,8 +348,11 @@ static void *store_writer_main(void *arg) {
         leveldb_writebatch_t *job = w->job;
         pthread_mutex_unlock(&w->mu);
         char *err = NULL;
+        double start = ms_loop_now();
         leveldb_write(w->db, w->opts, job, &err);
+        double took = ms_loop_now() - start;
         pthread_mutex_lock(&w->mu);
+        w->took = took;
         w->err = err;
         w->job = NULL;
         w->finished = 1;
@@ -370,8 +375,10 @@ static void store_writer_io(void *ud, int fd, uint32_t events) {
     char *err = w->err;
     w->finished = 0;
     w->err = NULL;
+    double took = w->took;
     pthread_mutex_unlock(&w->mu);
     if (!finished) return;
+    ms_metrics_sync_seconds(took / 1000.0);
     lua_State *L = w->L;
     w->busy = 0;
     if (w->job_batch == NULL) {  /* a C caller's job (its callback may be forgotten) */

@@ -46,6 +46,7 @@ describe("moonstream.config", function()
         storageExclusionPrefixes = {}, tokenTTL = 86400000, auth = { { type = "open" } },
         events = {}, logLevel = "info", connectionLimit = 1024, connectionTimeout = 30,
         connectionLimitPerIp = 0, connectionMemoryLimit = 16384, fastPath = true,
+        logFormat = "text", metrics = { path = "/metrics", allow = { "127.0.0.1", "::1", "::ffff:127.0.0.1" } },
       }, d)
       assert.is_nil(d.origins)
       assert.is_nil(d.permissions)
@@ -209,8 +210,10 @@ describe("moonstream.config", function()
         { { permissions = 5 }, "config key 'permissions' must be a file path or a table (got 5)" },
         { { permissions = "" }, "config key 'permissions' must be a file path or a table (got an empty string)" },
         { { logLevel = "warning" },
-          "config key 'logLevel' must be one of 'debug', 'info', 'warn', 'error' (got 'warning'; did you mean 'warn'?)" },
-        { { logLevel = "verbose" }, "config key 'logLevel' must be one of 'debug', 'info', 'warn', 'error' (got 'verbose')" },
+          "config key 'logLevel' must be one of 'debug', 'info', 'warn', 'error', their upper-case forms or 0 to 3"
+            .. " (got 'warning'; did you mean 'warn'?)" },
+        { { logLevel = "verbose" }, "config key 'logLevel' must be one of 'debug', 'info', 'warn', 'error',"
+          .. " their upper-case forms or 0 to 3 (got 'verbose')" },
         { { connectionLimit = 0 }, "config key 'connectionLimit' must be a positive integer (got 0)" },
         { { connectionTimeout = -1 }, "config key 'connectionTimeout' must be a non-negative integer (got -1)" },
         { { rpc = { handlers = 5 } },

@@ -15,6 +15,7 @@
 -- the credentials; nothing here logs auth data.
 local core = require "moonstream.core"
 local config = require "moonstream.config"
+local metrics = require "moonstream.metrics"
 
 local type, ipairs, pairs, format = type, ipairs, pairs, string.format
 
@@ -140,15 +141,23 @@ end
 
 -- Checks auth_data with the strategies, without issuing a token (realtime
 -- logins). callback(user) | callback(nil, reason [, retry_after]).
-function Auth:authenticate(auth_data, connection, callback)
+-- endpoint, for moonstream_logins_total: "http" (POST /api/auth, the
+-- default), "api" (authData in a POST /api) or "websocket".
+function Auth:authenticate(auth_data, connection, callback, endpoint)
+  endpoint = endpoint or "http"
   local address = connection and connection.remoteAddress
   local wait = self:_limited(address)
-  if wait then return callback(nil, "limited", wait) end
+  if wait then
+    metrics.login(endpoint, "limited")
+    return callback(nil, "limited", wait)
+  end
   run_chain(self.chain, 1, auth_data, connection, function(user)
     if not user then
       self:_failed(address)
+      metrics.login(endpoint, "failure")
       return callback(nil, "invalid")
     end
+    metrics.login(endpoint, "success")
     callback(user)
   end)
 end
@@ -170,7 +179,7 @@ end
 -- A POST /api request: authData wins over token; with an open strategy in
 -- the chain no credentials are needed (and an unknown token is no error).
 function Auth:request(token, auth_data, connection, callback)
-  if auth_data ~= nil then return self:authenticate(auth_data, connection, callback) end
+  if auth_data ~= nil then return self:authenticate(auth_data, connection, callback, "api") end
   if token ~= nil then
     local address = connection and connection.remoteAddress
     local wait = self:_limited(address)

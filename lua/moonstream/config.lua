@@ -38,7 +38,7 @@ local M = {}
 
 local MAX_MESSAGE_SIZE = 1024 * 1024 * 1024
 local AUTH_TYPES = { "open", "file", "webhook", "lua" }
-local LOG_LEVELS = { "debug", "info", "warn", "error" }
+local log = require "moonstream.log"
 local ENOENT = 2
 
 function M.defaults()
@@ -71,6 +71,13 @@ function M.defaults()
       maxBufferedBytes = 4194304, listenResponseTimeout = 500,
     },
     logLevel = "info",
+    logFormat = "text",
+    -- Prometheus text on GET metrics.path, for clients whose address is in
+    -- `allow` (loopback) and, when `token` is set, that send it as a bearer
+    -- token; `metrics = false` turns it off (README "Metrics")
+    metrics = { path = "/metrics", allow = { "127.0.0.1", "::1", "::ffff:127.0.0.1" }, token = nil },
+    -- deepstream's HTTP monitoring endpoint: off unless configured
+    monitoring = nil,
     connectionLimit = 1024,
     connectionTimeout = 30,
     connectionLimitPerIp = 0,
@@ -406,7 +413,17 @@ local function one_of(values)
   end
 end
 
-local check_log_level = one_of(LOG_LEVELS)
+local check_log_format = one_of(log.FORMATS)
+local check_level_name = one_of(log.LEVEL_NAMES)
+
+-- deepstream's names and deepstream 9's numbers too, stored as ours ("info").
+local function check_log_level(v)
+  local name = log.parse_level(v)
+  if name then return name end
+  local _, err = check_level_name(v)
+  return nil, (err:gsub("^must be one of ([^(]*) ", "must be one of %1, their upper-case forms or 0 to 3 ", 1))
+end
+
 local check_auth_type = one_of(AUTH_TYPES)
 
 local function check_string_list(v)
@@ -534,6 +551,56 @@ local function check_permissions(v, ctx)
   return nil, format("must be a file path or a table (got %s)", describe_value(v))
 end
 
+-- A table section that may also be `false` (off): its keys are checked with
+-- the given fields and merged over the default; `required` keys must be
+-- given (when the default is nil).
+local function optional_section(name, fields, required, combined)
+  local index, candidates = {}, {}
+  for _, f in ipairs(fields) do
+    index[f.key] = f
+    candidates[#candidates + 1] = { name = f.key, full = name .. "." .. f.key }
+  end
+  return function(v, ctx)
+    if v == false then return false end
+    if type(v) ~= "table" then return nil, format("must be a table or false (got %s)", describe(v)) end
+    for _, k in ipairs(sorted_keys(v)) do
+      if type(k) ~= "string" or not index[k] then
+        return nil, format(": unknown key %s%s", describe_key(k), did_you_mean(k, candidates))
+      end
+    end
+    local out = deep_copy(M.defaults()[name]) or {}
+    for _, f in ipairs(fields) do
+      local sv = rawget(v, f.key)
+      if sv ~= nil then
+        local value, text = f.check(sv, ctx)
+        if text then return nil, text, { f.key } end
+        out[f.key] = value
+      end
+    end
+    for _, k in ipairs(required) do
+      if out[k] == nil and not (combined and combined(out, k)) then
+        return nil, "must be given", { k }
+      end
+    end
+    return out
+  end
+end
+
+local check_metrics = optional_section("metrics", {
+  { key = "path", check = check_url_path },
+  { key = "allow", check = check_string_list },
+  { key = "token", check = check_nonempty_string },
+}, {})
+
+-- deepstream refuses to start without headerKey and headerValue unless
+-- allowOpenPermissions is set (its monitoring-http plugin).
+local check_monitoring = optional_section("monitoring", {
+  { key = "url", check = check_url_path },
+  { key = "headerKey", check = check_nonempty_string },
+  { key = "headerValue", check = check_nonempty_string },
+  { key = "allowOpenPermissions", check = check_boolean },
+}, { "url", "headerKey", "headerValue" }, function(out, k) return k ~= "url" and out.allowOpenPermissions end)
+
 -- The schema, in the order keys are checked and errors reported.
 local SCHEMA = {
   { key = "host", check = check_nonempty_string },
@@ -581,6 +648,9 @@ local SCHEMA = {
     { key = "listenResponseTimeout", check = check_positive },
   } },
   { key = "logLevel", check = check_log_level },
+  { key = "logFormat", check = check_log_format },
+  { key = "metrics", check = check_metrics },
+  { key = "monitoring", check = check_monitoring },
   { key = "connectionLimit", check = check_positive },
   { key = "connectionTimeout", check = check_non_negative },
   { key = "connectionLimitPerIp", check = integer_in(0, 1000000, "an integer from 0 to 1000000") },
@@ -664,6 +734,20 @@ local function check_combined(cfg)
   -- in but does not have.
   if cfg.allowAllOrigins and cfg.origins ~= nil then
     return failure({ "origins" }, "has no effect while 'allowAllOrigins' is true (set allowAllOrigins = false)")
+  end
+  -- the operator endpoints are answered before the API's routing: a shared
+  -- path would hide an endpoint
+  local taken = {
+    [cfg.apiPath] = "apiPath", [cfg.authPath] = "authPath", [cfg.healthCheckPath] = "healthCheckPath",
+    [cfg.realtime.urlPath] = "realtime.urlPath", [cfg.realtime.jsonUrlPath] = "realtime.jsonUrlPath",
+  }
+  for _, e in ipairs({ { "metrics", "path" }, { "monitoring", "url" } }) do
+    local section = cfg[e[1]]
+    if section then
+      local owner = taken[section[e[2]]]
+      if owner then return failure(e, "is the path of '" .. owner .. "' already") end
+      taken[section[e[2]]] = e[1] .. "." .. e[2]
+    end
   end
 end
 

@@ -5,6 +5,7 @@
 -- are on disk (group commit, see records.lua), or when requestTimeout passes.
 local json = require "moonstream.json"
 local records_mod = require "moonstream.records"
+local metrics = require "moonstream.metrics"
 
 local M = {}
 local Dispatcher = {}
@@ -120,6 +121,7 @@ function Dispatcher:_finish(job)
   if job.timer then job.timer:cancel(); job.timer = nil end
   local function send()
     local results = job.results
+    metrics.commands(job.commands, results, job.n)
     job.respond({ result = overall(results, job.n), body = json.array(results) })
   end
   if not self.records:has_pending() then return send() end

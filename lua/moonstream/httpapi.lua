@@ -39,6 +39,8 @@ function M.new(cfg, parts)
     auth_path = cfg.authPath,
     health_path = cfg.healthCheckPath,
     auth_enabled = cfg.enableAuthEndpoint,
+    -- operator endpoints answered by their own module (metrics.lua, monitoring.lua): path -> function(req)
+    get_handlers = parts.get_handlers or {},
     allow_auth_data = cfg.allowAuthData,
     envelope_opts = { allowAuthData = cfg.allowAuthData },
     -- reused header tables: the C side copies them into each response
@@ -99,6 +101,10 @@ function Api:handle(req)
     if not c then return text_reply(self, req, 400, err, origin) end
     return
   end
+
+  -- metrics and monitoring: their own access rules, no CORS (scrapers send no Origin)
+  local get_handler = self.get_handlers[path]
+  if get_handler and method == "GET" then return get_handler(req) end
 
   -- CORS origin check first, except for the health check (load balancers).
   if not self.allow_all and path ~= self.health_path then

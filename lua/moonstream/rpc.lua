@@ -11,6 +11,7 @@
 -- its coroutine is then abandoned and whatever it returns later is dropped.
 local json = require "moonstream.json"
 local log = require "moonstream.log"
+local metrics = require "moonstream.metrics"
 
 local M = {}
 local Rpc = {}
@@ -129,7 +130,17 @@ end
 -- Runs the handler for `name`. Returns the result at once when the handler
 -- finishes without waiting; otherwise returns nil and calls done(result)
 -- later (exactly once). ctx_fields: user, and anything else for ctx.
+-- Either way the outcome is counted once (moonstream_rpcs_total).
 function Rpc:make(name, data, ctx_fields, done)
+  local result = self:_make(name, data, ctx_fields, function(res)
+    metrics.rpc(res)
+    if done then done(res) end
+  end)
+  if result ~= nil then metrics.rpc(result) end
+  return result
+end
+
+function Rpc:_make(name, data, ctx_fields, done)
   local fn = self.handlers[name]
   if not fn then
     -- realtime clients that provide the name (realtime/rpc.lua); false: none does

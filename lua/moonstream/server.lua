@@ -8,6 +8,8 @@
 --
 -- Embedding: server:listen() then server:step(timeout_ms) repeatedly, then
 -- server:close(); server.loop is the event loop to add timers or clients to.
+-- Inside another event loop: watch server:fd() for reading and call
+-- server:step(0) whenever it is readable (README "Embedding").
 local core = require "moonstream.core"
 local config = require "moonstream.config"
 local log = require "moonstream.log"
@@ -23,6 +25,8 @@ local httpapi = require "moonstream.httpapi"
 local realtime_mod = require "moonstream.realtime"
 local scripts = require "moonstream.scripts"
 local json = require "moonstream.json"
+local metrics = require "moonstream.metrics"
+local monitoring = require "moonstream.monitoring"
 
 local M = {}
 local Server = {}
@@ -73,6 +77,7 @@ function M.new(cfg, validated)
     if not cfg then return nil, err end
   end
   log.set_level(cfg.logLevel)
+  log.set_format(cfg.logFormat)
   -- errors raised by Lua callbacks that C calls (request handlers, timers)
   debug.getregistry()["moonstream.error_reporter"] = function(msg) log.error("%s", msg) end
   local self = setmetatable({ config = cfg, state = "new" }, mt)
@@ -195,10 +200,14 @@ function Server:listen()
   self.dispatcher.on_emit = function(name, data) realtime.events:emit_from_server(name, data) end
   self.dispatcher.on_record_change = function(name) realtime.record_topic:notify(name) end
   self.handlers.fallback = function(name, data, _, done) return realtime.rpc:make_from_server(name, data, done) end
-  self.api = httpapi.new(cfg, { dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime })
+  local get_handlers, endpoints = self:_operator_endpoints()
+  self.api = httpapi.new(cfg, {
+    dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime, get_handlers = get_handlers,
+  })
   local api = self.api
   local http
   http, err = core.http_server(self.loop, {
+    endpoints = endpoints,
     host = cfg.host, port = cfg.port, max_body = cfg.maxMessageSize,
     connection_limit = cfg.connectionLimit, connection_timeout = cfg.connectionTimeout,
     per_ip_limit = cfg.connectionLimitPerIp, memory_limit = cfg.connectionMemoryLimit,
@@ -219,8 +228,43 @@ function Server:listen()
   self.url = "http://" .. (cfg.host:find(":", 1, true) and "[" .. cfg.host .. "]" or cfg.host) .. ":" .. http:port()
   local exposed = M.exposure_warning(cfg)
   if exposed then log.warn("%s", exposed) end
-  log.info("moonstream listening on %s (storage: %s)", self.url, cfg.storage.path)
+  log.event("info", "moonstream listening on " .. self.url, { storage = cfg.storage.path })
+  self:_notify("READY=1\nSTATUS=listening on " .. self.url)
   return true
+end
+
+-- The metrics and monitoring endpoints (path -> handler), and the metrics
+-- label of every configured path (http.c counts responses by it).
+function Server:_operator_endpoints()
+  local cfg = self.config
+  local gauges = { realtime = self.realtime, presence = self.presence }
+  local handlers = {}
+  local endpoints = {
+    [cfg.apiPath] = "api", [cfg.authPath] = "auth", [cfg.healthCheckPath] = "health_check",
+    [cfg.realtime.urlPath] = "realtime", [cfg.realtime.jsonUrlPath] = "realtime",
+  }
+  if cfg.metrics then
+    handlers[cfg.metrics.path] = metrics.handler(cfg.metrics, gauges)
+    endpoints[cfg.metrics.path] = "metrics"
+  end
+  if cfg.monitoring then
+    handlers[cfg.monitoring.url] = monitoring.handler(cfg.monitoring, gauges)
+    endpoints[cfg.monitoring.url] = "monitoring"
+  end
+  return handlers, endpoints
+end
+
+-- systemd's Type=notify (csrc/notify.c): nothing happens without $NOTIFY_SOCKET.
+function Server:_notify(state)
+  local ok, err = core.notify(state)
+  if not ok and err then log.warn("could not notify systemd: %s", err) end
+end
+
+-- The event loop's epoll fd, for a host event loop: when it is readable,
+-- call server:step(0). (It also turns readable when a timer of moonstream's
+-- is due, so nothing else needs watching.)
+function Server:fd()
+  return self.loop:fd()
 end
 
 -- The C fast path (csrc/fastpath.c) answers POST /api batches that need no
@@ -295,6 +339,7 @@ end
 function Server:stop()
   if self.state ~= "running" then return end
   self.state = "stopping"
+  self:_notify("STOPPING=1")
   log.info("moonstream stopping: draining %d in-flight request(s)", self.http:stats().active)
   self.http:quiesce()
   local deadline = core.now() + DRAIN_TIMEOUT_MS
@@ -320,6 +365,7 @@ end
 -- Closes everything at once (pending writes are flushed first).
 function Server:close()
   if self.state == "closed" then return end
+  if self.state == "running" then self:_notify("STOPPING=1") end -- closed without stop()
   if self.realtime then self.realtime:close() end -- WebSocket clients, their timers
   if self.http then
     self.http:close()      -- answers suspended requests, stops the daemon

@@ -17,6 +17,7 @@ local json = require "moonstream.json"
 local log = require "moonstream.log"
 local names = require "moonstream.realtime.names"
 local message = require "moonstream.realtime.message"
+local metrics = require "moonstream.metrics"
 
 local encode = json.encode
 local next, pairs = next, pairs
@@ -141,6 +142,7 @@ function Realtime:broadcast(conns, msg, except)
       end
     end
   end
+  metrics.ws_sent(msg, n)
   return n
 end
 
@@ -168,6 +170,7 @@ function Realtime:accept(ws, transport, info)
   self.conns[c] = true
   self.count = self.count + 1
   self.stats.accepted = self.stats.accepted + 1
+  metrics.ws_opened(transport)
   ws:on_message(function(frame, is_binary) c:receive(frame, is_binary) end)
   ws:on_close(function() c:closed() end)
   if self.auth_timeout then
@@ -254,6 +257,7 @@ function Conn:send(msg)
     log.error("cannot encode a %s message: %s", self.transport, tostring(frame))
     return false
   end
+  metrics.ws_sent(msg)
   return self:send_frame(frame)
 end
 
@@ -302,6 +306,7 @@ function Conn:receive(frame, is_binary)
     log.debug("realtime: undecodable frame (%s), closing", tostring(err))
     return self:close()
   end
+  metrics.ws_received(msg)
   local ok, perr = xpcall(self.handle, debug.traceback, self, msg)
   if not ok then log.error("realtime: handling a %s message failed: %s", tostring(msg.topic), perr) end
 end
@@ -380,7 +385,7 @@ function Conn:login(msg)
   -- the configured strategies without issuing a token (a connection needs
   -- none); a strategy that raises is a failed login, not a connection stuck
   -- in "authenticating"
-  local ok, err = pcall(rt.auth.authenticate, rt.auth, auth_data, self.info, answer)
+  local ok, err = pcall(rt.auth.authenticate, rt.auth, auth_data, self.info, answer, "websocket")
   if not ok then
     log.error("realtime login failed: %s", tostring(err))
     answer(nil)

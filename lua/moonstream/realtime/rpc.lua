@@ -8,6 +8,7 @@
 -- as the provider sent them.
 local json = require "moonstream.json"
 local log = require "moonstream.log"
+local metrics = require "moonstream.metrics"
 local registry = require "moonstream.realtime.registry"
 local names = require "moonstream.realtime.names"
 
@@ -74,6 +75,7 @@ end
 function Rpc:_reply(call, action, text)
   local requester = call.requester
   if requester then
+    metrics.rpc(action) -- a client's call to a client provider (HTTP calls count in rpc.lua)
     if requester.open then
       requester:send({ topic = RPC, action = action, name = call.name, correlationId = call.id, data = text })
     end
