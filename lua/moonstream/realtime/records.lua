@@ -170,12 +170,17 @@ function Records:subscribe_head(c, msg)
   local names = self:_permitted(c, msg, "read")
   if #names == 0 then return end
   local store = self.store
-  local versions, missing = {}, {}
+  local versions, order, missing = {}, {}, {}
   for _, name in ipairs(names) do
     local version, _, err = store:get(name)
-    if version ~= nil then versions[name] = version else missing[#missing + 1] = { name, err } end
+    if version ~= nil then
+      if versions[name] == nil then order[#order + 1] = name end
+      versions[name] = version
+    else
+      missing[#missing + 1] = { name, err }
+    end
   end
-  c:send({ topic = RECORD, action = RA.HEAD_RESPONSE_BULK, versions = versions })
+  c:send({ topic = RECORD, action = RA.HEAD_RESPONSE_BULK, versions = versions, versionsOrder = order })
   for _, name in ipairs(names) do self:_subscribe(c, msg, name) end
   c:send({ topic = RECORD, action = msg.action, correlationId = msg.correlationId, isAck = true })
   for _, m in ipairs(missing) do
