@@ -115,7 +115,7 @@ local function moonstream_env(sc)
     dir = H.tmpdir()
     cfg.auth = { { type = "lua", options = { path = H.write_file(dir .. "/auth.lua",
       "local users = { fred = 'y4b4d4b4d00' } return function(a) if users[a.username] ~= a.password then "
-      .. "return false end return true, a.username end") } } }
+      .. "return false end return true, a.username, { favouriteColor = 'red', id = 17 } end") } } }
   end
   local env = E.moonstream(cfg)
   local stop = env.stop

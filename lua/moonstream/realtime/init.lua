@@ -200,6 +200,10 @@ end
 
 -- Closes every connection (server stop).
 function Realtime:close()
+  -- nothing more is sent once stopping: the clients are about to lose the
+  -- connection anyway (no SUBSCRIPTION_HAS_NO_PROVIDER or PRESENCE_LEAVE
+  -- as the connections go one by one)
+  self.closing = true
   for c in pairs(self.conns) do c:close() end
   self.events.listen:close()
   self.record_topic.listen:close()
@@ -234,7 +238,7 @@ end
 -- pile up is disconnected by ws.c rather than allowed to grow the server's
 -- memory (the limit is given to req:upgrade, see Realtime:upgrade).
 function Conn:send_frame(frame)
-  if not self.open then return false end
+  if not self.open or self.rt.closing then return false end
   local ws, rt = self.ws, self.rt
   local ok, err
   if self.binary then ok, err = ws:send_binary(frame) else ok, err = ws:send_text(frame) end
