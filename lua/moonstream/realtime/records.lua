@@ -164,8 +164,8 @@ end
 -- SUBSCRIBEANDHEAD: how a client re-subscribes the records it holds after a
 -- reconnect. As deepstream: HEAD_RESPONSE_BULK with the versions of the
 -- stored records, the subscriptions and their ack, then a HEAD_RESPONSE
--- (version -1) per record that is not stored. The client compares each
--- version with its own and reads (READ) the ones that differ.
+-- (version -1) per record that is not stored. The client then reconciles
+-- each record with what it holds (reading it, READ, when it must).
 function Records:subscribe_head(c, msg)
   local names = self:_permitted(c, msg, "read")
   if #names == 0 then return end
