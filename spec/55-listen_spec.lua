@@ -23,3 +23,23 @@ for _, tr in ipairs({ "json", "binary" }) do
     end)
   end)
 end
+
+describe("the listen config section", function()
+  local config = require "moonstream.config"
+
+  it("has deepstream's keys and defaults, and checks them", function()
+    assert.same({ shuffleProviders = true, responseTimeout = 500, rematchInterval = 30000, matchCooldown = 10000 },
+      assert(config.validate({})).listen)
+    local cfg = assert(config.validate({ listen = { shuffleProviders = false, matchCooldown = 0 } }))
+    assert.same({ false, 500, 0 }, { cfg.listen.shuffleProviders, cfg.listen.responseTimeout, cfg.listen.matchCooldown })
+    local ok, err = config.validate({ listen = { shuffleProviders = "yes" } })
+    assert.is_nil(ok)
+    assert.equal("config key 'listen.shuffleProviders' must be a boolean (got string)", err)
+    ok, err = config.validate({ listen = { responseTimeout = 0 } })
+    assert.is_nil(ok)
+    assert.equal("config key 'listen.responseTimeout' must be a positive integer (got 0)", err)
+    ok, err = config.validate({ realtime = { listenResponseTimeout = 500 } })
+    assert.is_nil(ok)
+    assert.matches("unknown config key 'realtime.listenResponseTimeout'", err, 1, true)
+  end)
+end)
