@@ -16,6 +16,10 @@ for _, tr in ipairs({ "json", "binary" }) do
       E.run(nil, tr, S.read_only)
     end)
 
+    it("writes without a subscription (setData): create-and-update, create-and-patch, erase, upsert with an ack", function()
+      E.run(nil, tr, S.set_data)
+    end)
+
     it("tells subscribers a notified record that is no longer stored was deleted (HTTP and NOTIFY)", function()
       E.run(nil, tr, S.notify)
     end)

@@ -27,6 +27,7 @@ local SCENARIOS = {
   { name = "resync", run = S.resync },
   { name = "read_only", run = S.read_only },
   { name = "notify", run = S.notify },
+  { name = "set_data", run = S.set_data },
   { name = "auth_timer", profile = "file", yml = "unauth",
     cfg = S.config.auth_timer, auth = true,
     run = function(s)

@@ -115,6 +115,28 @@ function M.read_only(s)
   assert.equal(-1, drv:call("record.head", { c = "r", name = name }))
 end
 
+-- Item 1, writes without a subscription (record.setData): CREATEANDUPDATE,
+-- CREATEANDPATCH and ERASE (a path without data), to a stored record and to
+-- a missing one.
+function M.set_data(s)
+  local drv, name, none = s.drv, s.p .. "sd", s.p .. "sd-none"
+  connect(s, "w")
+  connect(s, "sub")
+  drv:call("record.get", { c = "sub", name = name })
+  assert.same({ ok = true }, drv:call("record.setData", { c = "w", name = name, data = { a = 1, b = { c = 2 } } }))
+  assert.same({ ok = true }, drv:call("record.setData", { c = "w", name = name, path = "b.d", data = 3 }))
+  assert.same({ ok = true }, drv:call("record.setData", { c = "w", name = name, path = "a" }))
+  drv:wait(frame("sub", "<", { topic = "RECORD", name = name, version = 3 }))
+  assert.same({ b = { c = 2, d = 3 } }, state(s, "sub", name).data)
+  assert.same({ success = true, version = 3, data = { b = { c = 2, d = 3 } } }, read(s, name))
+  -- with a write acknowledgement deepstream upserts: the ERASE creates the
+  -- missing record ({} at version 1)
+  assert.same({ ok = true }, drv:call("record.setData", { c = "w", name = none, path = "a" }))
+  assert.same({ success = true, version = 1, data = {} }, read(s, none))
+  assert.same({ ok = true }, drv:call("record.setData", { c = "w", name = none, path = "x.y", data = 1 }))
+  assert.same({ success = true, version = 2, data = { x = { y = 1 } } }, read(s, none))
+end
+
 -- Item 4: notify (POST /api `record notify` and the client's NOTIFY) for a
 -- record that is no longer stored tells its subscribers it was deleted; for
 -- a stored one they get its current state.

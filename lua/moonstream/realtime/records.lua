@@ -282,7 +282,11 @@ function Records:write(c, msg)
   if CREATE_ACTIONS[action] or math_type(version) ~= "integer" or version < -1 then
     version = -1
   end
-  if not CREATE_ACTIONS[action] then
+  -- UPDATE, PATCH and ERASE need an existing record, except with a write
+  -- acknowledgement: deepstream then upserts (a missing record counts as {}
+  -- at version 0), which is what the client's setDataWithAck(name, path)
+  -- (an ERASE) relies on
+  if not CREATE_ACTIONS[action] and not msg.isWriteAck then
     local current, _, err = store:get(name)
     if current == nil and not err then
       return c:send({ topic = RECORD, action = RA.RECORD_UPDATE_ERROR, name = name, isError = true,

@@ -190,6 +190,11 @@ const ops = {
   async 'record.snapshot' (cmd) { return entry(cmd.c).client.record.snapshot(cmd.name) },
   async 'record.head' (cmd) { return entry(cmd.c).client.record.head(cmd.name) },
   async 'record.has' (cmd) { return entry(cmd.c).client.record.has(cmd.name) },
+  async 'record.setData' (cmd) {
+    const handler = entry(cmd.c).client.record
+    const args = 'path' in cmd ? [cmd.name, cmd.path, cmd.data] : [cmd.name, cmd.data]
+    try { await handler.setDataWithAck(...args); return { ok: true } } catch (e) { return { ok: false, reason: String(e) } }
+  },
   async 'record.notify' (cmd) { await entry(cmd.c).client.record.notify(cmd.names); return null },
   'record.listen' (cmd) { return listen(cmd, 'record') },
   'event.listen' (cmd) { return listen(cmd, 'event') },
