@@ -88,7 +88,7 @@ local function reference_env(sc)
     while true do
       local _, code = http.request("http://127.0.0.1:" .. port .. "/health-check")
       if code == 200 then return end
-      assert(socket.gettime() < deadline, "the reference did not start: " .. sh("tail -5 " .. dir .. "/log"))
+      if socket.gettime() > deadline then error("the reference did not start: " .. sh("tail -5 " .. dir .. "/log")) end
       socket.select(nil, nil, 0.1)
     end
   end
