@@ -41,8 +41,8 @@ describe("moonstream.config", function()
         realtime = {
           urlPath = "/deepstream", jsonUrlPath = "/deepstream-json", heartbeatInterval = 30000,
           unauthenticatedClientTimeout = 180000, maxAuthAttempts = 3, maxBufferedBytes = 4194304,
-          listenResponseTimeout = 500,
         },
+        listen = { shuffleProviders = true, responseTimeout = 500, rematchInterval = 30000, matchCooldown = 10000 },
         storageExclusionPrefixes = {}, tokenTTL = 86400000, auth = { { type = "open" } },
         events = {}, logLevel = "info", connectionLimit = 1024, connectionTimeout = 30,
         connectionLimitPerIp = 0, connectionMemoryLimit = 16384, fastPath = true,

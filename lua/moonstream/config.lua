@@ -68,8 +68,10 @@ function M.defaults()
     realtime = {
       urlPath = "/deepstream", jsonUrlPath = "/deepstream-json",
       heartbeatInterval = 30000, unauthenticatedClientTimeout = 180000, maxAuthAttempts = 3,
-      maxBufferedBytes = 4194304, listenResponseTimeout = 500,
+      maxBufferedBytes = 4194304,
     },
+    -- listen providers (deepstream's listen section; realtime/listen.lua)
+    listen = { shuffleProviders = true, responseTimeout = 500, rematchInterval = 30000, matchCooldown = 10000 },
     logLevel = "info",
     logFormat = "text",
     -- Prometheus text on GET metrics.path, for clients whose address is in
@@ -645,7 +647,12 @@ local SCHEMA = {
     { key = "unauthenticatedClientTimeout", check = check_positive_or_false },
     { key = "maxAuthAttempts", check = check_positive },
     { key = "maxBufferedBytes", check = check_positive },
-    { key = "listenResponseTimeout", check = check_positive },
+  } },
+  { key = "listen", fields = {
+    { key = "shuffleProviders", check = check_boolean },
+    { key = "responseTimeout", check = check_positive },
+    { key = "rematchInterval", check = check_positive },
+    { key = "matchCooldown", check = check_non_negative },
   } },
   { key = "logLevel", check = check_log_level },
   { key = "logFormat", check = check_log_format },

@@ -307,11 +307,8 @@ function M.encode(msg)
           if type(s) ~= "string" then error("binary.encode: names must be strings", 2) end
           put_bytes(parts, f.tag, s)
         end
-      else -- versions: entries in key order, so the bytes are deterministic
-        local keys = {}
-        for key in pairs(v) do keys[#keys + 1] = key end
-        sort(keys)
-        for _, key in ipairs(keys) do
+      else -- versions, in message.versions_keys order
+        for _, key in ipairs(message.versions_keys(msg)) do
           local entry = char(0x0a) .. varint(#key) .. key .. char(0x10) .. varint(check_int("versions", v[key]))
           put_bytes(parts, f.tag, entry)
         end

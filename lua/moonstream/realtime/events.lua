@@ -40,8 +40,8 @@ function Events:subscribe(c, msg)
         local added, first = subs:add(name, c)
         if not added then
           c:send({ topic = EVENT, action = EA.MULTIPLE_SUBSCRIPTIONS, originalAction = msg.action, name = name })
-        elseif first then
-          listener:subscribed(name)
+        else
+          listener:subscribed(name, c, first)
         end
       end
     end

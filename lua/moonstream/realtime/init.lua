@@ -53,7 +53,7 @@ M.payload = payload
 --   loop, presence (core registry), auth (auth.lua: login), records (records.lua),
 --   listeners (events.lua, Lua listeners), handlers (rpc.lua, Lua handlers),
 --   permit (function() -> the dispatcher's permit function or nil),
---   config (validated config: realtime.*, rpc.*, maxMessageSize)
+--   config (validated config: realtime.*, rpc.*, listen.*, maxMessageSize)
 --   codecs (optional { json = codec, binary = codec }, each with encode/decode)
 function M.new(parts)
   local cfg = parts.config
@@ -73,7 +73,7 @@ function M.new(parts)
     max_message_size = cfg.maxMessageSize,
     rpc_ack_timeout = cfg.rpc.ackTimeout,
     rpc_response_timeout = cfg.rpc.responseTimeout,
-    listen_response_timeout = rcfg.listenResponseTimeout,
+    listen = cfg.listen, -- listen.lua: shuffleProviders, responseTimeout, rematchInterval, matchCooldown
     codecs = parts.codecs or {
       json = require "moonstream.realtime.json_codec",
       binary = require "moonstream.realtime.binary",
@@ -83,6 +83,9 @@ function M.new(parts)
     count = 0,
     stats = { accepted = 0, closed = 0, slow = 0, received = 0, sent = 0 },
   }, mt)
+  if cfg.listen.rematchInterval <= 1000 then
+    log.warn("listen.rematchInterval of 1000 ms or less: listen providers are not asked again (as deepstream)")
+  end
   self.presence_topic = require("moonstream.realtime.presence").new(self)
   self.events = require("moonstream.realtime.events").new(self)
   self.record_topic = require("moonstream.realtime.records").new(self)
@@ -200,7 +203,13 @@ end
 
 -- Closes every connection (server stop).
 function Realtime:close()
+  -- nothing more is sent once stopping: the clients are about to lose the
+  -- connection anyway (no SUBSCRIPTION_HAS_NO_PROVIDER or PRESENCE_LEAVE
+  -- as the connections go one by one)
+  self.closing = true
   for c in pairs(self.conns) do c:close() end
+  self.events.listen:close()
+  self.record_topic.listen:close()
   if self.heartbeat_timer then self.heartbeat_timer:cancel(); self.heartbeat_timer = nil end
 end
 
@@ -232,7 +241,7 @@ end
 -- pile up is disconnected by ws.c rather than allowed to grow the server's
 -- memory (the limit is given to req:upgrade, see Realtime:upgrade).
 function Conn:send_frame(frame)
-  if not self.open then return false end
+  if not self.open or self.rt.closing then return false end
   local ws, rt = self.ws, self.rt
   local ok, err
   if self.binary then ok, err = ws:send_binary(frame) else ok, err = ws:send_text(frame) end
@@ -371,6 +380,9 @@ function Conn:login(msg)
     if answered then return end
     answered = true
     if not self.open then return end
+    -- the first answer to a login, a refusal included, ends the
+    -- unauthenticated-client timeout (as deepstream does)
+    if self.auth_timer then self.auth_timer:cancel(); self.auth_timer = nil end
     if user then return self:logged_in(user) end
     self.state = "auth"
     self.pending = nil
@@ -396,7 +408,6 @@ function Conn:logged_in(user)
   local rt = self.rt
   self.user = user
   self.state = "open"
-  if self.auth_timer then self.auth_timer:cancel(); self.auth_timer = nil end
   local reply = { topic = AUTH, action = A.AUTH.AUTH_SUCCESSFUL }
   if user.clientData ~= nil and user.clientData ~= json.null then
     local text = encode(user.clientData)

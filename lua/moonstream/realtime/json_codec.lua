@@ -136,7 +136,14 @@ function M.encode(msg)
     out.originalAction = action_code(ott, oa)
     if not out.originalAction then encode_error("unknown originalAction", oa) end
   end
-  out.versions = msg.versions
+  if msg.versions ~= nil then
+    -- an object in message.versions_keys order (a Lua table has none)
+    local parts = {}
+    for i, key in ipairs(message.versions_keys(msg)) do
+      parts[i] = json_encode(key) .. ":" .. json_encode(msg.versions[key])
+    end
+    out.versions = json.raw("{" .. table.concat(parts, ",") .. "}")
+  end
   if msg.parsedData ~= nil then
     out.parsedData = msg.parsedData
   elseif type(msg.data) == "string" then

@@ -1,8 +1,22 @@
 -- Listening: a provider registers a pattern and is told when a
 -- name matching it gets its first subscriber (SUBSCRIPTION_FOR_PATTERN_FOUND);
 -- it accepts (it now provides that name until the last subscriber leaves:
--- SUBSCRIPTION_FOR_PATTERN_REMOVED) or rejects (the next matching provider is
--- asked; so is it after listenResponseTimeout without an answer).
+-- SUBSCRIPTION_FOR_PATTERN_REMOVED) or rejects. The matching providers are
+-- asked one at a time, as deepstream's listener registry does (the `listen`
+-- config section, deepstream's keys and meaning):
+--   shuffleProviders  true: in random order; false: in the order they
+--                     registered (patterns by first registration, then the
+--                     connections of each pattern by theirs)
+--   responseTimeout   ms a provider has to accept or reject; then it gets
+--                     LISTEN_RESPONSE_TIMEOUT and the next one is asked
+--   rematchInterval   ms between sweeps that ask again about every subscribed
+--                     name nobody provides (1000 or less: no sweeps, as in
+--                     deepstream)
+--   matchCooldown     ms after a search that found nobody during which a
+--                     sweep leaves that name alone
+-- Record subscribers learn whether a name has a provider
+-- (SUBSCRIPTION_HAS_PROVIDER / SUBSCRIPTION_HAS_NO_PROVIDER); event
+-- subscribers are not told, as in deepstream.
 --
 -- Patterns are JavaScript regular expressions in deepstream. moonstream takes
 -- the subset that maps onto Lua patterns: literals, ".", classes "[...]",
@@ -10,6 +24,7 @@
 -- "+"), lazy "*?", anchors "^" and "$". Groups, alternation and counted
 -- repetition are refused with INVALID_LISTEN_REGEX rather than matched
 -- differently from deepstream.
+local core = require "moonstream.core"
 local registry = require "moonstream.realtime.registry"
 
 local M = {}
@@ -106,16 +121,24 @@ local function translate(re)
 end
 M.translate = translate
 
--- rt: the realtime server; topic: the topic code; actions: its action table;
--- subs: the registry of subscriptions whose names are matched; kind: the
--- permission topic ("event" or "record").
+-- rt: the realtime server (rt.loop, rt.listen = the `listen` config
+-- section); topic: the topic code; actions: its action table; subs: the
+-- registry of subscriptions whose names are matched; kind: the permission
+-- topic ("event" or "record").
 function M.new(rt, topic, actions, subs, kind)
   return setmetatable({
     rt = rt, topic = topic, A = actions, subs = subs, kind = kind,
+    cfg = rt.listen,
+    tells_subscribers = actions.SUBSCRIPTION_HAS_PROVIDER ~= nil and kind == "record",
     providers = registry.new(), -- pattern -> connections listening
     compiled = {},              -- pattern -> Lua pattern
+    order = {},                 -- pattern -> registration number of the pattern
+    conn_order = {},            -- pattern -> { conn -> registration number }
+    seq = 0,
     active = {},                -- name -> { c, pattern } (accepted)
-    offers = {},                -- name -> { list, i, timer } (asking in turn)
+    offers = {},                -- name -> { list, i, current, timer } (asking in turn)
+    failed = {},                -- name -> when its last search found nobody (ms)
+    rematch_timer = nil,
   }, mt)
 end
 
@@ -127,39 +150,75 @@ function Listen:_send(c, action, pattern, name)
   c:send({ topic = self.topic, action = action, name = pattern, subscription = name })
 end
 
+-- Record subscribers of name (or only `c`) hear whether it has a provider.
+function Listen:_tell_subscribers(name, has, c)
+  if not self.tells_subscribers then return end
+  local msg = { topic = self.topic, name = name,
+    action = has and self.A.SUBSCRIPTION_HAS_PROVIDER or self.A.SUBSCRIPTION_HAS_NO_PROVIDER }
+  if c then c:send(msg) else self.rt:broadcast(self.subs:subscribers(name), msg) end
+end
+
+-- The search for name ended without a provider.
+function Listen:_give_up(name)
+  self.offers[name] = nil
+  self.failed[name] = core.now()
+end
+
 function Listen:_next_offer(name)
   local o = self.offers[name]
   if not o then return end
   if o.timer then o.timer:cancel(); o.timer = nil end
+  o.current = nil
   while true do
     o.i = o.i + 1
     local cand = o.list[o.i]
-    if not cand then
-      self.offers[name] = nil
-      return
-    end
+    if not cand then return self:_give_up(name) end
     if cand.c.open and self.providers:has(cand.pattern, cand.c) then
       o.current = cand
-      self:_send(cand.c, self.A.SUBSCRIPTION_FOR_PATTERN_FOUND, cand.pattern, name)
-      o.timer = self.rt.loop:timer(self.rt.listen_response_timeout, function()
+      o.timer = self.rt.loop:timer(self.cfg.responseTimeout, function()
         o.timer = nil
+        if cand.c.open then
+          cand.c:send({ topic = self.topic, action = self.A.LISTEN_RESPONSE_TIMEOUT, subscription = name })
+        end
         self:_next_offer(name)
       end)
+      self:_send(cand.c, self.A.SUBSCRIPTION_FOR_PATTERN_FOUND, cand.pattern, name)
       return
     end
   end
 end
 
--- Asks the matching providers in turn whether one provides `name`.
-function Listen:_offer(name)
-  if self.active[name] or self.offers[name] then return end
+local function shuffle(list)
+  for i = #list, 2, -1 do
+    local j = math.random(i)
+    list[i], list[j] = list[j], list[i]
+  end
+end
+
+-- The providers whose pattern matches name: in registration order, or
+-- shuffled (listen.shuffleProviders).
+function Listen:_candidates(name)
   local list = {}
   for pattern, conns in pairs(self.providers.by_name) do
     if matches(self.compiled[pattern], name) then
-      for c in pairs(conns) do list[#list + 1] = { c = c, pattern = pattern } end
+      local p_order, c_order = self.order[pattern], self.conn_order[pattern]
+      for c in pairs(conns) do list[#list + 1] = { c = c, pattern = pattern, p = p_order, n = c_order[c] } end
     end
   end
+  if self.cfg.shuffleProviders then
+    shuffle(list)
+  else
+    table.sort(list, function(a, b) if a.p ~= b.p then return a.p < b.p end return a.n < b.n end)
+  end
+  return list
+end
+
+-- Asks the matching providers in turn whether one provides `name`.
+function Listen:_offer(name)
+  if self.active[name] or self.offers[name] then return end
+  local list = self:_candidates(name)
   if #list == 0 then return end
+  self.failed[name] = nil
   self.offers[name] = { list = list, i = 0 }
   self:_next_offer(name)
 end
@@ -171,15 +230,51 @@ function Listen:_cancel_offer(name)
   self.offers[name] = nil
 end
 
--- The first subscriber of name arrived.
-function Listen:subscribed(name)
-  if next(self.providers.by_name) == nil then return end
-  self:_offer(name)
+-- Every rematchInterval: ask again about the subscribed names nobody
+-- provides, except those whose last search failed within matchCooldown.
+-- Armed only while someone listens.
+function Listen:_arm_rematch()
+  local interval = self.cfg.rematchInterval
+  if self.rematch_timer or interval <= 1000 or next(self.providers.by_name) == nil then return end
+  self.rematch_timer = self.rt.loop:timer(interval, function()
+    self.rematch_timer = nil
+    self:rematch()
+    self:_arm_rematch()
+  end)
+end
+
+function Listen:rematch()
+  local now, cooldown = core.now(), self.cfg.matchCooldown
+  local names = {}
+  for name in pairs(self.subs.by_name) do
+    local failed = self.failed[name]
+    if not (self.active[name] or self.offers[name]) and not (failed and now - failed < cooldown) then
+      names[#names + 1] = name
+    end
+  end
+  for _, name in ipairs(names) do
+    if self.subs:subscribers(name) then self:_offer(name) end
+  end
+end
+
+function Listen:close()
+  if self.rematch_timer then self.rematch_timer:cancel(); self.rematch_timer = nil end
+  for name in pairs(self.offers) do self:_cancel_offer(name) end
+end
+
+-- c subscribed to name (first: whether it is the first subscriber).
+function Listen:subscribed(name, c, first)
+  if first then
+    if next(self.providers.by_name) ~= nil then self:_offer(name) end
+  elseif c and self.active[name] then
+    self:_tell_subscribers(name, true, c)
+  end
 end
 
 -- The last subscriber of name left.
 function Listen:unsubscribed(name)
   self:_cancel_offer(name)
+  self.failed[name] = nil
   local a = self.active[name]
   if a then
     self.active[name] = nil
@@ -198,27 +293,53 @@ function Listen:listen(c, msg)
   if not lua_pattern then
     return c:send({ topic = self.topic, action = A.INVALID_LISTEN_REGEX, originalAction = msg.action, name = pattern, isError = true })
   end
-  self.compiled[pattern] = lua_pattern
-  self.providers:add(pattern, c)
-  c:send({ topic = self.topic, action = msg.action, name = pattern, isAck = true })
-  for name in pairs(self.subs.by_name) do
-    if matches(lua_pattern, name) then self:_offer(name) end
+  local added, first = self.providers:add(pattern, c)
+  if added then
+    self.seq = self.seq + 1
+    if first then
+      self.compiled[pattern] = lua_pattern
+      self.order[pattern] = self.seq
+      self.conn_order[pattern] = {}
+    end
+    self.conn_order[pattern][c] = self.seq
   end
+  c:send({ topic = self.topic, action = msg.action, name = pattern, isAck = true })
+  if not added then return end
+  -- names already subscribed: a search in progress asks this provider last,
+  -- any other name not provided yet is searched for now
+  for name in pairs(self.subs.by_name) do
+    if matches(lua_pattern, name) and not self.active[name] then
+      local o = self.offers[name]
+      if o then o.list[#o.list + 1] = { c = c, pattern = pattern } else self:_offer(name) end
+    end
+  end
+  self:_arm_rematch()
 end
 
 -- Drops c's pattern: the names it provided through it are offered again.
 function Listen:_drop(c, pattern)
   local removed, last = self.providers:remove(pattern, c)
   if not removed then return false end
-  if last then self.compiled[pattern] = nil end
+  if last then
+    self.compiled[pattern], self.order[pattern], self.conn_order[pattern] = nil, nil, nil
+  else
+    self.conn_order[pattern][c] = nil
+  end
   for name, a in pairs(self.active) do
     if a.c == c and a.pattern == pattern then
       self.active[name] = nil
-      if self.subs:subscribers(name) then self:_offer(name) end
+      if self.subs:subscribers(name) then
+        self:_tell_subscribers(name, false)
+        self:_offer(name)
+      end
     end
   end
   for name, o in pairs(self.offers) do
     if o.current and o.current.c == c and o.current.pattern == pattern then self:_next_offer(name) end
+  end
+  if next(self.providers.by_name) == nil and self.rematch_timer then
+    self.rematch_timer:cancel()
+    self.rematch_timer = nil
   end
   return true
 end
@@ -229,19 +350,23 @@ function Listen:unlisten(c, msg)
   c:send({ topic = self.topic, action = msg.action, name = msg.name, isAck = true })
 end
 
+-- An accept counts while the search for that name is on and c listens with
+-- a pattern matching it (deepstream takes a late accept from a provider that
+-- timed out too); otherwise it is ignored, as deepstream does, except that a
+-- provider accepting a name nobody is subscribed to any more is told so at
+-- once (SUBSCRIPTION_FOR_PATTERN_REMOVED) rather than left believing it
+-- provides it.
 function Listen:accept(c, msg)
   local name, pattern = msg.subscription, msg.name
-  if type(name) ~= "string" then return end
-  local o = self.offers[name]
-  if o and o.current and o.current.c == c and o.current.pattern == pattern then
-    self:_cancel_offer(name)
-  elseif self.active[name] or not self.providers:has(pattern, c) then
-    return
-  end
+  if type(name) ~= "string" or type(pattern) ~= "string" then return end
+  if not self.providers:has(pattern, c) or not matches(self.compiled[pattern], name) then return end
   if not self.subs:subscribers(name) then
     return self:_send(c, self.A.SUBSCRIPTION_FOR_PATTERN_REMOVED, pattern, name)
   end
+  if not self.offers[name] then return end
+  self:_cancel_offer(name)
   self.active[name] = { c = c, pattern = pattern }
+  self:_tell_subscribers(name, true)
 end
 
 function Listen:reject(c, msg)

@@ -22,6 +22,8 @@
 --                  for CONNECTION/AUTH invalid-message replies it is an action
 --                  of originalTopic: encoders accept an integer there)
 --   versions       { [name] = integer }  (RECORD HEAD_RESPONSE_BULK; binary map)
+--   versionsOrder  the names of `versions` in the order to send them
+--                  (encoders only; without it: sorted)
 --   data           the payload as JSON TEXT (string), as received
 --   parsedData     the payload as a decoded JSON VALUE (json.null for null)
 --
@@ -140,6 +142,19 @@ end
 function M.action_name(topic, code)
   local names = ACTION_NAME[topic]
   return names and names[code] or code
+end
+
+-- The names of msg.versions in the order the encoders send them: deepstream
+-- sends them in the order the client asked (the client then reads them in
+-- that order), so a sender may give versionsOrder; otherwise sorted, so the
+-- bytes are deterministic.
+function M.versions_keys(msg)
+  local order = msg.versionsOrder
+  if order then return order end
+  local keys = {}
+  for key in pairs(msg.versions) do keys[#keys + 1] = key end
+  table.sort(keys)
+  return keys
 end
 
 -- The payload's value: true, value (json.null for null) | true, nil when the

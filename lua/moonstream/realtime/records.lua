@@ -1,5 +1,9 @@
--- Realtime records: subscribe-create-read, update/patch/erase with
--- versions, write acknowledgements, snapshot/has/head, delete, discard.
+-- Realtime records: subscribe-create-read, subscribe-read,
+-- subscribe-and-head (the client's resubscription after a reconnect),
+-- update/patch/erase with versions, write acknowledgements,
+-- snapshot/has/head, delete, discard, notify. Actions deepstream does not
+-- answer either (CREATE, SUBSCRIBECREATEANDUPDATE, HEAD_BULK, DELETE_BULK)
+-- are ignored, as there.
 --
 -- Writes go through records.lua's cmd_write/cmd_delete, the same storage and
 -- version rules as POST /api. Subscribers learn about every change from
@@ -76,11 +80,15 @@ function Records:changed(name, version, text)
   rt:broadcast(set, out, from)
 end
 
--- POST /api "notify": subscribers re-read the records.
+-- A record changed outside the server's knowledge ("notify": POST /api or a
+-- client's NOTIFY): its subscribers get the stored state, an UPDATE, or
+-- DELETED when it is no longer stored (deepstream's notify does the same).
 function Records:notify(name)
-  local version, text = self.store:get(name)
   local set = self.subs:subscribers(name)
-  if version == nil or not set then return end
+  if not set then return end
+  local version, text, err = self.store:get(name)
+  if err then return end
+  if version == nil then return self:changed(name, nil) end
   self.rt:broadcast(set, { topic = RECORD, action = RA.UPDATE, name = name, version = version, data = text, isWriteAck = false })
 end
 
@@ -92,28 +100,114 @@ function Records:_read_response(c, name)
   return c:send({ topic = RECORD, action = RA.READ_RESPONSE, name = name, version = version, data = text })
 end
 
-function Records:subscribe_create_read(c, msg)
-  local rt, store, subs = self.rt, self.store, self.subs
-  local list = names_of(msg)
+-- Subscribes c to name: MULTIPLE_SUBSCRIPTIONS when it already is (as
+-- deepstream's subscription registry answers). Returns whether it was added.
+function Records:_subscribe(c, msg, name)
+  local added, first = self.subs:add(name, c)
+  if not added then
+    c:send({ topic = RECORD, action = RA.MULTIPLE_SUBSCRIPTIONS, originalAction = msg.action, name = name })
+    return false
+  end
+  self.listen:subscribed(name, c, first)
+  return true
+end
+
+-- The names of a bulk message that c may `rule` (read, notify); each other
+-- name gets its own denial (spec §10).
+function Records:_permitted(c, msg, rule)
+  local out = json.array()
+  for _, name in ipairs(names_of(msg)) do
+    if type(name) == "string" and name ~= "" then
+      local ok, denial = self.rt:permit(c, "record", rule, name, nil)
+      if ok then
+        out[#out + 1] = name
+      else
+        c:send({ topic = RECORD, action = denial, originalAction = msg.action, name = name,
+          isError = true, correlationId = msg.correlationId })
+      end
+    end
+  end
+  return out
+end
+
+-- SUBSCRIBECREATEANDREAD (getRecord: a missing record is created at version
+-- 0) and SUBSCRIBEANDREAD (the client's recordReadOnlyMode: a missing record
+-- is not created, its READ_RESPONSE has version -1 and {}). The ack (an
+-- echo) comes first.
+function Records:subscribe_read(c, msg)
+  local rt, store = self.rt, self.store
+  local create = msg.action == RA.SUBSCRIBECREATEANDREAD
   c:send({ topic = RECORD, action = msg.action, names = msg.names, correlationId = msg.correlationId, isAck = true })
-  for _, name in ipairs(list) do
+  for _, name in ipairs(names_of(msg)) do
     if type(name) == "string" and name ~= "" then
       local version, _, err = store:get(name)
       local missing = version == nil and not err
       local ok, denial = rt:permit(c, "record", "read", name, nil)
-      if ok and missing then ok, denial = rt:permit(c, "record", "create", name, nil) end
+      if ok and missing and create then ok, denial = rt:permit(c, "record", "create", name, nil) end
       if not ok then
         c:send({ topic = RECORD, action = denial, originalAction = msg.action, name = name,
           isError = true, correlationId = msg.correlationId })
       else
-        if missing then store:put(name, 0, "{}") end
-        local added, first = subs:add(name, c)
-        if added and first then self.listen:subscribed(name) end
+        if missing and create then store:put(name, 0, "{}") end
+        self:_subscribe(c, msg, name)
         if not c.open then return end
-        self:_read_response(c, name)
+        if missing and not create then
+          c:send({ topic = RECORD, action = RA.READ_RESPONSE, name = name, version = -1, data = "{}" })
+        else
+          self:_read_response(c, name)
+        end
       end
     end
   end
+end
+
+-- SUBSCRIBEANDHEAD: how a client re-subscribes the records it holds after a
+-- reconnect. As deepstream: HEAD_RESPONSE_BULK with the versions of the
+-- stored records, the subscriptions and their ack, then a HEAD_RESPONSE
+-- (version -1) per record that is not stored. The client then reconciles
+-- each record with what it holds (reading it, READ, when it must).
+function Records:subscribe_head(c, msg)
+  local names = self:_permitted(c, msg, "read")
+  if #names == 0 then return end
+  local store = self.store
+  local versions, order, missing = {}, {}, {}
+  for _, name in ipairs(names) do
+    local version, _, err = store:get(name)
+    if version ~= nil then
+      if versions[name] == nil then order[#order + 1] = name end
+      versions[name] = version
+    else
+      missing[#missing + 1] = { name, err }
+    end
+  end
+  c:send({ topic = RECORD, action = RA.HEAD_RESPONSE_BULK, versions = versions, versionsOrder = order })
+  for _, name in ipairs(names) do self:_subscribe(c, msg, name) end
+  c:send({ topic = RECORD, action = msg.action, correlationId = msg.correlationId, isAck = true })
+  for _, m in ipairs(missing) do
+    if m[2] then
+      c:send({ topic = RECORD, action = RA.RECORD_LOAD_ERROR, originalAction = RA.HEAD, name = m[1], isError = true })
+    else
+      c:send({ topic = RECORD, action = RA.HEAD_RESPONSE, name = m[1], version = -1 })
+    end
+  end
+end
+
+-- SUBSCRIBE: subscriptions alone, then the ack.
+function Records:subscribe(c, msg)
+  local names = self:_permitted(c, msg, "read")
+  if #names == 0 then return end
+  for _, name in ipairs(names) do self:_subscribe(c, msg, name) end
+  c:send({ topic = RECORD, action = msg.action, correlationId = msg.correlationId, isAck = true })
+end
+
+-- NOTIFY (record.notify(names)): the records changed in storage behind the
+-- server's back; their subscribers get the stored state (see notify), then
+-- the sender gets the ack, an echo of the names it may notify.
+function Records:notify_request(c, msg)
+  local names = self:_permitted(c, msg, "notify")
+  if #names == 0 then return end
+  for _, name in ipairs(names) do self:notify(name) end
+  c:send({ topic = RECORD, action = msg.action, names = names, correlationId = msg.correlationId, isAck = true })
 end
 
 function Records:unsubscribe(c, msg)
@@ -188,7 +282,11 @@ function Records:write(c, msg)
   if CREATE_ACTIONS[action] or math_type(version) ~= "integer" or version < -1 then
     version = -1
   end
-  if not CREATE_ACTIONS[action] then
+  -- UPDATE, PATCH and ERASE need an existing record, except with a write
+  -- acknowledgement: deepstream then upserts (a missing record counts as {}
+  -- at version 0), which is what the client's setDataWithAck(name, path)
+  -- (an ERASE) relies on
+  if not CREATE_ACTIONS[action] and not msg.isWriteAck then
     local current, _, err = store:get(name)
     if current == nil and not err then
       return c:send({ topic = RECORD, action = RA.RECORD_UPDATE_ERROR, name = name, isError = true,
@@ -248,7 +346,10 @@ end
 function Records:handle(c, msg)
   local action = msg.action
   if action == RA.SUBSCRIBECREATEANDREAD or action == RA.SUBSCRIBEANDREAD then
-    return self:subscribe_create_read(c, msg)
+    return self:subscribe_read(c, msg)
+  elseif action == RA.SUBSCRIBEANDHEAD then return self:subscribe_head(c, msg)
+  elseif action == RA.SUBSCRIBE then return self:subscribe(c, msg)
+  elseif action == RA.NOTIFY then return self:notify_request(c, msg)
   elseif action == RA.UNSUBSCRIBE then return self:unsubscribe(c, msg)
   elseif action == RA.READ then return self:read(c, msg)
   elseif action == RA.HEAD then return self:head(c, msg)
