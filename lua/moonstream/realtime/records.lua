@@ -113,7 +113,7 @@ function Records:_subscribe(c, msg, name)
 end
 
 -- The names of a bulk message that c may `rule` (read, notify); each other
--- name gets its own denial (spec §10).
+-- name gets its own denial.
 function Records:_permitted(c, msg, rule)
   local out = json.array()
   for _, name in ipairs(names_of(msg)) do
