@@ -37,7 +37,7 @@ build = {
          sources = {
             "csrc/core.c", "csrc/pcall.c", "csrc/loop.c", "csrc/http.c", "csrc/store.c",
             "csrc/presence.c", "csrc/json.c", "csrc/httpclient.c", "csrc/ws.c", "csrc/crypto.c",
-            "csrc/records.c", "csrc/fastpath.c",
+            "csrc/records.c", "csrc/memstore.c", "csrc/engine.c", "csrc/engine_lua.c", "csrc/fastpath.c",
          },
          defines = { "_GNU_SOURCE" },
          libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay" },

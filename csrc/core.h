@@ -17,6 +17,7 @@ void ms_httpclient_open(lua_State *L);
 void ms_ws_open(lua_State *L);
 void ms_crypto_open(lua_State *L);
 void ms_records_open(lua_State *L);
+void ms_engine_open(lua_State *L);
 void ms_fastpath_open(lua_State *L);
 
 /* Calls the function at the top of the stack (below its nargs arguments) with

@@ -15,6 +15,7 @@
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 
 #include "core.h"
 #include "loop.h"
+#include "http.h"
 #include "ws.h"
 #include "fastpath.h"
 
@@ -181,6 +183,21 @@ void ms_http_waiter_answer(ms_http_waiter *w, const char *body, size_t len) {
     else http_send_error(req, 503, "Server is shutting down.");
 }
 
+int ms_http_is_json(const char *ct) {
+    if (ct == NULL) return 0;
+    while (*ct == ' ' || (*ct >= '\t' && *ct <= '\r')) ct++;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof want - 1) != 0) return 0;
+    char c = ct[sizeof want - 1];
+    return c == '\0' || c == ';' || c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+/* core.is_json_content_type(header|nil) -> boolean */
+static int http_is_json_lua(lua_State *L) {
+    lua_pushboolean(L, ms_http_is_json(luaL_optstring(L, 1, NULL)));
+    return 1;
+}
+
 /* Offers a complete POST to the fast path: 1 when it took it. */
 static int http_try_fast(http_request *req) {
     http_server *srv = req->srv;
@@ -195,6 +212,20 @@ static int http_try_fast(http_request *req) {
     return 1;
 }
 
+/* handler(box): the box is made here, inside ms_pcall, as its allocation may
+ * raise and this runs inside libmicrohttpd's callback. */
+static int http_handler_tramp(lua_State *L) {
+    http_request *req = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, req->srv->handler_ref);
+    request_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->req = NULL;
+    luaL_setmetatable(L, REQUEST_MT);
+    box->req = req;
+    req->box = box;
+    lua_call(L, 1, 0);
+    return 0;
+}
+
 /* Calls handler(req) with a fresh box, unless the fast path answers. Never
  * raises. A handler error is answered 500 (the error itself is logged by
  * ms_pcall). */
@@ -205,11 +236,8 @@ static void http_call_handler(http_request *req) {
     if (http_try_fast(req)) return;
     srv->handled++;
     if (!lua_checkstack(L, 4)) { http_send_error(req, 500, "Internal server error."); return; }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
-    request_box *box = lua_newuserdatauv(L, sizeof *box, 0);
-    box->req = req;
-    req->box = box;
-    luaL_setmetatable(L, REQUEST_MT);
+    lua_pushcfunction(L, http_handler_tramp);
+    lua_pushlightuserdata(L, req);
     if (!ms_pcall(L, 1, 0) && req->response == NULL)
         http_send_error(req, 500, "Internal server error.");
 }
@@ -732,4 +760,6 @@ void ms_http_open(lua_State *L) {
     ms_createmeta(L, REQUEST_MT, request_meth, request_metameth);
     lua_pushcfunction(L, http_server_new);
     lua_setfield(L, -2, "http_server");
+    lua_pushcfunction(L, http_is_json_lua);
+    lua_setfield(L, -2, "is_json_content_type");
 }

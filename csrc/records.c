@@ -12,9 +12,10 @@
  * meanwhile (double buffering) and is written when the first is on disk.
  * Without a loop flush writes at once.
  *
- * This lives in C so that lua/moonstream/records.lua (the command semantics
- * for the Lua path) and csrc/fastpath.c (the same commands answered without
- * entering Lua) share one overlay and one commit. */
+ * This is the LevelDB implementation of the record engine's storage seam
+ * (recstore.h): engine.c, the one home of the record commands, reaches it
+ * only through ms_records_seam. The key prefix "r/" and the stored value's
+ * format are known here and nowhere else. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@
 #include "json.h"
 #include "loop.h"
 #include "records.h"
+#include "recstore.h"
 #include "store.h"
 
 #define RECORDS_MT "moonstream.Records"
@@ -38,6 +40,15 @@
 #define UV_LOOP 2
 #define UV_ON_ERROR 3
 
+/* A record's state as read: text is valid until the next change to the
+ * records (or until record_release when it is owned). */
+typedef struct ms_record {
+    long long version;
+    const char *text;
+    size_t len;
+    char *owned;
+} ms_record;
+
 typedef struct rec_entry {
     char *name;
     size_t nlen;
@@ -48,7 +59,7 @@ typedef struct rec_entry {
 } rec_entry;
 
 typedef struct rec_waiter {
-    ms_records_done_fn fn;  /* NULL: a Lua function, ref */
+    ms_rec_durable_fn fn;  /* NULL: a Lua function, ref */
     void *ud;
     int ref;
 } rec_waiter;
@@ -71,7 +82,6 @@ struct ms_records {
     rec_waiters flying_waiters;  /* to wake when the write in flight returns */
     lua_Integer syncs;
     int on_error_ref;            /* function(err) that logs a failed write */
-    char *parked, *parked_err;   /* buffers being copied into Lua */
     ms_jbuf scratch;             /* keys and values being built */
 };
 
@@ -148,7 +158,7 @@ static int parse_stored(const char *v, size_t vlen, ms_record *out) {
     return 1;
 }
 
-int ms_records_get(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
+static int records_lookup(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
     *err = NULL;
     out->owned = NULL;
     rec_entry *e;
@@ -179,12 +189,12 @@ int ms_records_get(ms_records *r, const char *name, size_t nlen, ms_record *out,
     return 1;
 }
 
-void ms_record_release(ms_record *rec) {
+static void record_release(ms_record *rec) {
     if (rec->owned) leveldb_free(rec->owned);
     rec->owned = NULL;
 }
 
-int ms_records_put(ms_records *r, const char *name, size_t nlen, long long version,
+static int records_queue_put(ms_records *r, const char *name, size_t nlen, long long version,
                    const char *text, size_t tlen) {
     char num[24];
     int n = snprintf(num, sizeof num, "%lld ", version);
@@ -197,18 +207,18 @@ int ms_records_put(ms_records *r, const char *name, size_t nlen, long long versi
     return 0;
 }
 
-int ms_records_remove(ms_records *r, const char *name, size_t nlen) {
+static int records_queue_remove(ms_records *r, const char *name, size_t nlen) {
     if (build_key(r, name, nlen) != 0 || overlay_set(r, name, nlen, 0, NULL, 0) != 0) return -1;
     leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
     r->dirty = 1;
     return 0;
 }
 
-int ms_records_has_pending(const ms_records *r) {
+static int records_pending(const ms_records *r) {
     return r->dirty || r->flying;
 }
 
-static int waiters_add(rec_waiters *w, ms_records_done_fn fn, void *ud, int ref) {
+static int waiters_add(rec_waiters *w, ms_rec_durable_fn fn, void *ud, int ref) {
     if (w->n == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 16;
         rec_waiter *items = realloc(w->items, cap * sizeof *items);
@@ -220,7 +230,7 @@ static int waiters_add(rec_waiters *w, ms_records_done_fn fn, void *ud, int ref)
     return 0;
 }
 
-int ms_records_after_flush(ms_records *r, ms_records_done_fn fn, void *ud) {
+static int records_add_waiter(ms_records *r, ms_rec_durable_fn fn, void *ud) {
     return waiters_add(&r->waiters, fn, ud, LUA_NOREF);
 }
 
@@ -229,10 +239,10 @@ int ms_records_after_flush(ms_records *r, ms_records_done_fn fn, void *ud) {
 /* LevelDB names the file that failed ("IO error: /srv/data/000003.log: No
  * space left on device"); clients get the text without paths (the Lua
  * pattern "/[^%s:]*: " removed). Returns a malloc'd copy or NULL. */
-char *ms_records_public_error(const char *err) {
+/* Writes the public text of err to out (strlen(err) + 1 bytes); its length. */
+static size_t public_error_into(const char *err, char *out) {
     size_t len = strlen(err);
-    char *out = malloc(len + 1), *o = out;
-    if (out == NULL) return NULL;
+    char *o = out;
     for (size_t i = 0; i < len;) {
         if (err[i] == '/') {
             size_t j = i + 1;
@@ -245,6 +255,12 @@ char *ms_records_public_error(const char *err) {
         *o++ = err[i++];
     }
     *o = '\0';
+    return (size_t)(o - out);
+}
+
+char *ms_records_public_error(const char *err) {
+    char *out = malloc(strlen(err) + 1);
+    if (out) public_error_into(err, out);
     return out;
 }
 
@@ -341,6 +357,111 @@ static int flush(lua_State *L, ms_records *r) {
     return 1;
 }
 
+/* ---- the seam (recstore.h) ---- */
+
+#define CLOSED "the records are closed"
+
+static void seam_get(void *self, const char *name, size_t nlen, ms_rec_got_fn fn, void *ud) {
+    if (((ms_records *)self)->gone) {
+        fn(ud, MS_REC_FAILED, 0, NULL, 0, CLOSED);
+        return;
+    }
+    ms_record rec;
+    char *err = NULL;
+    int found = records_lookup(self, name, nlen, &rec, &err);
+    if (found < 0) {
+        /* clients see the text without LevelDB's file paths */
+        char *pub = err ? ms_records_public_error(err) : NULL;
+        fn(ud, MS_REC_FAILED, 0, NULL, 0, pub ? pub : "storage error");
+        free(pub);
+    } else if (found == 0) {
+        fn(ud, MS_REC_MISSING, 0, NULL, 0, NULL);
+    } else {
+        fn(ud, MS_REC_OK, rec.version, rec.text, rec.len, NULL);
+        record_release(&rec);
+    }
+    free(err);
+}
+
+/* The version check costs a lookup that the overlay or LevelDB's block cache
+ * answers (the engine has just read the record): one thread owns this store,
+ * so it never fails here, but the seam promises it. */
+static void seam_put(void *self, const char *name, size_t nlen, long long expect, long long version,
+                     const char *text, size_t tlen, ms_rec_done_fn fn, void *ud) {
+    ms_records *r = self;
+    if (r->gone) {
+        fn(ud, MS_REC_FAILED, CLOSED);
+        return;
+    }
+    ms_record rec;
+    char *err = NULL;
+    int found = records_lookup(r, name, nlen, &rec, &err);
+    long long have = found > 0 ? rec.version : -1;
+    if (found > 0) record_release(&rec);
+    if (found < 0) {
+        char *pub = err ? ms_records_public_error(err) : NULL;
+        fn(ud, MS_REC_FAILED, pub ? pub : "storage error");
+        free(pub);
+    } else if (have != expect) fn(ud, MS_REC_MISSING, NULL);
+    else if (records_queue_put(r, name, nlen, version, text, tlen) != 0) fn(ud, MS_REC_FAILED, "out of memory");
+    else fn(ud, MS_REC_OK, NULL);
+    free(err);
+}
+
+static void seam_remove(void *self, const char *name, size_t nlen, ms_rec_done_fn fn, void *ud) {
+    if (((ms_records *)self)->gone) fn(ud, MS_REC_FAILED, CLOSED);
+    else if (records_queue_remove(self, name, nlen) != 0) fn(ud, MS_REC_FAILED, "out of memory");
+    else fn(ud, MS_REC_OK, NULL);
+}
+
+static int seam_after_flush(void *self, ms_rec_durable_fn fn, void *ud) {
+    if (((ms_records *)self)->gone) {
+        fn(ud, -1, CLOSED);
+        return 0;
+    }
+    return records_add_waiter(self, fn, ud);
+}
+
+static int seam_has_pending(void *self) {
+    return records_pending(self);
+}
+
+typedef struct each_state {
+    ms_rec_each_fn fn;
+    void *ud;
+} each_state;
+
+static int each_entry(void *ud, const char *k, size_t klen, const char *v, size_t vlen) {
+    each_state *st = ud;
+    ms_record rec;
+    if (!parse_stored(v, vlen, &rec)) return 1;  /* a corrupt entry: not a record */
+    return st->fn(st->ud, k + KEY_PREFIX_LEN, klen - KEY_PREFIX_LEN, rec.version, rec.text, rec.len);
+}
+
+static int seam_iterate(void *self, const char *prefix, size_t plen, ms_rec_each_fn fn, void *ud, char **err) {
+    ms_records *r = self;
+    *err = NULL;
+    if (r->gone) {
+        *err = strdup(CLOSED);
+        return -1;
+    }
+    if (build_key(r, prefix, plen) != 0) {
+        *err = strdup("out of memory");
+        return -1;
+    }
+    each_state st = { fn, ud };
+    return ms_store_each(r->store, r->scratch.data, r->scratch.len, each_entry, &st, err);
+}
+
+static const ms_recstore_ops seam_ops = {
+    seam_get, seam_put, seam_remove, seam_after_flush, seam_has_pending, seam_iterate, 1
+};
+
+void ms_records_seam(ms_records *r, ms_recstore *out) {
+    out->ops = &seam_ops;
+    out->self = r;
+}
+
 /* ---- Lua API ---- */
 
 /* core.records(store [, loop [, opts]]) -> records
@@ -382,63 +503,8 @@ static int records_new(lua_State *L) {
     return 1;
 }
 
-/* Frees the buffer parked while Lua copies it (see records_get). */
-static void drop_parked(ms_records *r) {
-    if (r->parked) leveldb_free(r->parked);
-    if (r->parked_err) free(r->parked_err);
-    r->parked = NULL;
-    r->parked_err = NULL;
-}
-
-/* r:get(name) -> version, text | nil (missing) | nil, nil, err
- * Buffers are parked in r while Lua copies them, so a memory error raised by
- * the copy leaks nothing (the next call or __gc frees them). */
-static int records_get(lua_State *L) {
-    ms_records *r = ms_records_check(L, 1);
-    size_t nlen;
-    const char *name = luaL_checklstring(L, 2, &nlen);
-    ms_record rec;
-    char *err;
-    drop_parked(r);
-    int found = ms_records_get(r, name, nlen, &rec, &err);
-    if (found < 0) {
-        r->parked_err = err;
-        lua_pushnil(L);
-        lua_pushnil(L);
-        lua_pushstring(L, err ? err : "out of memory");
-        drop_parked(r);
-        return 3;
-    }
-    if (found == 0) return 0;
-    r->parked = rec.owned;
-    lua_pushinteger(L, (lua_Integer)rec.version);
-    lua_pushlstring(L, rec.text, rec.len);
-    drop_parked(r);
-    return 2;
-}
-
-/* r:put(name, version, text) */
-static int records_put(lua_State *L) {
-    ms_records *r = ms_records_check(L, 1);
-    size_t nlen, tlen;
-    const char *name = luaL_checklstring(L, 2, &nlen);
-    lua_Integer version = luaL_checkinteger(L, 3);
-    const char *text = luaL_checklstring(L, 4, &tlen);
-    if (ms_records_put(r, name, nlen, (long long)version, text, tlen) != 0) return luaL_error(L, "not enough memory");
-    return 0;
-}
-
-/* r:remove(name) */
-static int records_remove(lua_State *L) {
-    ms_records *r = ms_records_check(L, 1);
-    size_t nlen;
-    const char *name = luaL_checklstring(L, 2, &nlen);
-    if (ms_records_remove(r, name, nlen) != 0) return luaL_error(L, "not enough memory");
-    return 0;
-}
-
 static int records_has_pending(lua_State *L) {
-    lua_pushboolean(L, ms_records_has_pending(ms_records_check(L, 1)));
+    lua_pushboolean(L, records_pending(ms_records_check(L, 1)));
     return 1;
 }
 
@@ -501,15 +567,13 @@ static int records_gc(lua_State *L) {
     if (r->batch) leveldb_writebatch_destroy(r->batch);
     if (r->spare) leveldb_writebatch_destroy(r->spare);
     luaL_unref(L, LUA_REGISTRYINDEX, r->on_error_ref);
-    drop_parked(r);
+    r->on_error_ref = LUA_NOREF;
     ms_jbuf_free(&r->scratch);
     return 0;
 }
 
 static const luaL_Reg records_meth[] = {
-    {"get", records_get},
-    {"put", records_put},
-    {"remove", records_remove},
+    {"close", records_gc},
     {"has_pending", records_has_pending},
     {"in_flight", records_in_flight},
     {"waiting", records_waiting},
@@ -521,12 +585,25 @@ static const luaL_Reg records_meth[] = {
 
 static const luaL_Reg records_metameth[] = {
     {"__gc", records_gc},
+    {"__close", records_gc},
     {"__index", NULL},
     {NULL, NULL}
 };
+
+/* core.storage_public_error(err) -> the text clients may see */
+static int records_public_error_lua(lua_State *L) {
+    size_t len;
+    const char *err = luaL_checklstring(L, 1, &len);
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, len + 1);
+    luaL_pushresultsize(&b, public_error_into(err, out));
+    return 1;
+}
 
 void ms_records_open(lua_State *L) {
     ms_createmeta(L, RECORDS_MT, records_meth, records_metameth);
     lua_pushcfunction(L, records_new);
     lua_setfield(L, -2, "records");
+    lua_pushcfunction(L, records_public_error_lua);
+    lua_setfield(L, -2, "storage_public_error");
 }

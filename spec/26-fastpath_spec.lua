@@ -181,8 +181,9 @@ end
 -- Every stored record of a server: name -> { version, decoded data }.
 local function stored(t)
   local all = {}
-  for name, version, text in t.server.records:each() do
-    all[name] = { version = version, data = json.decode(text) }
+  for key, value in t.server.store:iterate("r/") do -- csrc/records.c: "r/<name>" -> "<version> <json>"
+    local version, text = value:match("^(%-?%d+) (.*)$")
+    all[key:sub(3)] = { version = math.tointeger(tonumber(version)), data = json.decode(text) }
   end
   return all
 end

@@ -45,19 +45,20 @@ local function handler_api(self)
     if err then return nil, err end
     return version or -1
   end
-  -- records.write(name, data [, path [, version]]) -> true | nil, err (durable at the next flush)
+  -- records.write(name, data [, path [, version]]) -> true | nil, err, event (durable at the next flush)
   function records.write(name, data, path, version)
-    local r = self.records:cmd_write(name, data, path, version, "record")
-    if r.success then return true end
+    local ok, text = self.records:write(nil, "record", name, data, path, version)
+    if ok then return true end
+    local r = json.decode(text)
     return nil, r.error, r.errorEvent
   end
   function records.delete(name)
-    self.records:cmd_delete(name, "record")
+    self.records:delete(nil, "record", name)
     return true
   end
   return {
     records = records,
-    emit = function(name, data) self.dispatcher:execute({ { topic = "event", action = "emit", eventName = name, data = data } }, { user = { id = "server" } }, function() end) end,
+    emit = function(name, data) self.dispatcher:emit(name, data, { user = { id = "server" } }) end,
     log = log,
     json = json,
   }
@@ -168,6 +169,11 @@ function Server:listen()
   self.store = store
   self.records = records_mod.new(store, {
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
+    max_response = cfg.maxResponseSize,
+    -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's)
+    on_change = function(name, version, text, origin)
+      if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
+    end,
   })
   self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
   local _, sweep_err = self.tokens:sweep()
@@ -182,7 +188,7 @@ function Server:listen()
   self.dispatcher = dispatch.new({
     records = self.records, events = self.listeners, rpc = self.handlers, presence = self.presence,
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
-    max_response = cfg.maxResponseSize,
+    on_emit = function(name, data) self.realtime.events:emit_from_server(name, data) end,
   })
   -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
   self.realtime = realtime_mod.new({
@@ -192,8 +198,6 @@ function Server:listen()
   })
   local realtime = self.realtime
   realtime.record_topic:attach(self.records)
-  self.dispatcher.on_emit = function(name, data) realtime.events:emit_from_server(name, data) end
-  self.dispatcher.on_record_change = function(name) realtime.record_topic:notify(name) end
   self.handlers.fallback = function(name, data, _, done) return realtime.rpc:make_from_server(name, data, done) end
   self.api = httpapi.new(cfg, { dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime })
   local api = self.api
@@ -228,21 +232,13 @@ end
 -- requests without credentials, no permission rules, every origin allowed)
 -- and asks Lua about emits only while a listener or subscriber exists.
 function Server:_fast_path()
-  local cfg, records, listeners, dispatcher = self.config, self.records, self.listeners, self.dispatcher
+  local cfg, listeners, dispatcher = self.config, self.listeners, self.dispatcher
   local auth = self.auth
-  local fast = core.fast_path(records.core, {
+  local fast = core.fast_path(self.records.engine, {
     api_path = cfg.apiPath,
-    exclusions = cfg.storageExclusionPrefixes,
-    max_response = cfg.maxResponseSize,
-    -- the same hooks the Lua path runs (dispatch.lua's emit, records.lua's put/remove)
+    -- the emit the Lua path runs (record changes reach Lua through the engine's on_change)
     emit_hook = function(name, text)
-      local data = text and json.decode(text)
-      local ctx = { user = auth:anonymous() }
-      listeners:emit(name, data, ctx)
-      if dispatcher.on_emit then dispatcher.on_emit(name, data, ctx) end
-    end,
-    change_hook = function(name, version, text)
-      if records.on_change then records.on_change(name, version, text) end
+      dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous() })
     end,
   })
   local subs = self.realtime and self.realtime.events.subs

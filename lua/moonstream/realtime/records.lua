@@ -1,17 +1,17 @@
 -- Realtime records (spec §7): subscribe-create-read, update/patch/erase with
 -- versions, write acknowledgements, snapshot/has/head, delete, discard.
 --
--- Writes go through records.lua's cmd_write/cmd_delete, the same storage and
--- version rules as POST /api. Subscribers learn about every change from
--- records.lua's change hook (on_change), whoever made it: a client's write is
--- forwarded as the client sent it (UPDATE or PATCH, to every subscriber but
--- the writer), any other write (HTTP, Lua handler) as a full UPDATE.
+-- Writes go through the record engine (records.lua, csrc/engine.c), the same
+-- storage and version rules as POST /api. Subscribers learn about every
+-- change from the engine's change listener (changed), whoever made it: a
+-- client's write carries its origin and is forwarded as the client sent it
+-- (UPDATE or PATCH, to every subscriber but the writer), any other write
+-- (HTTP, Lua handler, notify) as a full UPDATE.
 local json = require "moonstream.json"
 local registry = require "moonstream.realtime.registry"
 local listen = require "moonstream.realtime.listen"
 local names = require "moonstream.realtime.names"
 
-local encode = json.encode
 local type, math_type = type, math.type
 
 local T, A = names.T, names.A
@@ -24,16 +24,15 @@ local mt = { __index = Records }
 local names_of = names.names_of
 
 function M.new(rt)
-  local self = setmetatable({ rt = rt, subs = registry.new(), writing = nil }, mt)
+  local self = setmetatable({ rt = rt, subs = registry.new() }, mt)
   self.listen = listen.new(rt, RECORD, RA, self.subs, "record")
   return self
 end
 
--- Installs the change hook on the store (called by the server once the
--- store is open).
+-- The records (records.lua) once the store is open; the server routes their
+-- changes to changed().
 function Records:attach(store_records)
   self.store = store_records
-  store_records.on_change = function(name, version, text) self:changed(name, version, text) end
 end
 
 local function error_reply(msg, action, name, is_error)
@@ -47,10 +46,11 @@ local function error_reply(msg, action, name, is_error)
   return r
 end
 
--- A record changed in the store (version nil: deleted).
-function Records:changed(name, version, text)
-  local rt, w = self.rt, self.writing
-  local from = w and w.name == name and w.c or nil
+-- A record changed in the store (version nil: deleted). w: the origin of a
+-- client's write or delete (see write and delete below), else nil.
+function Records:changed(name, version, text, w)
+  local rt = self.rt
+  local from = w and w.c or nil
   if version == nil then
     local set = self.subs:remove_name(name)
     if set then
@@ -63,7 +63,6 @@ function Records:changed(name, version, text)
   if not set then return end
   local out
   if from then
-    local msg = w.msg
     if w.path then
       out = { topic = RECORD, action = RA.PATCH, name = name, version = version, path = w.path,
         data = w.text, isWriteAck = false }
@@ -74,14 +73,6 @@ function Records:changed(name, version, text)
     out = { topic = RECORD, action = RA.UPDATE, name = name, version = version, data = text, isWriteAck = false }
   end
   rt:broadcast(set, out, from)
-end
-
--- POST /api "notify": subscribers re-read the records.
-function Records:notify(name)
-  local version, text = self.store:get(name)
-  local set = self.subs:subscribers(name)
-  if version == nil or not set then return end
-  self.rt:broadcast(set, { topic = RECORD, action = RA.UPDATE, name = name, version = version, data = text, isWriteAck = false })
 end
 
 function Records:_read_response(c, name)
@@ -106,7 +97,7 @@ function Records:subscribe_create_read(c, msg)
         c:send({ topic = RECORD, action = denial, originalAction = msg.action, name = name,
           isError = true, correlationId = msg.correlationId })
       else
-        if missing then store:put(name, 0, "{}") end
+        if missing then store:create(name) end
         local added, first = subs:add(name, c)
         if added and first then self.listen:subscribed(name) end
         if not c.open then return end
@@ -195,18 +186,17 @@ function Records:write(c, msg)
         isWriteAck = msg.isWriteAck and true or nil, correlationId = msg.isWriteAck and msg.correlationId or nil })
     end
   end
-  self.writing = { name = name, c = c, msg = msg, path = path, text = text }
-  local ok, r = pcall(store.cmd_write, store, name, value, path, version, "record")
-  self.writing = nil
-  if not ok then error(r, 0) end
-  if not r.success then
+  local origin = { c = c, msg = msg, path = path, text = text }
+  local written, result = store:write(nil, "record", name, value, path, version, origin)
+  if not written then
+    local r = json.decode(result)
     local event = r.errorEvent
     if event == "VERSION_EXISTS" or event == "INVALID_VERSION" then
       -- the current version; VERSION_EXISTS carries the current data (the
-      -- client merges with it), INVALID_VERSION echoes what was sent
+      -- client merges with it: the stored text), INVALID_VERSION echoes what was sent
       local reply = error_reply(msg, RA[event], name, nil)
       reply.version = r.currentVersion
-      reply.data = event == "VERSION_EXISTS" and encode(r.currentData) or text
+      reply.data = event == "VERSION_EXISTS" and (select(2, store:get(name)) or "null") or text
       return c:send(reply)
     elseif event == "INVALID_MESSAGE_DATA" then
       return echo_invalid(c, msg, value)
@@ -232,10 +222,7 @@ function Records:delete(c, msg)
   if not ok then
     return c:send(error_reply(msg, denial, name, true))
   end
-  self.writing = { name = name, c = c }
-  local ok, err = pcall(store.cmd_delete, store, name, "record")
-  self.writing = nil
-  if not ok then error(err, 0) end
+  store:delete(nil, "record", name, { c = c })
   store:after_flush(function(synced)
     if synced then
       c:send({ topic = RECORD, action = RA.DELETE_SUCCESS, name = name })
