@@ -606,11 +606,6 @@ static int request_body(lua_State *L) {
     return 1;
 }
 
-static int request_too_large(lua_State *L) {
-    lua_pushboolean(L, check_live_request(L, 1)->too_large);
-    return 1;
-}
-
 static int request_client_address(lua_State *L) {
     http_request *req = check_live_request(L, 1);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -700,11 +695,6 @@ void ms_http_wake(void *req_cls) {
     ((http_request *)req_cls)->srv->resumed = 1;
 }
 
-static int request_finished(lua_State *L) {
-    http_request *req = check_request(L, 1);
-    lua_pushboolean(L, req == NULL || req->response != NULL || req->state == REQ_QUEUED);
-    return 1;
-}
 
 /* A request dropped by Lua without an answer would hang its client until
  * shutdown: answer it 500. (MHD_resume_connection is safe anywhere.) */
@@ -740,11 +730,9 @@ static const luaL_Reg request_meth[] = {
     {"path", request_path},
     {"header", request_header},
     {"body", request_body},
-    {"too_large", request_too_large},
     {"client_address", request_client_address},
     {"respond", request_respond},
     {"upgrade", request_upgrade},
-    {"finished", request_finished},
     {NULL, NULL}
 };
 

@@ -33,8 +33,8 @@ void ms_jbuf_free(ms_jbuf *b);
  * (malformed UTF-8, raw \v or \f, unpaired surrogate escapes). */
 int ms_json_strict(const char *text, size_t len);
 
-/* yajl allocation functions over a pool of kept blocks; the pool must be
- * zeroed before use and emptied with ms_json_pool_clear. */
+/* yajl allocation functions over a pool of kept blocks (ms_json_pool_new,
+ * freed with ms_json_pool_delete). */
 typedef struct ms_json_pool ms_json_pool;
 ms_json_pool *ms_json_pool_new(void);
 void ms_json_pool_delete(ms_json_pool *pool);
