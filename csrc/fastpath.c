@@ -9,10 +9,11 @@
  * writes the answer.
  *
  * What it takes: requests without token/authData whose commands are all
- * event emit, record read, head, delete, and record write without a path.
+ * event emit, record read, head, delete, and record write without a path,
+ * with the fields validate.lua's table (validate.rules()) allows and requires.
  * Anything else, including every invalid request, is declined before
  * anything runs and the Lua path answers it (validate.lua owns the request
- * texts). This file states no record rule: results, texts, bounds and the
+ * rules and texts). This file states no record rule: results, texts, bounds and the
  * batch's answer come from the engine, as on the Lua path.
  *
  * Emits call emit_hook(name, data_text) while Lua reports someone may listen
@@ -44,6 +45,13 @@ enum { T_NONE, T_EVENT, T_RECORD };
 enum {
     F_TOPIC = 1, F_ACTION = 2, F_EVENTNAME = 4, F_RECORDNAME = 8, F_DATA = 16, F_VERSION = 32
 };
+
+/* What validate.lua's table (validate.rules()) allows for a kind of command,
+ * within what the parser captures: allowed and required fields. */
+typedef struct fast_rule {
+    int on;
+    unsigned allowed, required;
+} fast_rule;
 
 typedef struct fast_cmd {
     int topic, kind;
@@ -79,6 +87,7 @@ struct ms_fast {
     ms_batch *batch;             /* the results of the request running */
     int enabled, watch_emits;
     int emit_ref;
+    fast_rule rules[K_DELETE + 1];
     char *api_path;
     ms_json_pool *pool;
     fast_parse p;
@@ -377,27 +386,37 @@ static const yajl_callbacks fast_callbacks = {
     on_start_map, on_map_key, on_end_map, on_start_array, on_end_array
 };
 
-/* Fields each command must have (besides topic and action) and may have. */
-static int command_ok(const fast_cmd *c) {
+/* The kinds of command the parser knows, and the topic each belongs to. */
+static const struct {
+    int kind, topic;
+    const char *topic_name, *action;
+} KINDS[] = {
+    { K_EMIT, T_EVENT, "event", "emit" }, { K_READ, T_RECORD, "record", "read" },
+    { K_HEAD, T_RECORD, "record", "head" }, { K_WRITE, T_RECORD, "record", "write" },
+    { K_DELETE, T_RECORD, "record", "delete" },
+};
+
+/* The fields the parser captures, and the kinds of validate.lua whose values
+ * include all it captures: names are non-empty strings, versions integers
+ * >= -1 (a float is declined), data anything. */
+static const struct {
+    const char *name;
+    unsigned flag;
+    const char *kinds[4];
+} FIELDS[] = {
+    { "eventName", F_EVENTNAME, { "name", "string", "any", NULL } },
+    { "recordName", F_RECORDNAME, { "name", "string", "any", NULL } },
+    { "data", F_DATA, { "any", NULL } },
+    { "version", F_VERSION, { "version", "any", NULL } },
+};
+
+/* Whether c is a command the rules allow, with every field it needs. */
+static int command_ok(const ms_fast *f, const fast_cmd *c) {
     unsigned s = c->seen & ~(unsigned)(F_TOPIC | F_ACTION);
-    if (!(c->seen & F_TOPIC) || !(c->seen & F_ACTION)) return 0;
-    switch (c->kind) {
-    case K_EMIT:
-        if (c->topic != T_EVENT || !(s & F_EVENTNAME) || (s & ~(unsigned)(F_EVENTNAME | F_DATA))) return 0;
-        break;
-    case K_READ: case K_HEAD: case K_DELETE:
-        if (c->topic != T_RECORD || s != F_RECORDNAME) return 0;
-        break;
-    case K_WRITE: {
-        if (c->topic != T_RECORD || !(s & F_RECORDNAME) || !(s & F_DATA) ||
-            (s & ~(unsigned)(F_RECORDNAME | F_DATA | F_VERSION)))
-            return 0;
-        break;
-    }
-    default:
-        return 0;
-    }
-    return 1;
+    if (!(c->seen & F_TOPIC) || !(c->seen & F_ACTION) || c->kind == K_NONE) return 0;
+    const fast_rule *r = &f->rules[c->kind];
+    return r->on && c->topic == KINDS[c->kind - 1].topic && (s & ~r->allowed) == 0 &&
+           (s & r->required) == r->required;
 }
 
 /* Parses and validates body into f->cmds. 1 when every command is for the
@@ -423,7 +442,7 @@ static int parse(ms_fast *f, const char *body, size_t len) {
     if (st != yajl_status_ok || f->p.decline || !f->p.body_seen || f->ncmds == 0) return 0;
     /* commands end at level 2: each closed command is checked here */
     for (size_t i = 0; i < f->ncmds; i++) {
-        if (!command_ok(&f->cmds[i])) return 0;
+        if (!command_ok(f, &f->cmds[i])) return 0;
     }
     return 1;
 }
@@ -555,8 +574,52 @@ ms_fast *ms_fast_check(lua_State *L, int idx) {
     return luaL_checkudata(L, idx, FAST_MT);
 }
 
+/* One field of rules[topic][action] (the table at idx): allowed and
+ * required as far as the parser can take it; 0 when the kind cannot be taken
+ * (a required field the parser does not capture as the rule wants). */
+static int read_field(lua_State *L, int idx, fast_rule *r) {
+    lua_getfield(L, idx, "name");
+    lua_getfield(L, idx, "kind");
+    lua_getfield(L, idx, "required");
+    const char *name = lua_tostring(L, -3), *kind = lua_tostring(L, -2);
+    int required = lua_toboolean(L, -1);
+    unsigned flag = 0;
+    for (size_t i = 0; name && kind && i < sizeof FIELDS / sizeof *FIELDS; i++) {
+        if (strcmp(FIELDS[i].name, name) != 0) continue;
+        for (size_t k = 0; FIELDS[i].kinds[k]; k++) {
+            if (strcmp(FIELDS[i].kinds[k], kind) == 0) flag = FIELDS[i].flag;
+        }
+    }
+    lua_pop(L, 3);
+    if (flag == 0) return !required;  /* optional: its presence sends the command to Lua */
+    r->allowed |= flag;
+    if (required) r->required |= flag;
+    return 1;
+}
+
+/* f->rules from validate.rules() at idx. */
+static void read_rules(lua_State *L, int idx, ms_fast *f) {
+    for (size_t i = 0; i < sizeof KINDS / sizeof *KINDS; i++) {
+        fast_rule *r = &f->rules[KINDS[i].kind];
+        *r = (fast_rule){ 0, 0, 0 };
+        if (lua_getfield(L, idx, KINDS[i].topic_name) != LUA_TTABLE ||
+            lua_getfield(L, -1, KINDS[i].action) != LUA_TTABLE) {
+            lua_settop(L, idx);
+            continue;
+        }
+        int props = lua_gettop(L), ok = 1;
+        for (lua_Integer n = 1; ok && lua_rawgeti(L, props, n) == LUA_TTABLE; n++) {
+            ok = read_field(L, lua_gettop(L), r);
+            lua_pop(L, 1);
+        }
+        r->on = ok;
+        lua_settop(L, idx);
+    }
+}
+
 /* core.fast_path(engine, opts) -> fast path, disabled until fp:enable(true)
- * opts: api_path (string), emit_hook (function(name, data_text|nil)) */
+ * opts: api_path (string), rules (validate.rules(): the commands it may take),
+ * emit_hook (function(name, data_text|nil)) */
 static int fast_new(lua_State *L) {
     ms_engine *const *engine = ms_engine_slot_check(L, 1);
     if (*engine == NULL) return luaL_argerror(L, 1, "a live engine");
@@ -583,6 +646,9 @@ static int fast_new(lua_State *L) {
         lua_pushvalue(L, 4);
         f->emit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
+    lua_settop(L, 5);
+    if (lua_getfield(L, 2, "rules") != LUA_TTABLE) return luaL_argerror(L, 2, "opts.rules must be a table");
+    read_rules(L, 6, f);
     lua_settop(L, 5);
     return 1;
 }

@@ -23,6 +23,7 @@ local httpapi = require "moonstream.httpapi"
 local realtime_mod = require "moonstream.realtime"
 local scripts = require "moonstream.scripts"
 local json = require "moonstream.json"
+local validate = require "moonstream.validate"
 
 local M = {}
 local Server = {}
@@ -236,6 +237,7 @@ function Server:_fast_path()
   local auth = self.auth
   local fast = core.fast_path(self.records.engine, {
     api_path = cfg.apiPath,
+    rules = validate.rules(), -- the commands it may take: validate.lua's table
     -- the emit the Lua path runs (record changes reach Lua through the engine's on_change)
     emit_hook = function(name, text)
       dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous() })
