@@ -75,20 +75,26 @@ function M.new(cfg, validated)
     if not cfg then return nil, err end
   end
   log.set_level(cfg.logLevel)
-  -- errors raised by Lua callbacks that C calls (request handlers, timers)
-  debug.getregistry()["moonstream.error_reporter"] = function(msg) log.error("%s", msg) end
   local self = setmetatable({ config = cfg, state = "new" }, mt)
   self.loop = core.loop()
   self.presence = core.presence()
   local api = handler_api(self)
-  self.listeners = events_mod.new(api)
-  self.handlers = rpc_mod.new(self.loop, { response_timeout = cfg.rpc.responseTimeout, api = api })
+  -- the fast path asks Lua about emits only while someone listens
+  self.listeners = events_mod.new(api, function() self:_watch_emits() end)
+  -- an RPC no Lua handler answers goes to realtime client providers
+  self.handlers = rpc_mod.new(self.loop, {
+    response_timeout = cfg.rpc.responseTimeout, api = api,
+    fallback = function(name, data, _, done) return self.realtime.rpc:make_from_server(name, data, done) end,
+  })
   self.auth, err = auth_mod.new(cfg.auth, {
     loop = self.loop, rpc = self.handlers, config_dir = cfg.configDir,
     max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
   })
   if not self.auth then return nil, err end
-  self.permissions, err = permissions_mod.new(cfg.permissions)
+  -- rules read records (oldData, ctx.read) once the store is open
+  self.permissions, err = permissions_mod.new(cfg.permissions, {
+    records = { get = function(_, name) return self.records:get(name) end },
+  })
   if not self.permissions then return nil, "config key 'permissions': " .. err end
 
   local handlers
@@ -182,7 +188,6 @@ function Server:listen()
     log.warn("could not remove expired tokens: %s", records_mod.public_error(sweep_err))
   end
   self.auth:set_tokens(self.tokens)
-  self.permissions.records = self.records
   if not self.permissions:configured() then
     log.warn("no permissions configured (config key 'permissions'): every user may do everything")
   end
@@ -198,8 +203,6 @@ function Server:listen()
     permit = function() return self.dispatcher.permit end,
   })
   local realtime = self.realtime
-  realtime.record_topic:attach(self.records)
-  self.handlers.fallback = function(name, data, _, done) return realtime.rpc:make_from_server(name, data, done) end
   self.api = httpapi.new(cfg, { dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime })
   local api = self.api
   local http
@@ -233,7 +236,7 @@ end
 -- requests without credentials, no permission rules, every origin allowed)
 -- and asks Lua about emits only while a listener or subscriber exists.
 function Server:_fast_path()
-  local cfg, listeners, dispatcher = self.config, self.listeners, self.dispatcher
+  local cfg, dispatcher = self.config, self.dispatcher
   local auth = self.auth
   local fast = core.fast_path(self.records.engine, {
     api_path = cfg.apiPath,
@@ -244,15 +247,19 @@ function Server:_fast_path()
     end,
   })
   local subs = self.realtime and self.realtime.events.subs
-  local function watch()
-    fast:watch_emits(listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
-  end
-  listeners.on_change = watch
-  if subs then subs.on_used = watch end
-  watch()
+  if subs then subs.on_used = function() self:_watch_emits() end end
   self.fast = fast
+  self:_watch_emits()
   self:_update_fast_path()
   self.http:set_fast_path(fast)
+end
+
+-- Emits reach Lua from the fast path only while a listener or a realtime
+-- subscriber exists.
+function Server:_watch_emits()
+  if not self.fast then return end
+  local subs = self.realtime and self.realtime.events.subs
+  self.fast:watch_emits(self.listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
 end
 
 function Server:_update_fast_path()

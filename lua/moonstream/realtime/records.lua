@@ -24,15 +24,9 @@ local mt = { __index = Records }
 local names_of = names.names_of
 
 function M.new(rt)
-  local self = setmetatable({ rt = rt, subs = registry.new() }, mt)
+  local self = setmetatable({ rt = rt, store = rt.records, subs = registry.new() }, mt)
   self.listen = listen.new(rt, RECORD, RA, self.subs, "record")
   return self
-end
-
--- The records (records.lua) once the store is open; the server routes their
--- changes to changed().
-function Records:attach(store_records)
-  self.store = store_records
 end
 
 local function error_reply(msg, action, name, is_error)
