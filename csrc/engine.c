@@ -40,6 +40,7 @@ struct ms_batch {
     ms_engine_done_fn done;
     void *done_ud;
     size_t at;                   /* notify: the name being read */
+    int looping, answered;       /* notify: reading in notify_next's loop; the read answered */
     int tries;                   /* write: refused puts so far */
     long long next;              /* write: the version being written */
     const char *wtext;           /* write: the text being written */
@@ -424,14 +425,20 @@ static void notify_got(void *ud, int status, long long version, const char *text
     const ms_name *n = &b->cmd.names[b->at];
     if (status == MS_REC_OK) changed(b->e, n->s, n->len, version, text, len, NULL);
     b->at++;
-    notify_next(b);
+    if (b->looping) b->answered = 1;  /* notify_next's loop goes on */
+    else notify_next(b);              /* a store that answered later */
 }
 
+/* A loop, not a recursion: a store that answers at once would otherwise
+ * nest one call per name (a 1 MiB body holds 200 000 of them). */
 static void notify_next(ms_batch *b) {
-    if (b->at < b->cmd.nnames) {
+    while (b->at < b->cmd.nnames) {
         const ms_name *n = &b->cmd.names[b->at];
+        b->looping = 1;
+        b->answered = 0;
         ms_engine_get(b->e, n->s, n->len, notify_got, b);
-        return;
+        b->looping = 0;
+        if (!b->answered) return;  /* notify_got goes on */
     }
     succeed(b, MS_CHANGE_NONE);
     finish(b);
@@ -485,7 +492,12 @@ void ms_batch_free(ms_batch *b) {
     free(b);
 }
 
+/* Memory a batch keeps for the next request. */
+#define BATCH_KEEP (1024 * 1024)
+
 void ms_batch_reset(ms_batch *b) {
+    if (b->out.cap > BATCH_KEEP) ms_jbuf_free(&b->out);
+    if (b->text.cap > BATCH_KEEP) ms_jbuf_free(&b->text);
     b->out.len = 0;
     b->n = 0;
     b->budget = 0;

@@ -274,6 +274,9 @@ static int engine_create(lua_State *L) {
     return 1;
 }
 
+/* Memory get keeps for the next call. */
+#define GOT_KEEP (256 * 1024)
+
 typedef struct got_state {
     engine_box *eb;
     int status, copied;
@@ -311,6 +314,7 @@ static int engine_get(lua_State *L) {
     }
     lua_pushinteger(L, (lua_Integer)g.version);
     lua_pushlstring(L, text, eb->got.len);
+    if (eb->got.cap > GOT_KEEP) ms_jbuf_free(&eb->got);
     return 2;
 }
 

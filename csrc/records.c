@@ -83,6 +83,11 @@ struct ms_records {
     lua_Integer syncs;
     int on_error_ref;            /* function(err) that logs a failed write */
     ms_jbuf scratch;             /* keys and values being built */
+    /* the last get's answer, while no change came after it: a put's version
+     * check after the engine's get needs no second lookup */
+    ms_jbuf seen_name;
+    long long seen_version;      /* -1: missing */
+    int seen_valid;
 };
 
 /* ---- overlay ---- */
@@ -196,6 +201,7 @@ static void record_release(ms_record *rec) {
 
 static int records_queue_put(ms_records *r, const char *name, size_t nlen, long long version,
                    const char *text, size_t tlen) {
+    r->seen_valid = 0;
     char num[24];
     int n = snprintf(num, sizeof num, "%lld ", version);
     if (build_key(r, name, nlen) != 0) return -1;
@@ -208,6 +214,7 @@ static int records_queue_put(ms_records *r, const char *name, size_t nlen, long 
 }
 
 static int records_queue_remove(ms_records *r, const char *name, size_t nlen) {
+    r->seen_valid = 0;
     if (build_key(r, name, nlen) != 0 || overlay_set(r, name, nlen, 0, NULL, 0) != 0) return -1;
     leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
     r->dirty = 1;
@@ -305,6 +312,7 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
 /* The writer thread's answer for the group in flight (on the loop thread). */
 static void on_written(void *ud, const char *err) {
     ms_records *r = ud;
+    r->seen_valid = 0;  /* a failed group's changes are gone from the overlay */
     entries_free(&r->inflight);
     leveldb_writebatch_clear(r->writing);
     if (r->spare == NULL) r->spare = r->writing;
@@ -330,6 +338,7 @@ static int flush(lua_State *L, ms_records *r) {
     r->syncs++;
     r->dirty = 0;
     if (r->loop == NULL) {
+        r->seen_valid = 0;
         char *err = ms_store_write(r->store, r->batch, r->sync);
         leveldb_writebatch_clear(r->batch);
         entries_free(&r->pending);
@@ -374,23 +383,32 @@ static void seam_get(void *self, const char *name, size_t nlen, ms_rec_got_fn fn
         char *pub = err ? ms_records_public_error(err) : NULL;
         fn(ud, MS_REC_FAILED, 0, NULL, 0, pub ? pub : "storage error");
         free(pub);
-    } else if (found == 0) {
-        fn(ud, MS_REC_MISSING, 0, NULL, 0, NULL);
     } else {
-        fn(ud, MS_REC_OK, rec.version, rec.text, rec.len, NULL);
-        record_release(&rec);
+        ms_records *r = self;
+        r->seen_name.len = 0;
+        r->seen_valid = ms_jbuf_put(&r->seen_name, name, nlen);
+        r->seen_version = found ? rec.version : -1;
+        if (found) fn(ud, MS_REC_OK, rec.version, rec.text, rec.len, NULL);
+        else fn(ud, MS_REC_MISSING, 0, NULL, 0, NULL);
+        if (found) record_release(&rec);
     }
     free(err);
 }
 
-/* The version check costs a lookup that the overlay or LevelDB's block cache
- * answers (the engine has just read the record): one thread owns this store,
- * so it never fails here, but the seam promises it. */
+/* The version check: one thread owns this store, so it never fails here,
+ * but the seam promises it. Right after the engine's get of the same name
+ * (the usual case) that get's answer is the current version. */
 static void seam_put(void *self, const char *name, size_t nlen, long long expect, long long version,
                      const char *text, size_t tlen, ms_rec_done_fn fn, void *ud) {
     ms_records *r = self;
     if (r->gone) {
         fn(ud, MS_REC_FAILED, CLOSED);
+        return;
+    }
+    if (r->seen_valid && nlen > 0 && r->seen_name.len == nlen && memcmp(r->seen_name.data, name, nlen) == 0) {
+        if (r->seen_version != expect) fn(ud, MS_REC_MISSING, NULL);
+        else if (records_queue_put(r, name, nlen, version, text, tlen) != 0) fn(ud, MS_REC_FAILED, "out of memory");
+        else fn(ud, MS_REC_OK, NULL);
         return;
     }
     ms_record rec;
@@ -569,6 +587,7 @@ static int records_gc(lua_State *L) {
     luaL_unref(L, LUA_REGISTRYINDEX, r->on_error_ref);
     r->on_error_ref = LUA_NOREF;
     ms_jbuf_free(&r->scratch);
+    ms_jbuf_free(&r->seen_name);
     return 0;
 }
 
