@@ -20,13 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#define HASH_NONFATAL_OOM 1
-#include <uthash.h>
 #include <leveldb/c.h>
 
 #include "core.h"
 #include "json.h"
 #include "loop.h"
+#include "recmap.h"
 #include "records.h"
 #include "recstore.h"
 #include "store.h"
@@ -49,14 +48,6 @@ typedef struct ms_record {
     char *owned;
 } ms_record;
 
-typedef struct rec_entry {
-    char *name;
-    size_t nlen;
-    long long version;
-    char *text;          /* NULL: deleted */
-    size_t tlen;
-    UT_hash_handle hh;
-} rec_entry;
 
 typedef struct rec_waiter {
     ms_rec_durable_fn fn;  /* NULL: a Lua function, ref */
@@ -74,8 +65,8 @@ struct ms_records {
     ms_store *store;
     ms_loop *loop;               /* NULL: flush writes synchronously */
     int sync;
-    rec_entry *pending;          /* the group gathering (uthash head) */
-    rec_entry *inflight;         /* the group being written */
+    ms_recmap pending;           /* the group gathering */
+    ms_recmap inflight;          /* the group being written */
     leveldb_writebatch_t *batch, *spare, *writing;
     int dirty, flying, gone;
     rec_waiters waiters;         /* to wake after the next write */
@@ -91,53 +82,6 @@ struct ms_records {
 };
 
 /* ---- overlay ---- */
-
-static void entries_free(rec_entry **head) {
-    rec_entry *e, *tmp;
-    HASH_ITER(hh, *head, e, tmp) {
-        HASH_DEL(*head, e);
-        free(e->name);
-        free(e->text);
-        free(e);
-    }
-}
-
-/* Sets name's pending entry (text NULL: deleted). 0, or -1 out of memory. */
-static int overlay_set(ms_records *r, const char *name, size_t nlen, long long version,
-                       const char *text, size_t tlen) {
-    char *copy = NULL;
-    if (text != NULL) {
-        copy = malloc(tlen + 1);
-        if (copy == NULL) return -1;
-        memcpy(copy, text, tlen);
-        copy[tlen] = '\0';
-    }
-    rec_entry *e;
-    HASH_FIND(hh, r->pending, name, nlen, e);
-    if (e == NULL) {
-        e = calloc(1, sizeof *e);
-        if (e == NULL || (e->name = malloc(nlen + 1)) == NULL) {
-            free(e);
-            free(copy);
-            return -1;
-        }
-        memcpy(e->name, name, nlen);
-        e->name[nlen] = '\0';
-        e->nlen = nlen;
-        HASH_ADD_KEYPTR(hh, r->pending, e->name, e->nlen, e);
-        if (e->hh.tbl == NULL) {  /* uthash could not grow */
-            free(e->name);
-            free(e);
-            free(copy);
-            return -1;
-        }
-    }
-    free(e->text);
-    e->version = version;
-    e->text = copy;
-    e->tlen = tlen;
-    return 0;
-}
 
 /* r->scratch = "r/" .. name; 0 or -1 out of memory */
 static int build_key(ms_records *r, const char *name, size_t nlen) {
@@ -166,9 +110,8 @@ static int parse_stored(const char *v, size_t vlen, ms_record *out) {
 static int records_lookup(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
     *err = NULL;
     out->owned = NULL;
-    rec_entry *e;
-    HASH_FIND(hh, r->pending, name, nlen, e);
-    if (e == NULL) HASH_FIND(hh, r->inflight, name, nlen, e);
+    ms_recmap_entry *e = ms_recmap_find(&r->pending, name, nlen);
+    if (e == NULL) e = ms_recmap_find(&r->inflight, name, nlen);
     if (e != NULL) {
         if (e->text == NULL) return 0;
         out->version = e->version;
@@ -207,7 +150,7 @@ static int records_queue_put(ms_records *r, const char *name, size_t nlen, long 
     if (build_key(r, name, nlen) != 0) return -1;
     size_t klen = r->scratch.len;
     if (!ms_jbuf_put(&r->scratch, num, (size_t)n) || !ms_jbuf_put(&r->scratch, text, tlen)) return -1;
-    if (overlay_set(r, name, nlen, version, text, tlen) != 0) return -1;
+    if (ms_recmap_set(&r->pending, name, nlen, version, text, tlen) != 0) return -1;
     leveldb_writebatch_put(r->batch, r->scratch.data, klen, r->scratch.data + klen, r->scratch.len - klen);
     r->dirty = 1;
     return 0;
@@ -215,7 +158,7 @@ static int records_queue_put(ms_records *r, const char *name, size_t nlen, long 
 
 static int records_queue_remove(ms_records *r, const char *name, size_t nlen) {
     r->seen_valid = 0;
-    if (build_key(r, name, nlen) != 0 || overlay_set(r, name, nlen, 0, NULL, 0) != 0) return -1;
+    if (build_key(r, name, nlen) != 0 || ms_recmap_set(&r->pending, name, nlen, 0, NULL, 0) != 0) return -1;
     leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
     r->dirty = 1;
     return 0;
@@ -313,7 +256,7 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
 static void on_written(void *ud, const char *err) {
     ms_records *r = ud;
     r->seen_valid = 0;  /* a failed group's changes are gone from the overlay */
-    entries_free(&r->inflight);
+    ms_recmap_clear(&r->inflight);
     leveldb_writebatch_clear(r->writing);
     if (r->spare == NULL) r->spare = r->writing;
     else leveldb_writebatch_destroy(r->writing);
@@ -341,7 +284,7 @@ static int flush(lua_State *L, ms_records *r) {
         r->seen_valid = 0;
         char *err = ms_store_write(r->store, r->batch, r->sync);
         leveldb_writebatch_clear(r->batch);
-        entries_free(&r->pending);
+        ms_recmap_clear(&r->pending);
         wake(r, &w, err == NULL ? 1 : 0, err);
         free(err);
         return 1;
@@ -349,7 +292,7 @@ static int flush(lua_State *L, ms_records *r) {
     leveldb_writebatch_t *next = r->spare ? r->spare : leveldb_writebatch_create();
     r->spare = NULL;
     r->inflight = r->pending;
-    r->pending = NULL;
+    r->pending.head = NULL;
     r->writing = r->batch;
     r->batch = next;
     r->flying = 1;
@@ -576,12 +519,12 @@ static int records_gc(lua_State *L) {
         ms_store *store = lua_touserdata(L, -1);
         lua_pop(L, 1);
         if (store) ms_store_write_forget(store);
-        entries_free(&r->inflight);
+        ms_recmap_clear(&r->inflight);
         if (r->writing) leveldb_writebatch_destroy(r->writing);
         wake(r, &r->flying_waiters, -1, NULL);
     }
     wake(r, &r->waiters, -1, NULL);
-    entries_free(&r->pending);
+    ms_recmap_clear(&r->pending);
     if (r->batch) leveldb_writebatch_destroy(r->batch);
     if (r->spare) leveldb_writebatch_destroy(r->spare);
     luaL_unref(L, LUA_REGISTRYINDEX, r->on_error_ref);
