@@ -276,7 +276,8 @@ static void write_put(void *ud, int status, const char *err) {
         changed(b->e, c->name, c->nlen, b->next, b->wtext, b->wlen, c->origin);
         succeed(b, MS_CHANGE_WRITE);
     } else if (status == MS_REC_MISSING) {
-        if (!msg3(b, "Record update failed. Record \"", c->name, c->nlen, "\" is being changed by others.")) b->msg.len = 0;
+        if (!msg3(b, "Record update failed. Record \"", c->name, c->nlen, "\" is being changed by others."))
+            b->msg.len = 0;
         fail(b, "RECORD_UPDATE_ERROR");
     } else {
         if (!storage_msg(b, 0, err)) b->msg.len = 0;
@@ -533,8 +534,8 @@ int ms_batch_fail(ms_batch *b, const char *topic, const char *event, const char 
 }
 
 /* A result whose text could not be kept (out of memory). */
-static const char LOST[] =
-    "{\"success\":false,\"error\":\"out of memory\",\"errorTopic\":\"record\",\"errorEvent\":\"RECORD_UPDATE_ERROR\"}";
+static const char LOST[] = "{\"success\":false,\"error\":\"out of memory\",\"errorTopic\":\"record\","
+                           "\"errorEvent\":\"RECORD_UPDATE_ERROR\"}";
 
 const char ms_batch_oom[] = "{\"result\":\"FAILURE\",\"body\":[]}";
 
@@ -550,9 +551,9 @@ int ms_batch_response(ms_batch *b, ms_jbuf *o, const char *sync_err) {
         if (sync_err && r->change) {
             /* the batch's writes did not reach the disk */
             int del = r->change == MS_CHANGE_DELETE;
+            const char *event = del ? "RECORD_DELETE_ERROR" : "RECORD_UPDATE_ERROR";
             if (!storage_msg(b, del, sync_err) ||
-                !put_failure(o, r->list ? "list" : "record", del ? "RECORD_DELETE_ERROR" : "RECORD_UPDATE_ERROR", b->msg.data,
-                             b->msg.len, 0, 0, NULL, 0))
+                !put_failure(o, r->list ? "list" : "record", event, b->msg.data, b->msg.len, 0, 0, NULL, 0))
                 return 0;
         } else if (!(r->len ? ms_jbuf_put(o, b->out.data + r->off, r->len) : put(o, LOST))) {
             return 0;
