@@ -696,8 +696,9 @@ void ms_http_wake(void *req_cls) {
 }
 
 
-/* A request dropped by Lua without an answer would hang its client until
- * shutdown: answer it 500. (MHD_resume_connection is safe anywhere.) */
+/* req:close(), __close, __gc: a request dropped by Lua without an answer
+ * would hang its client until shutdown: answer it 500. Safe twice.
+ * (MHD_resume_connection is safe anywhere.) */
 static int request_gc(lua_State *L) {
     request_box *box = luaL_checkudata(L, 1, REQUEST_MT);
     http_request *req = box->req;
@@ -733,12 +734,14 @@ static const luaL_Reg request_meth[] = {
     {"client_address", request_client_address},
     {"respond", request_respond},
     {"upgrade", request_upgrade},
+    {"close", request_gc},
     {NULL, NULL}
 };
 
 static const luaL_Reg request_metameth[] = {
     {"__index", NULL},
     {"__gc", request_gc},
+    {"__close", request_gc},
     {NULL, NULL}
 };
 
