@@ -927,7 +927,7 @@ describe("fast path", function()
       rules.record.write = nil -- as if the table had no record write: the fast path must leave writes to Lua
       local fp = core.fast_path(t.server.records.engine, { api_path = "/api", rules = rules })
       fp:enable(true)
-      t.server.http:set_fast_path(fp)
+      t.server.http:set_fast_path(fp, t.server.api:json_headers())
       local before = fast_count(t)
       local res, body = t:api({ { topic = "record", action = "write", recordName = "r", data = { a = 1 } } })
       assert.equal(200, res.status)
