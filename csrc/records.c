@@ -215,16 +215,42 @@ char *ms_records_public_error(const char *err) {
 }
 
 /* Wakes a group's waiters: status 1 (on disk), 0 (failed: err), -1 (gone). */
+/* Calls the Lua function ref with (true) or (nil, err): err NULL for true. */
+typedef struct call_args {
+    int ref;
+    const char *err;
+} call_args;
+
+static int call_tramp(lua_State *L) {
+    call_args *a = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+    if (a->err == NULL) {
+        lua_pushboolean(L, 1);
+        lua_call(L, 1, 0);
+    } else {
+        lua_pushnil(L);
+        lua_pushstring(L, a->err);
+        lua_call(L, 2, 0);
+    }
+    return 0;
+}
+
+/* Runs on the loop when a write returned: every push happens inside
+ * ms_pcall (call_tramp), so a memory error cannot unwind through here. */
+static void call_lua(lua_State *L, int ref, const char *err) {
+    call_args a = { ref, err };
+    if (!lua_checkstack(L, 3)) return;
+    lua_pushcfunction(L, call_tramp);
+    lua_pushlightuserdata(L, &a);
+    ms_pcall(L, 1, 0);
+}
+
 static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err) {
     lua_State *L = r->L;
     char *err = NULL;
     if (status == 0) {
-        /* the server logs the full text; clients see it without paths */
-        if (r->on_error_ref != LUA_NOREF && lua_checkstack(L, 2)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, r->on_error_ref);
-            lua_pushstring(L, raw_err);
-            ms_pcall(L, 1, 0);
-        }
+        /* the server logs the full text (on_error(nil, err)); clients see it without paths */
+        if (r->on_error_ref != LUA_NOREF) call_lua(L, r->on_error_ref, raw_err);
         err = ms_records_public_error(raw_err);
     }
     const char *perr = err ? err : "storage error";
@@ -232,18 +258,8 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
         rec_waiter *it = &w->items[i];
         if (it->fn != NULL) {
             it->fn(it->ud, status, perr);
-        } else if (status >= 0 && lua_checkstack(L, 3)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, it->ref);
-            luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
-            if (status == 1) {
-                lua_pushboolean(L, 1);
-                ms_pcall(L, 1, 0);
-            } else {
-                lua_pushnil(L);
-                lua_pushstring(L, perr);
-                ms_pcall(L, 2, 0);
-            }
         } else {
+            if (status >= 0) call_lua(L, it->ref, status == 1 ? NULL : perr);
             luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
         }
     }
@@ -426,7 +442,7 @@ void ms_records_seam(ms_records *r, ms_recstore *out) {
 /* ---- Lua API ---- */
 
 /* core.records(store [, loop [, opts]]) -> records
- * opts: sync (default true), on_error (function(err): a group's write failed) */
+ * opts: sync (default true), on_error (function(nil, err): a group's write failed) */
 static int records_new(lua_State *L) {
     ms_store *store = ms_store_check(L, 1);
     ms_loop *loop = lua_isnoneornil(L, 2) ? NULL : ms_loop_check(L, 2);
