@@ -14,6 +14,7 @@ LUALIB_API int luaopen_moonstream_core(lua_State *L) {
     ms_ws_open(L);
     ms_crypto_open(L);
     ms_records_open(L);
+    ms_engine_open(L);
     ms_fastpath_open(L);
     ms_metrics_open(L);
     ms_notify_open(L);

@@ -4,22 +4,20 @@
  * path (routing, validation, dispatch, JSON -> Lua tables -> JSON) about 17 us
  * more (bench/RESULTS.md). Most requests need no policy decision at all when
  * auth is open, no permissions are configured and every origin is allowed,
- * so for those the body is parsed and validated straight from yajl's
- * callbacks into a compact command list, run against the shared records
- * (csrc/records.c) and answered with JSON written in C.
+ * so for those the body is parsed straight from yajl's callbacks into a
+ * compact command list and run by the record engine (engine.c), which also
+ * writes the answer.
  *
  * What it takes: requests without token/authData whose commands are all
- * event emit, record read, head, delete, and record write without a path
- * (version absent, -1 or an integer). Anything else, including every invalid
- * request, is declined before anything runs, and the Lua path answers it as
- * if the fast path did not exist: error texts live in one place
- * (validate.lua), and both paths give the same answers
- * (spec/26-fastpath_spec.lua compares them over thousands of requests).
+ * event emit, record read, head, delete, and record write without a path,
+ * with the fields validate.lua's table (validate.rules()) allows and requires.
+ * Anything else, including every invalid request, is declined before
+ * anything runs and the Lua path answers it (validate.lua owns the request
+ * rules and texts). This file states no record rule: results, texts, bounds and the
+ * batch's answer come from the engine, as on the Lua path.
  *
- * Lua keeps a say: emits call emit_hook(name, data_text) while Lua reports
- * someone may listen (fp:watch_emits), and every change calls
- * change_hook(name, version, text) (realtime subscribers), as records.lua's
- * put and remove do. */
+ * Emits call emit_hook(name, data_text) while Lua reports someone may listen
+ * (fp:watch_emits); record changes reach Lua through the engine's listener. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,12 +27,13 @@
 
 #include "core.h"
 #include "fastpath.h"
-#include "json.h"
-#include "records.h"
 #include "metrics.h"
+#include "engine.h"
+#include "http.h"
+#include "json.h"
 
 #define FAST_MT "moonstream.FastPath"
-#define UV_RECORDS 1
+#define UV_ENGINE 1
 
 /* A data object with more keys than this is left to the Lua path (the
  * duplicate-key check below is quadratic). */
@@ -47,6 +46,13 @@ enum { T_NONE, T_EVENT, T_RECORD };
 enum {
     F_TOPIC = 1, F_ACTION = 2, F_EVENTNAME = 4, F_RECORDNAME = 8, F_DATA = 16, F_VERSION = 32
 };
+
+/* What validate.lua's table (validate.rules()) allows for a kind of command,
+ * within what the parser captures: allowed and required fields. */
+typedef struct fast_rule {
+    int on;
+    unsigned allowed, required;
+} fast_rule;
 
 typedef struct fast_cmd {
     int topic, kind;
@@ -76,43 +82,30 @@ typedef struct key_ref {
     size_t off, len;
 } key_ref;
 
-/* One result of a batch, as JSON text in f->out (or a job's copy). */
-typedef struct fast_result {
-    size_t off, len;
-    int ok;
-    int change;         /* 1 write, 2 delete: becomes a storage error if the sync fails */
-} fast_result;
-
 struct ms_fast {
     lua_State *L;
-    ms_records *records;
+    ms_engine *const *engine;    /* NULL inside once the engine is closed */
+    ms_batch *batch;             /* the results of the request running */
     int enabled, watch_emits;
-    int emit_ref, change_ref;
-    size_t max_response;         /* record data one answer may carry (dispatch.lua's bound) */
-    size_t budget;               /* what this batch's answer carries so far */
+    int emit_ref;
+    fast_rule rules[K_DELETE + 1];
     char *api_path;
-    char **exclusions;
-    size_t nexclusions;
     ms_json_pool *pool;
     fast_parse p;
     fast_cmd *cmds;
     size_t ncmds, capcmds;
     key_ref *keys;
     size_t nkeys, capkeys;
-    ms_jbuf names, data, out, msg, resp;
+    ms_jbuf names, data, resp;
     yajl_handle h;               /* during a parse */
     const char *body;            /* the request's, during a parse and its run */
     size_t body_len;
-    fast_result *results;
-    size_t capresults;
 };
 
 /* A batch waiting for its group commit. */
 typedef struct fast_job {
     ms_http_waiter *waiter;
-    char *text;                  /* the results' text */
-    fast_result *results;
-    size_t n;
+    ms_batch *batch;
 } fast_job;
 
 /* ---- parsing (yajl callbacks) ---- */
@@ -159,8 +152,8 @@ static int on_scalar(ms_fast *f, const char *text, size_t len, int is_string, in
     if (p->decline) return 0;
     if (p->skip_level || (p->level == 1 && p->top_key != 1)) {
         /* an ignored value, but json_decode refuses numbers out of range */
-        f->msg.len = 0;
-        return !is_number || ms_jbuf_number(&f->msg, text, len) ? 1 : decline(f);
+        f->resp.len = 0;  /* scratch: the number's canonical form is not kept */
+        return !is_number || ms_jbuf_number(&f->resp, text, len) ? 1 : decline(f);
     }
     if (p->data_level) {
         if (!data_comma(f)) return decline(f);
@@ -394,38 +387,37 @@ static const yajl_callbacks fast_callbacks = {
     on_start_map, on_map_key, on_end_map, on_start_array, on_end_array
 };
 
-/* Fields each command must have (besides topic and action) and may have. */
-static int command_ok(ms_fast *f, const fast_cmd *c) {
+/* The kinds of command the parser knows, and the topic each belongs to. */
+static const struct {
+    int kind, topic;
+    const char *topic_name, *action;
+} KINDS[] = {
+    { K_EMIT, T_EVENT, "event", "emit" }, { K_READ, T_RECORD, "record", "read" },
+    { K_HEAD, T_RECORD, "record", "head" }, { K_WRITE, T_RECORD, "record", "write" },
+    { K_DELETE, T_RECORD, "record", "delete" },
+};
+
+/* The fields the parser captures, and the kinds of validate.lua whose values
+ * include all it captures: names are non-empty strings, versions integers
+ * >= -1 (a float is declined), data anything. */
+static const struct {
+    const char *name;
+    unsigned flag;
+    const char *kinds[4];
+} FIELDS[] = {
+    { "eventName", F_EVENTNAME, { "name", "string", "any", NULL } },
+    { "recordName", F_RECORDNAME, { "name", "string", "any", NULL } },
+    { "data", F_DATA, { "any", NULL } },
+    { "version", F_VERSION, { "version", "any", NULL } },
+};
+
+/* Whether c is a command the rules allow, with every field it needs. */
+static int command_ok(const ms_fast *f, const fast_cmd *c) {
     unsigned s = c->seen & ~(unsigned)(F_TOPIC | F_ACTION);
-    if (!(c->seen & F_TOPIC) || !(c->seen & F_ACTION)) return 0;
-    switch (c->kind) {
-    case K_EMIT:
-        if (c->topic != T_EVENT || !(s & F_EVENTNAME) || (s & ~(unsigned)(F_EVENTNAME | F_DATA))) return 0;
-        break;
-    case K_READ: case K_HEAD: case K_DELETE:
-        if (c->topic != T_RECORD || s != F_RECORDNAME) return 0;
-        break;
-    case K_WRITE: {
-        if (c->topic != T_RECORD || !(s & F_RECORDNAME) || !(s & F_DATA) ||
-            (s & ~(unsigned)(F_RECORDNAME | F_DATA | F_VERSION)))
-            return 0;
-        /* the data of a whole-record write is an object or an array */
-        char first = f->data.data[c->data_off];
-        if (first != '{' && first != '[') return 0;
-        break;
-    }
-    default:
-        return 0;
-    }
-    if (c->topic == T_RECORD) {
-        /* names kept in memory only (storageExclusionPrefixes): Lua */
-        const char *name = f->names.data + c->name_off;
-        for (size_t i = 0; i < f->nexclusions; i++) {
-            size_t plen = strlen(f->exclusions[i]);
-            if (plen <= c->name_len && memcmp(name, f->exclusions[i], plen) == 0) return 0;
-        }
-    }
-    return 1;
+    if (!(c->seen & F_TOPIC) || !(c->seen & F_ACTION) || c->kind == K_NONE) return 0;
+    const fast_rule *r = &f->rules[c->kind];
+    return r->on && c->topic == KINDS[c->kind - 1].topic && (s & ~r->allowed) == 0 &&
+           (s & r->required) == r->required;
 }
 
 /* Parses and validates body into f->cmds. 1 when every command is for the
@@ -458,224 +450,81 @@ static int parse(ms_fast *f, const char *body, size_t len) {
 
 /* ---- running ---- */
 
-/* Appends {"success":false,"error":message,"errorTopic":"record","errorEvent":event
- * [,"currentVersion":V,"currentData":D]} to f->out. */
-static int put_failure(ms_jbuf *o, const char *event, const char *message, size_t mlen,
-                       const ms_record *current) {
-    if (!ms_jbuf_put(o, "{\"success\":false,\"error\":", 25) || !ms_jbuf_string(o, message, mlen) ||
-        !ms_jbuf_put(o, ",\"errorTopic\":\"record\",\"errorEvent\":\"", 37) ||
-        !ms_jbuf_put(o, event, strlen(event)) || !ms_jbuf_put(o, "\"", 1))
-        return 0;
-    if (current) {
-        char num[80];  /* 35 characters and at most 20 digits */
-        int n = snprintf(num, sizeof num, ",\"currentVersion\":%lld,\"currentData\":", current->version);
-        if (!ms_jbuf_put(o, num, (size_t)n)) return 0;
-        if (current->text ? !ms_jbuf_put(o, current->text, current->len) : !ms_jbuf_put(o, "null", 4)) return 0;
-    }
-    return ms_jbuf_put(o, "}", 1);
+typedef struct emit_args {
+    ms_fast *f;
+    const fast_cmd *c;
+} emit_args;
+
+/* emit_hook(name, data_text|nil): the client's own text, so listeners decode
+ * it as the Lua path would (2.0 stays a float, which the canonical text
+ * would not keep). Run by ms_pcall: nothing raises inside MHD's callback. */
+static int emit_tramp(lua_State *L) {
+    emit_args *a = lua_touserdata(L, 1);
+    const fast_cmd *c = a->c;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->f->emit_ref);
+    lua_pushlstring(L, a->f->names.data + c->name_off, c->name_len);
+    if (c->seen & F_DATA) lua_pushlstring(L, a->f->body + c->raw_off, c->raw_len);
+    else lua_pushnil(L);
+    lua_call(L, 2, 0);
+    return 0;
 }
 
-/* f->msg = a .. name .. b [.. c]: an error text around a record name. */
-static int build_msg(ms_fast *f, const char *a, const char *name, size_t nlen, const char *b,
-                     const char *c) {
-    f->msg.len = 0;
-    return ms_jbuf_put(&f->msg, a, strlen(a)) && ms_jbuf_put(&f->msg, name, nlen) &&
-           ms_jbuf_put(&f->msg, b, strlen(b)) && (c == NULL || ms_jbuf_put(&f->msg, c, strlen(c)));
-}
-
-static int put_storage_failure(ms_fast *f, const char *what, const char *event, const char *name,
-                               size_t nlen, const char *err) {
-    char *pub = ms_records_public_error(err ? err : "storage error");
-    int ok = build_msg(f, what, name, nlen, "\" could not be loaded: ", pub ? pub : "storage error") &&
-             ms_jbuf_put(&f->msg, ".", 1) && put_failure(&f->out, event, f->msg.data, f->msg.len, NULL);
-    free(pub);
-    return ok;
-}
-
-/* Whether len more bytes of record data fit in this batch's answer; counts
- * them if so. */
-static int fits(ms_fast *f, size_t len) {
-    if (len > f->max_response - f->budget) return 0;
-    f->budget += len;
-    return 1;
-}
-
-static void call_change_hook(ms_fast *f, const char *name, size_t nlen, long long version,
-                             const char *text, size_t tlen) {
+static void emit(ms_fast *f, const fast_cmd *c) {
     lua_State *L = f->L;
-    if (f->change_ref == LUA_NOREF || !lua_checkstack(L, 4)) return;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, f->change_ref);
-    lua_pushlstring(L, name, nlen);
-    if (text) {
-        lua_pushinteger(L, (lua_Integer)version);
-        lua_pushlstring(L, text, tlen);
-        ms_pcall(L, 3, 0);
-    } else {
-        ms_pcall(L, 1, 0);
+    if (!f->watch_emits || f->emit_ref == LUA_NOREF || !lua_checkstack(L, 3)) return;
+    emit_args a = { f, c };
+    lua_pushcfunction(L, emit_tramp);
+    lua_pushlightuserdata(L, &a);
+    ms_pcall(L, 1, 0);
+}
+
+static void set_done(void *ud) {
+    *(int *)ud = 1;
+}
+
+/* Runs command c into f->batch. */
+static void run_command(ms_fast *f, ms_engine *e, const fast_cmd *c) {
+    if (c->kind == K_EMIT) {
+        emit(f, c);
+        ms_batch_ok(f->batch);
+        return;
     }
+    static const int OPS[] = { [K_READ] = MS_OP_READ, [K_HEAD] = MS_OP_HEAD, [K_WRITE] = MS_OP_WRITE,
+                               [K_DELETE] = MS_OP_DELETE };
+    ms_cmd cmd = { 0 };
+    cmd.op = OPS[c->kind];
+    cmd.name = f->names.data + c->name_off;
+    cmd.nlen = c->name_len;
+    if (c->kind == K_WRITE) {
+        cmd.data = f->data.data + c->data_off;
+        cmd.dlen = c->data_len;
+        cmd.has_version = (c->seen & F_VERSION) && c->version != -1;
+        cmd.version = c->version;
+    }
+    int done = 0;
+    ms_engine_run(e, f->batch, &cmd, set_done, &done);  /* immediate stores: checked in ms_fast_run */
 }
 
 /* The commands this path answers, as moonstream_commands_total labels them. */
-static void metrics_count_command(const fast_cmd *c, int ok) {
+static void count_commands(ms_fast *f) {
     static const int ACTION[] = { [K_EMIT] = MS_ACTION_EMIT, [K_READ] = MS_ACTION_READ, [K_HEAD] = MS_ACTION_HEAD,
                                   [K_WRITE] = MS_ACTION_WRITE, [K_DELETE] = MS_ACTION_DELETE };
-    ms_metrics_command(c->topic == T_EVENT ? MS_TOPIC_EVENT : MS_TOPIC_RECORD, ACTION[c->kind], ok);
-}
-
-/* Runs command c, appending its result to f->out. 0 when out of memory. */
-static int run_command(ms_fast *f, const fast_cmd *c, fast_result *res) {
-    lua_State *L = f->L;
-    ms_jbuf *o = &f->out;
-    const char *name = f->names.data + c->name_off;
-    size_t nlen = c->name_len;
-    static const char OK[] = "{\"success\":true}";
-    res->ok = 1;
-    res->change = 0;
-    if (c->kind == K_EMIT) {
-        if (f->watch_emits && f->emit_ref != LUA_NOREF && lua_checkstack(L, 4)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, f->emit_ref);
-            lua_pushlstring(L, name, nlen);
-            /* the client's own text: listeners decode it as the Lua path would
-             * (2.0 stays a float, which the canonical text would not keep) */
-            if (c->seen & F_DATA) lua_pushlstring(L, f->body + c->raw_off, c->raw_len);
-            else lua_pushnil(L);
-            ms_pcall(L, 2, 0);
-        }
-        return ms_jbuf_put(o, OK, sizeof OK - 1);
+    for (size_t i = 0; i < f->ncmds && i < ms_batch_count(f->batch); i++) {
+        const fast_cmd *c = &f->cmds[i];
+        size_t len;
+        int ok;
+        ms_batch_result(f->batch, i, &len, &ok);
+        ms_metrics_command(c->topic == T_EVENT ? MS_TOPIC_EVENT : MS_TOPIC_RECORD, ACTION[c->kind], ok);
     }
-    ms_record rec;
-    char *err = NULL;
-    int found = ms_records_get(f->records, name, nlen, &rec, &err);
-    int ok = 1;
-    switch (c->kind) {
-    case K_READ:
-        if (found < 0) {
-            res->ok = 0;
-            ok = put_storage_failure(f, "Record read failed. Record \"", "RECORD_LOAD_ERROR", name, nlen, err);
-        } else if (found == 0) {
-            res->ok = 0;
-            ok = build_msg(f, "Record read failed. Record \"", name, nlen, "\" could not be found.", NULL) &&
-                 put_failure(&f->out, "RECORD_NOT_FOUND", f->msg.data, f->msg.len, NULL);
-        } else if (!fits(f, rec.len)) {
-            char limit[24];
-            snprintf(limit, sizeof limit, "%zu", f->max_response);
-            res->ok = 0;
-            ok = build_msg(f, "Record read failed. Record \"", name, nlen,
-                           "\" does not fit in this response (maxResponseSize is ", limit) &&
-                 ms_jbuf_put(&f->msg, " bytes).", 8) && put_failure(&f->out, "RECORD_LOAD_ERROR", f->msg.data, f->msg.len, NULL);
-        } else {
-            char num[80];  /* 35 characters and at most 20 digits */
-            int n = snprintf(num, sizeof num, "{\"success\":true,\"version\":%lld,\"data\":", rec.version);
-            ok = ms_jbuf_put(o, num, (size_t)n) && ms_jbuf_put(o, rec.text, rec.len) && ms_jbuf_put(o, "}", 1);
-        }
-        break;
-    case K_HEAD:
-        if (found < 0) {
-            res->ok = 0;
-            ok = put_storage_failure(f, "Record read failed. Record \"", "RECORD_LOAD_ERROR", name, nlen, err);
-        } else {
-            char num[80];
-            int n = snprintf(num, sizeof num, "{\"success\":true,\"version\":%lld}", found ? rec.version : -1LL);
-            ok = ms_jbuf_put(o, num, (size_t)n);
-        }
-        break;
-    case K_WRITE: {
-        if (found < 0) {
-            res->ok = 0;
-            ok = put_storage_failure(f, "Record update failed. Record \"", "RECORD_UPDATE_ERROR", name, nlen, err);
-            break;
-        }
-        long long cur = found ? rec.version : 0;
-        /* the next version wraps at the int64 limit, as Lua integers do */
-        long long next = (long long)((unsigned long long)cur + 1);
-        int has_version = (c->seen & F_VERSION) && c->version != -1;
-        if (has_version && (c->version <= cur || c->version > next)) {
-            ms_record current = { cur, found ? rec.text : NULL, found ? rec.len : 0, NULL };
-            if (current.text && !fits(f, current.len)) current.text = NULL;  /* currentData: null */
-            char num[24];
-            res->ok = 0;
-            if (c->version <= cur) {
-                snprintf(num, sizeof num, "%lld", cur);
-                ok = build_msg(f, "Record update failed. Version ", num, strlen(num), " exists for record \"", NULL) &&
-                     ms_jbuf_put(&f->msg, name, nlen) && ms_jbuf_put(&f->msg, "\".", 2) &&
-                     put_failure(&f->out, "VERSION_EXISTS", f->msg.data, f->msg.len, &current);
-            } else {
-                snprintf(num, sizeof num, "%lld", c->version);
-                ok = build_msg(f, "Record update failed. Version ", num, strlen(num), " is not valid for record \"",
-                               NULL) &&
-                     ms_jbuf_put(&f->msg, name, nlen) && ms_jbuf_put(&f->msg, "\".", 2) &&
-                     put_failure(&f->out, "INVALID_VERSION", f->msg.data, f->msg.len, &current);
-            }
-            break;
-        }
-        ms_record_release(&rec);  /* before the put changes what it points at */
-        found = 0;
-        const char *text = f->data.data + c->data_off;
-        if (ms_records_put(f->records, name, nlen, next, text, c->data_len) != 0) {
-            ok = 0;
-            break;
-        }
-        res->change = 1;
-        call_change_hook(f, name, nlen, next, text, c->data_len);
-        ok = ms_jbuf_put(o, OK, sizeof OK - 1);
-        break;
-    }
-    case K_DELETE:
-        /* a corrupt entry is removed too; a failing store reports at the flush */
-        if (found != 0) {
-            if (found > 0) ms_record_release(&rec);
-            found = 0;
-            if (ms_records_remove(f->records, name, nlen) != 0) {
-                ok = 0;
-                break;
-            }
-            call_change_hook(f, name, nlen, 0, NULL, 0);
-        }
-        res->change = 2;
-        ok = ms_jbuf_put(o, OK, sizeof OK - 1);
-        break;
-    }
-    if (found > 0) ms_record_release(&rec);
-    free(err);
-    return ok;
-}
-
-/* Writes to o the response for n results whose text is in text; a failed
- * sync (err) turns the changes into storage errors. msg: scratch. */
-static int assemble(ms_jbuf *o, ms_jbuf *msg, const char *text, const fast_result *results, size_t n,
-                    const char *err) {
-    size_t ok = 0;
-    for (size_t i = 0; i < n; i++) ok += results[i].ok && !(err && results[i].change);
-    const char *overall = ok == n ? "SUCCESS" : ok == 0 ? "FAILURE" : "PARTIAL_SUCCESS";
-    if (!ms_jbuf_put(o, "{\"result\":\"", 11) || !ms_jbuf_put(o, overall, strlen(overall)) ||
-        !ms_jbuf_put(o, "\",\"body\":[", 10))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && !ms_jbuf_put(o, ",", 1)) return 0;
-        if (err && results[i].change) {
-            int del = results[i].change == 2;
-            const char *what = del ? "Record delete failed" : "Record update failed";
-            msg->len = 0;
-            if (!ms_jbuf_put(msg, what, strlen(what)) ||
-                !ms_jbuf_put(msg, ": the storage could not save it (", 33) ||
-                !ms_jbuf_put(msg, err, strlen(err)) || !ms_jbuf_put(msg, ").", 2) ||
-                !put_failure(o, del ? "RECORD_DELETE_ERROR" : "RECORD_UPDATE_ERROR", msg->data, msg->len, NULL))
-                return 0;
-        } else if (!ms_jbuf_put(o, text + results[i].off, results[i].len)) {
-            return 0;
-        }
-    }
-    return ms_jbuf_put(o, "]}", 2);
 }
 
 static void job_free(fast_job *job) {
-    free(job->text);
-    free(job->results);
+    ms_batch_free(job->batch);
     free(job);
 }
 
 /* The group commit of a deferred batch returned: answer it (status 1 or 0),
- * or only free it (-1: the records went away). */
+ * or only free it (-1: the store went away). */
 static void job_done(void *ud, int status, const char *err) {
     fast_job *job = ud;
     if (status < 0) {
@@ -683,96 +532,55 @@ static void job_done(void *ud, int status, const char *err) {
         job_free(job);
         return;
     }
-    ms_jbuf o = { 0 }, msg = { 0 };
-    if (assemble(&o, &msg, job->text, job->results, job->n, status ? NULL : err)) {
-        ms_http_waiter_answer(job->waiter, o.data, o.len);
-    } else {
-        static const char OOM[] = "{\"result\":\"FAILURE\",\"body\":[]}";
-        ms_http_waiter_answer(job->waiter, OOM, sizeof OOM - 1);
-    }
+    ms_jbuf o = { 0 };
+    if (ms_batch_response(job->batch, &o, status ? NULL : err)) ms_http_waiter_answer(job->waiter, o.data, o.len);
+    else ms_http_waiter_answer(job->waiter, ms_batch_oom, strlen(ms_batch_oom));
     ms_jbuf_free(&o);
-    ms_jbuf_free(&msg);
     job_free(job);
 }
 
-/* Runs the parsed commands; answers now or after the group commit. */
-static int run(ms_fast *f, void *req, const char **out, size_t *outlen) {
-    if (f->capresults < f->ncmds) {
-        fast_result *r = realloc(f->results, f->ncmds * sizeof *r);
-        if (r == NULL) return MS_FAST_DECLINE;
-        f->results = r;
-        f->capresults = f->ncmds;
-    }
-    f->out.len = 0;
-    f->budget = 0;
-    for (size_t i = 0; i < f->ncmds; i++) {
-        fast_result *res = &f->results[i];
-        res->off = f->out.len;
-        if (!run_command(f, &f->cmds[i], res)) {
-            /* out of memory half way: the rest cannot be answered honestly */
-            f->out.len = res->off;
-            res->ok = 0;
-            res->change = 0;
-            if (!put_failure(&f->out, "RECORD_UPDATE_ERROR", "out of memory", 13, NULL)) f->out.len = res->off;
-        }
-        res->len = f->out.len - res->off;
-        metrics_count_command(&f->cmds[i], res->ok);
-    }
-    size_t n = f->ncmds;
-    if (!ms_records_has_pending(f->records)) {
-        f->resp.len = 0;
-        if (!assemble(&f->resp, &f->msg, f->out.data, f->results, n, NULL)) return MS_FAST_DECLINE;
+/* Answers now: *out is f->resp (sync_err: the batch's changes failed). */
+static int answer(ms_fast *f, const char *sync_err, const char **out, size_t *outlen) {
+    f->resp.len = 0;
+    if (ms_batch_response(f->batch, &f->resp, sync_err)) {
         *out = f->resp.data;
         *outlen = f->resp.len;
-        return MS_FAST_DONE;
+    } else {
+        *out = ms_batch_oom;
+        *outlen = strlen(ms_batch_oom);
     }
-    /* answered once the batch's writes (or the unsynced data it saw) are on disk */
-    fast_job *job = calloc(1, sizeof *job);
-    if (job == NULL) goto oom;
-    job->n = n;
-    job->text = malloc(f->out.len ? f->out.len : 1);
-    job->results = malloc(n * sizeof *job->results);
-    job->waiter = ms_http_defer(req);
-    if (job->text == NULL || job->results == NULL || job->waiter == NULL) goto oom;
-    memcpy(job->text, f->out.data, f->out.len);
-    memcpy(job->results, f->results, n * sizeof *job->results);
-    if (ms_records_after_flush(f->records, job_done, job) != 0) goto oom;
-    return MS_FAST_LATER;
-oom:
-    if (job) {
-        if (job->waiter) ms_http_waiter_answer(job->waiter, NULL, 0);
-        job_free(job);
-    }
-    /* the commands ran: the answer must say so, not be left to Lua */
-    f->resp.len = 0;
-    if (!assemble(&f->resp, &f->msg, f->out.data, f->results, n, "out of memory")) {
-        static const char OOM[] = "{\"result\":\"FAILURE\",\"body\":[]}";
-        *out = OOM;
-        *outlen = sizeof OOM - 1;
-        return MS_FAST_DONE;
-    }
-    *out = f->resp.data;
-    *outlen = f->resp.len;
     return MS_FAST_DONE;
 }
 
-/* "application/json" with optional parameters, case-insensitive, as
- * httpapi.lua's is_json_content_type. */
-static int is_json(const char *ct) {
-    if (ct == NULL) return 0;
-    while (*ct == ' ' || (*ct >= '\t' && *ct <= '\r')) ct++;
-    static const char want[] = "application/json";
-    if (strncasecmp(ct, want, sizeof want - 1) != 0) return 0;
-    char c = ct[sizeof want - 1];
-    return c == '\0' || c == ';' || c == ' ' || (c >= '\t' && c <= '\r');
+/* Runs the parsed commands; answers now or after the group commit. */
+static int run(ms_fast *f, ms_engine *e, void *req, const char **out, size_t *outlen) {
+    ms_batch_reset(f->batch);
+    for (size_t i = 0; i < f->ncmds; i++) run_command(f, e, &f->cmds[i]);
+    count_commands(f);
+    if (!ms_engine_has_pending(e)) return answer(f, NULL, out, outlen);
+    /* answered once the batch's writes (or the unsynced data it saw) are
+     * durable: the job takes the batch, the fast path a new one */
+    fast_job *job = calloc(1, sizeof *job);
+    ms_batch *next = ms_batch_new(e, 1);
+    if (job == NULL || next == NULL || (job->waiter = ms_http_defer(req)) == NULL) {
+        free(job);
+        ms_batch_free(next);
+        return answer(f, "out of memory", out, outlen);  /* the commands ran: say so */
+    }
+    job->batch = f->batch;
+    f->batch = next;
+    if (ms_engine_after_flush(e, job_done, job) != 0) job_done(job, 0, "out of memory");
+    return MS_FAST_LATER;
 }
 
 int ms_fast_run(ms_fast *f, void *req, const char *url, const char *content_type,
                 const char *body, size_t len, const char **out, size_t *outlen) {
-    if (!f->enabled || f->api_path == NULL || strcmp(url, f->api_path) != 0 || !is_json(content_type))
+    ms_engine *e = *f->engine;
+    if (!f->enabled || e == NULL || !ms_engine_immediate(e) || f->api_path == NULL ||
+        strcmp(url, f->api_path) != 0 || !ms_http_is_json(content_type))
         return MS_FAST_DECLINE;
     if (!parse(f, body, len)) return MS_FAST_DECLINE;
-    return run(f, req, out, outlen);
+    return run(f, e, req, out, outlen);
 }
 
 /* ---- Lua API ---- */
@@ -781,66 +589,82 @@ ms_fast *ms_fast_check(lua_State *L, int idx) {
     return luaL_checkudata(L, idx, FAST_MT);
 }
 
-static void free_exclusions(ms_fast *f) {
-    for (size_t i = 0; i < f->nexclusions; i++) free(f->exclusions[i]);
-    free(f->exclusions);
-    f->exclusions = NULL;
-    f->nexclusions = 0;
-}
-
-static int opt_ref(lua_State *L, int opts, const char *key) {
-    if (lua_getfield(L, opts, key) == LUA_TNIL) {
-        lua_pop(L, 1);
-        return LUA_NOREF;
+/* One field of rules[topic][action] (the table at idx): allowed and
+ * required as far as the parser can take it; 0 when the kind cannot be taken
+ * (a required field the parser does not capture as the rule wants). */
+static int read_field(lua_State *L, int idx, fast_rule *r) {
+    lua_getfield(L, idx, "name");
+    lua_getfield(L, idx, "kind");
+    lua_getfield(L, idx, "required");
+    const char *name = lua_tostring(L, -3), *kind = lua_tostring(L, -2);
+    int required = lua_toboolean(L, -1);
+    unsigned flag = 0;
+    for (size_t i = 0; name && kind && i < sizeof FIELDS / sizeof *FIELDS; i++) {
+        if (strcmp(FIELDS[i].name, name) != 0) continue;
+        for (size_t k = 0; FIELDS[i].kinds[k]; k++) {
+            if (strcmp(FIELDS[i].kinds[k], kind) == 0) flag = FIELDS[i].flag;
+        }
     }
-    luaL_checktype(L, -1, LUA_TFUNCTION);
-    return luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 3);
+    if (flag == 0) return !required;  /* optional: its presence sends the command to Lua */
+    r->allowed |= flag;
+    if (required) r->required |= flag;
+    return 1;
 }
 
-/* core.fast_path(records, opts) -> fast path, disabled until fp:enable(true)
- * opts: api_path (string), exclusions (list of record name prefixes kept in
- * memory only), max_response (bytes of record data per answer, default 16 MiB), emit_hook (function(name, data_text|nil)), change_hook
- * (function(name [, version, text]): a record changed; no version: deleted) */
+/* f->rules from validate.rules() at idx. */
+static void read_rules(lua_State *L, int idx, ms_fast *f) {
+    for (size_t i = 0; i < sizeof KINDS / sizeof *KINDS; i++) {
+        fast_rule *r = &f->rules[KINDS[i].kind];
+        *r = (fast_rule){ 0, 0, 0 };
+        if (lua_getfield(L, idx, KINDS[i].topic_name) != LUA_TTABLE ||
+            lua_getfield(L, -1, KINDS[i].action) != LUA_TTABLE) {
+            lua_settop(L, idx);
+            continue;
+        }
+        int props = lua_gettop(L), ok = 1;
+        for (lua_Integer n = 1; ok && lua_rawgeti(L, props, n) == LUA_TTABLE; n++) {
+            ok = read_field(L, lua_gettop(L), r);
+            lua_pop(L, 1);
+        }
+        r->on = ok;
+        lua_settop(L, idx);
+    }
+}
+
+/* core.fast_path(engine, opts) -> fast path, disabled until fp:enable(true)
+ * opts: api_path (string), rules (validate.rules(): the commands it may take),
+ * emit_hook (function(name, data_text|nil)) */
 static int fast_new(lua_State *L) {
-    ms_records *records = ms_records_check(L, 1);
+    ms_engine *const *engine = ms_engine_slot_check(L, 1);
+    if (*engine == NULL) return luaL_argerror(L, 1, "a live engine");
     luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
     lua_getfield(L, 2, "api_path");
-    const char *api = luaL_checkstring(L, -1);
+    const char *api = luaL_checkstring(L, 3);
+    if (lua_getfield(L, 2, "emit_hook") != LUA_TNIL) luaL_checktype(L, 4, LUA_TFUNCTION);
     ms_fast *f = lua_newuserdatauv(L, sizeof *f, 1);
     memset(f, 0, sizeof *f);
-    f->emit_ref = f->change_ref = LUA_NOREF;
-    luaL_setmetatable(L, FAST_MT);
+    f->emit_ref = LUA_NOREF;
+    luaL_setmetatable(L, FAST_MT);  /* from here __gc frees what is made below */
     lua_pushvalue(L, 1);
-    lua_setiuservalue(L, -2, UV_RECORDS);  /* the records outlive the fast path */
-    int self = lua_gettop(L);
+    lua_setiuservalue(L, 5, UV_ENGINE);  /* the engine outlives the fast path */
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     f->L = lua_tothread(L, -1);
     lua_pop(L, 1);
-    f->records = records;
+    f->engine = engine;
     f->api_path = strdup(api);
     f->pool = ms_json_pool_new();
-    if (f->api_path == NULL || f->pool == NULL) return luaL_error(L, "not enough memory");
-    if (lua_getfield(L, 2, "exclusions") == LUA_TTABLE) {
-        size_t n = lua_rawlen(L, -1);
-        f->exclusions = calloc(n ? n : 1, sizeof *f->exclusions);
-        if (f->exclusions == NULL) return luaL_error(L, "not enough memory");
-        for (size_t i = 0; i < n; i++) {
-            lua_rawgeti(L, -1, (lua_Integer)i + 1);
-            const char *p = luaL_checkstring(L, -1);
-            if ((f->exclusions[i] = strdup(p)) == NULL) return luaL_error(L, "not enough memory");
-            f->nexclusions = i + 1;
-            lua_pop(L, 1);
-        }
+    f->batch = ms_batch_new(*engine, 1);
+    if (f->api_path == NULL || f->pool == NULL || f->batch == NULL) return luaL_error(L, "not enough memory");
+    if (!lua_isnil(L, 4)) {
+        lua_pushvalue(L, 4);
+        f->emit_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
-    lua_pop(L, 1);
-    lua_getfield(L, 2, "max_response");
-    lua_Integer max_response = luaL_optinteger(L, -1, 16777216);
-    luaL_argcheck(L, max_response > 0, 2, "opts.max_response must be positive");
-    f->max_response = (size_t)max_response;
-    lua_pop(L, 1);
-    f->emit_ref = opt_ref(L, 2, "emit_hook");
-    f->change_ref = opt_ref(L, 2, "change_hook");
-    lua_settop(L, self);
+    lua_settop(L, 5);
+    if (lua_getfield(L, 2, "rules") != LUA_TTABLE) return luaL_argerror(L, 2, "opts.rules must be a table");
+    read_rules(L, 6, f);
+    lua_settop(L, 5);
     return 1;
 }
 
@@ -859,40 +683,38 @@ static int fast_watch_emits(lua_State *L) {
     return 0;
 }
 
-static int fast_gc(lua_State *L) {
+static int fast_close(lua_State *L) {
     ms_fast *f = luaL_checkudata(L, 1, FAST_MT);
+    f->enabled = 0;
     ms_json_pool_delete(f->pool);
     f->pool = NULL;
     free(f->api_path);
     f->api_path = NULL;
-    free_exclusions(f);
+    ms_batch_free(f->batch);
+    f->batch = NULL;
     free(f->cmds);
     free(f->keys);
-    free(f->results);
     f->cmds = NULL;
     f->keys = NULL;
-    f->results = NULL;
-    f->capcmds = f->capkeys = f->capresults = 0;
+    f->capcmds = f->capkeys = 0;
     ms_jbuf_free(&f->names);
     ms_jbuf_free(&f->data);
-    ms_jbuf_free(&f->out);
-    ms_jbuf_free(&f->msg);
     ms_jbuf_free(&f->resp);
     luaL_unref(L, LUA_REGISTRYINDEX, f->emit_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, f->change_ref);
-    f->emit_ref = f->change_ref = LUA_NOREF;
-    f->enabled = 0;
+    f->emit_ref = LUA_NOREF;
     return 0;
 }
 
 static const luaL_Reg fast_meth[] = {
+    {"close", fast_close},
     {"enable", fast_enable},
     {"watch_emits", fast_watch_emits},
     {NULL, NULL}
 };
 
 static const luaL_Reg fast_metameth[] = {
-    {"__gc", fast_gc},
+    {"__gc", fast_close},
+    {"__close", fast_close},
     {"__index", NULL},
     {NULL, NULL}
 };

@@ -17,15 +17,6 @@ enum {
     MS_FAST_LATER     /* answered later, through ms_http_waiter_answer */
 };
 
-/* A request the fast path answers later (http.c). */
-typedef struct ms_http_waiter ms_http_waiter;
-/* Provided by http.c: the waiter for the request `req` (the pointer given
- * to ms_fast_run), or NULL when out of memory. */
-ms_http_waiter *ms_http_defer(void *req);
-/* Provided by http.c: answers 200 with body (JSON) if the connection is
- * still there, then frees the waiter. body NULL: only frees it. */
-void ms_http_waiter_answer(ms_http_waiter *w, const char *body, size_t len);
-
 /* Runs one complete POST request through the fast path (see the enum).
  * Never raises. */
 int ms_fast_run(ms_fast *f, void *req, const char *url, const char *content_type,

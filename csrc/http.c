@@ -15,6 +15,7 @@
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 
 #include "core.h"
 #include "loop.h"
+#include "http.h"
 #include "ws.h"
 #include "fastpath.h"
 #include "metrics.h"
@@ -78,6 +80,8 @@ struct http_server {
     unsigned long long fast;     /* requests answered by the fast path */
     ms_fast *fastpath;           /* NULL: every request goes to Lua */
     int fast_ref;
+    char **fast_headers;         /* name, value, ...: what the fast path's answers carry (httpapi.lua's) */
+    size_t nfast_headers;
     http_request *requests;      /* doubly linked list of live requests */
     uint16_t port;
     int listening;
@@ -156,16 +160,19 @@ static enum MHD_Result request_queue(http_request *req) {
 
 /* ---- calling Lua ---- */
 
-/* A 200 JSON answer of the fast path (it runs only while every origin is
- * allowed, hence the header). */
+static void free_fast_headers(http_server *srv);
+
+/* A 200 JSON answer of the fast path, with the headers Lua gave with it
+ * (srv:set_fast_path). */
 static void http_send_json(http_request *req, const char *body, size_t len) {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (r == NULL) {
         http_send_error(req, 500, "Internal server error.");
         return;
     }
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json; charset=utf-8");
-    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+    http_server *srv = req->srv;
+    for (size_t i = 0; i + 1 < srv->nfast_headers; i += 2)
+        MHD_add_response_header(r, srv->fast_headers[i], srv->fast_headers[i + 1]);
     request_set_response(req, 200, r);
 }
 
@@ -187,6 +194,21 @@ void ms_http_waiter_answer(ms_http_waiter *w, const char *body, size_t len) {
     else http_send_error(req, 503, "Server is shutting down.");
 }
 
+int ms_http_is_json(const char *ct) {
+    if (ct == NULL) return 0;
+    while (*ct == ' ' || (*ct >= '\t' && *ct <= '\r')) ct++;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof want - 1) != 0) return 0;
+    char c = ct[sizeof want - 1];
+    return c == '\0' || c == ';' || c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+/* core.is_json_content_type(header|nil) -> boolean */
+static int http_is_json_lua(lua_State *L) {
+    lua_pushboolean(L, ms_http_is_json(luaL_optstring(L, 1, NULL)));
+    return 1;
+}
+
 /* Offers a complete POST to the fast path: 1 when it took it. */
 static int http_try_fast(http_request *req) {
     http_server *srv = req->srv;
@@ -201,6 +223,20 @@ static int http_try_fast(http_request *req) {
     return 1;
 }
 
+/* handler(box): the box is made here, inside ms_pcall, as its allocation may
+ * raise and this runs inside libmicrohttpd's callback. */
+static int http_handler_tramp(lua_State *L) {
+    http_request *req = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, req->srv->handler_ref);
+    request_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    box->req = NULL;
+    luaL_setmetatable(L, REQUEST_MT);
+    box->req = req;
+    req->box = box;
+    lua_call(L, 1, 0);
+    return 0;
+}
+
 /* Calls handler(req) with a fresh box, unless the fast path answers. Never
  * raises. A handler error is answered 500 (the error itself is logged by
  * ms_pcall). */
@@ -211,11 +247,8 @@ static void http_call_handler(http_request *req) {
     if (http_try_fast(req)) return;
     srv->handled++;
     if (!lua_checkstack(L, 4)) { http_send_error(req, 500, "Internal server error."); return; }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
-    request_box *box = lua_newuserdatauv(L, sizeof *box, 0);
-    box->req = req;
-    req->box = box;
-    luaL_setmetatable(L, REQUEST_MT);
+    lua_pushcfunction(L, http_handler_tramp);
+    lua_pushlightuserdata(L, req);
     if (!ms_pcall(L, 1, 0) && req->response == NULL)
         http_send_error(req, 500, "Internal server error.");
 }
@@ -558,19 +591,50 @@ static int http_server_close(lua_State *L) {
     srv->fastpath = NULL;
     luaL_unref(L, LUA_REGISTRYINDEX, srv->fast_ref);
     srv->fast_ref = LUA_NOREF;
+    free_fast_headers(srv);
     return 0;
 }
 
-/* srv:set_fast_path(fp | nil): POST requests go to fp first (csrc/fastpath.c) */
+static void free_fast_headers(http_server *srv) {
+    for (size_t i = 0; i < srv->nfast_headers; i++) free(srv->fast_headers[i]);
+    free(srv->fast_headers);
+    srv->fast_headers = NULL;
+    srv->nfast_headers = 0;
+}
+
+/* Copies the table at idx (header name -> value, strings) into srv. */
+static void copy_fast_headers(lua_State *L, http_server *srv, int idx) {
+    size_t n = 0;
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {
+        luaL_argcheck(L, lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING, idx,
+                      "headers must map strings to strings");
+        n += 2;
+    }
+    if ((srv->fast_headers = calloc(n ? n : 1, sizeof *srv->fast_headers)) == NULL) luaL_error(L, "not enough memory");
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {
+        char *k = strdup(lua_tostring(L, -2)), *v = strdup(lua_tostring(L, -1));
+        srv->fast_headers[srv->nfast_headers++] = k;
+        srv->fast_headers[srv->nfast_headers++] = v;
+        if (k == NULL || v == NULL) luaL_error(L, "not enough memory");  /* freed by the next call or close */
+    }
+}
+
+/* srv:set_fast_path(fp, headers | nil): POST requests go to fp first
+ * (csrc/fastpath.c); its answers carry headers (httpapi.lua's for JSON
+ * answers when every origin is allowed, the only case the fast path runs). */
 static int http_server_set_fast_path(lua_State *L) {
     http_server *srv = check_server(L, 1);
     ms_fast *f = lua_isnoneornil(L, 2) ? NULL : ms_fast_check(L, 2);
+    if (f) luaL_checktype(L, 3, LUA_TTABLE);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->fast_ref);
     srv->fast_ref = LUA_NOREF;
-    srv->fastpath = f;
+    srv->fastpath = NULL;
+    free_fast_headers(srv);
     if (f) {
+        copy_fast_headers(L, srv, 3);
         lua_pushvalue(L, 2);
         srv->fast_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        srv->fastpath = f;
     }
     return 0;
 }
@@ -612,11 +676,6 @@ static int request_body(lua_State *L) {
     http_request *req = check_live_request(L, 1);
     if (req->too_large) lua_pushnil(L);
     else lua_pushlstring(L, req->body ? req->body : "", req->len);
-    return 1;
-}
-
-static int request_too_large(lua_State *L) {
-    lua_pushboolean(L, check_live_request(L, 1)->too_large);
     return 1;
 }
 
@@ -709,14 +768,10 @@ void ms_http_wake(void *req_cls) {
     ((http_request *)req_cls)->srv->resumed = 1;
 }
 
-static int request_finished(lua_State *L) {
-    http_request *req = check_request(L, 1);
-    lua_pushboolean(L, req == NULL || req->response != NULL || req->state == REQ_QUEUED);
-    return 1;
-}
 
-/* A request dropped by Lua without an answer would hang its client until
- * shutdown: answer it 500. (MHD_resume_connection is safe anywhere.) */
+/* req:close(), __close, __gc: a request dropped by Lua without an answer
+ * would hang its client until shutdown: answer it 500. Safe twice.
+ * (MHD_resume_connection is safe anywhere.) */
 static int request_gc(lua_State *L) {
     request_box *box = luaL_checkudata(L, 1, REQUEST_MT);
     http_request *req = box->req;
@@ -749,17 +804,17 @@ static const luaL_Reg request_meth[] = {
     {"path", request_path},
     {"header", request_header},
     {"body", request_body},
-    {"too_large", request_too_large},
     {"client_address", request_client_address},
     {"respond", request_respond},
     {"upgrade", request_upgrade},
-    {"finished", request_finished},
+    {"close", request_gc},
     {NULL, NULL}
 };
 
 static const luaL_Reg request_metameth[] = {
     {"__index", NULL},
     {"__gc", request_gc},
+    {"__close", request_gc},
     {NULL, NULL}
 };
 
@@ -769,4 +824,6 @@ void ms_http_open(lua_State *L) {
     ms_createmeta(L, REQUEST_MT, request_meth, request_metameth);
     lua_pushcfunction(L, http_server_new);
     lua_setfield(L, -2, "http_server");
+    lua_pushcfunction(L, http_is_json_lua);
+    lua_setfield(L, -2, "is_json_content_type");
 }

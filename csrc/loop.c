@@ -1,8 +1,8 @@
 /* The event loop: epoll for file descriptors, a binary heap of timers,
  * signalfd for SIGINT/SIGTERM/SIGHUP, and an "after each iteration" hook that
- * the store uses for group commit. All of it runs on the thread that owns the
- * lua_State; callbacks run on the main Lua thread (LUA_RIDX_MAINTHREAD), never
- * on whichever coroutine created the loop. */
+ * the server uses to flush the records' group commit (records.lua). All of it
+ * runs on the thread that owns the lua_State; callbacks run on the main Lua
+ * thread (LUA_RIDX_MAINTHREAD), never on whichever coroutine created the loop. */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -523,11 +523,6 @@ static int loop_now_lua(lua_State *L) {
     return 1;
 }
 
-static int loop_pending_timers(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)ms_loop_check(L, 1)->ntimers);
-    return 1;
-}
-
 /* Frees everything; safe twice (close, __gc, __close share it). Armed timers
  * are disarmed without firing; fd owners must have unwatched already (their
  * slots are simply dropped). */
@@ -589,7 +584,6 @@ static const luaL_Reg loop_meth[] = {
     {"stop", loop_stop},
     {"now", loop_now_lua},
     {"fd", loop_fd},
-    {"pending_timers", loop_pending_timers},
     {"close", loop_close},
     {NULL, NULL}
 };

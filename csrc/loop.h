@@ -1,5 +1,6 @@
 /* The event loop's C API, for subsystems that own file descriptors
- * (libmicrohttpd's epoll fd, libcurl's sockets, later WebSocket sockets).
+ * (libmicrohttpd's epoll fd, libcurl's sockets, WebSocket sockets, the
+ * store writer's eventfd).
  * Everything runs on the one thread that owns the lua_State. */
 #ifndef MOONSTREAM_LOOP_H
 #define MOONSTREAM_LOOP_H

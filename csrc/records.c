@@ -12,22 +12,23 @@
  * meanwhile (double buffering) and is written when the first is on disk.
  * Without a loop flush writes at once.
  *
- * This lives in C so that lua/moonstream/records.lua (the command semantics
- * for the Lua path) and csrc/fastpath.c (the same commands answered without
- * entering Lua) share one overlay and one commit. */
+ * This is the LevelDB implementation of the record engine's storage seam
+ * (recstore.h): engine.c, the one home of the record commands, reaches it
+ * only through ms_records_seam. The key prefix "r/" and the stored value's
+ * format are known here and nowhere else. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#define HASH_NONFATAL_OOM 1
-#include <uthash.h>
 #include <leveldb/c.h>
 
 #include "core.h"
 #include "json.h"
 #include "loop.h"
+#include "recmap.h"
 #include "records.h"
 #include "metrics.h"
+#include "recstore.h"
 #include "store.h"
 
 #define RECORDS_MT "moonstream.Records"
@@ -39,17 +40,18 @@
 #define UV_LOOP 2
 #define UV_ON_ERROR 3
 
-typedef struct rec_entry {
-    char *name;
-    size_t nlen;
+/* A record's state as read: text is valid until the next change to the
+ * records (or until record_release when it is owned). */
+typedef struct ms_record {
     long long version;
-    char *text;          /* NULL: deleted */
-    size_t tlen;
-    UT_hash_handle hh;
-} rec_entry;
+    const char *text;
+    size_t len;
+    char *owned;
+} ms_record;
+
 
 typedef struct rec_waiter {
-    ms_records_done_fn fn;  /* NULL: a Lua function, ref */
+    ms_rec_durable_fn fn;  /* NULL: a Lua function, ref */
     void *ud;
     int ref;
 } rec_waiter;
@@ -64,66 +66,23 @@ struct ms_records {
     ms_store *store;
     ms_loop *loop;               /* NULL: flush writes synchronously */
     int sync;
-    rec_entry *pending;          /* the group gathering (uthash head) */
-    rec_entry *inflight;         /* the group being written */
+    ms_recmap pending;           /* the group gathering */
+    ms_recmap inflight;          /* the group being written */
     leveldb_writebatch_t *batch, *spare, *writing;
     int dirty, flying, gone;
     rec_waiters waiters;         /* to wake after the next write */
     rec_waiters flying_waiters;  /* to wake when the write in flight returns */
     lua_Integer syncs;
     int on_error_ref;            /* function(err) that logs a failed write */
-    char *parked, *parked_err;   /* buffers being copied into Lua */
     ms_jbuf scratch;             /* keys and values being built */
+    /* the last get's answer, while no change came after it: a put's version
+     * check after the engine's get needs no second lookup */
+    ms_jbuf seen_name;
+    long long seen_version;      /* -1: missing */
+    int seen_valid;
 };
 
 /* ---- overlay ---- */
-
-static void entries_free(rec_entry **head) {
-    rec_entry *e, *tmp;
-    HASH_ITER(hh, *head, e, tmp) {
-        HASH_DEL(*head, e);
-        free(e->name);
-        free(e->text);
-        free(e);
-    }
-}
-
-/* Sets name's pending entry (text NULL: deleted). 0, or -1 out of memory. */
-static int overlay_set(ms_records *r, const char *name, size_t nlen, long long version,
-                       const char *text, size_t tlen) {
-    char *copy = NULL;
-    if (text != NULL) {
-        copy = malloc(tlen + 1);
-        if (copy == NULL) return -1;
-        memcpy(copy, text, tlen);
-        copy[tlen] = '\0';
-    }
-    rec_entry *e;
-    HASH_FIND(hh, r->pending, name, nlen, e);
-    if (e == NULL) {
-        e = calloc(1, sizeof *e);
-        if (e == NULL || (e->name = malloc(nlen + 1)) == NULL) {
-            free(e);
-            free(copy);
-            return -1;
-        }
-        memcpy(e->name, name, nlen);
-        e->name[nlen] = '\0';
-        e->nlen = nlen;
-        HASH_ADD_KEYPTR(hh, r->pending, e->name, e->nlen, e);
-        if (e->hh.tbl == NULL) {  /* uthash could not grow */
-            free(e->name);
-            free(e);
-            free(copy);
-            return -1;
-        }
-    }
-    free(e->text);
-    e->version = version;
-    e->text = copy;
-    e->tlen = tlen;
-    return 0;
-}
 
 /* r->scratch = "r/" .. name; 0 or -1 out of memory */
 static int build_key(ms_records *r, const char *name, size_t nlen) {
@@ -149,13 +108,11 @@ static int parse_stored(const char *v, size_t vlen, ms_record *out) {
     return 1;
 }
 
-int ms_records_get(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
+static int records_lookup(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
     *err = NULL;
     out->owned = NULL;
-    ms_metrics_record_read();
-    rec_entry *e;
-    HASH_FIND(hh, r->pending, name, nlen, e);
-    if (e == NULL) HASH_FIND(hh, r->inflight, name, nlen, e);
+    ms_recmap_entry *e = ms_recmap_find(&r->pending, name, nlen);
+    if (e == NULL) e = ms_recmap_find(&r->inflight, name, nlen);
     if (e != NULL) {
         if (e->text == NULL) return 0;
         out->version = e->version;
@@ -181,38 +138,40 @@ int ms_records_get(ms_records *r, const char *name, size_t nlen, ms_record *out,
     return 1;
 }
 
-void ms_record_release(ms_record *rec) {
+static void record_release(ms_record *rec) {
     if (rec->owned) leveldb_free(rec->owned);
     rec->owned = NULL;
 }
 
-int ms_records_put(ms_records *r, const char *name, size_t nlen, long long version,
+static int records_queue_put(ms_records *r, const char *name, size_t nlen, long long version,
                    const char *text, size_t tlen) {
+    r->seen_valid = 0;
     char num[24];
     int n = snprintf(num, sizeof num, "%lld ", version);
     if (build_key(r, name, nlen) != 0) return -1;
     size_t klen = r->scratch.len;
     if (!ms_jbuf_put(&r->scratch, num, (size_t)n) || !ms_jbuf_put(&r->scratch, text, tlen)) return -1;
-    if (overlay_set(r, name, nlen, version, text, tlen) != 0) return -1;
+    if (ms_recmap_set(&r->pending, name, nlen, version, text, tlen) != 0) return -1;
     leveldb_writebatch_put(r->batch, r->scratch.data, klen, r->scratch.data + klen, r->scratch.len - klen);
     r->dirty = 1;
     ms_metrics_record_written();
     return 0;
 }
 
-int ms_records_remove(ms_records *r, const char *name, size_t nlen) {
-    if (build_key(r, name, nlen) != 0 || overlay_set(r, name, nlen, 0, NULL, 0) != 0) return -1;
+static int records_queue_remove(ms_records *r, const char *name, size_t nlen) {
+    r->seen_valid = 0;
+    if (build_key(r, name, nlen) != 0 || ms_recmap_set(&r->pending, name, nlen, 0, NULL, 0) != 0) return -1;
     leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
     r->dirty = 1;
     ms_metrics_record_deleted();
     return 0;
 }
 
-int ms_records_has_pending(const ms_records *r) {
+static int records_pending(const ms_records *r) {
     return r->dirty || r->flying;
 }
 
-static int waiters_add(rec_waiters *w, ms_records_done_fn fn, void *ud, int ref) {
+static int waiters_add(rec_waiters *w, ms_rec_durable_fn fn, void *ud, int ref) {
     if (w->n == w->cap) {
         size_t cap = w->cap ? w->cap * 2 : 16;
         rec_waiter *items = realloc(w->items, cap * sizeof *items);
@@ -224,7 +183,7 @@ static int waiters_add(rec_waiters *w, ms_records_done_fn fn, void *ud, int ref)
     return 0;
 }
 
-int ms_records_after_flush(ms_records *r, ms_records_done_fn fn, void *ud) {
+static int records_add_waiter(ms_records *r, ms_rec_durable_fn fn, void *ud) {
     return waiters_add(&r->waiters, fn, ud, LUA_NOREF);
 }
 
@@ -233,10 +192,10 @@ int ms_records_after_flush(ms_records *r, ms_records_done_fn fn, void *ud) {
 /* LevelDB names the file that failed ("IO error: /srv/data/000003.log: No
  * space left on device"); clients get the text without paths (the Lua
  * pattern "/[^%s:]*: " removed). Returns a malloc'd copy or NULL. */
-char *ms_records_public_error(const char *err) {
+/* Writes the public text of err to out (strlen(err) + 1 bytes); its length. */
+static size_t public_error_into(const char *err, char *out) {
     size_t len = strlen(err);
-    char *out = malloc(len + 1), *o = out;
-    if (out == NULL) return NULL;
+    char *o = out;
     for (size_t i = 0; i < len;) {
         if (err[i] == '/') {
             size_t j = i + 1;
@@ -249,20 +208,52 @@ char *ms_records_public_error(const char *err) {
         *o++ = err[i++];
     }
     *o = '\0';
+    return (size_t)(o - out);
+}
+
+char *ms_records_public_error(const char *err) {
+    char *out = malloc(strlen(err) + 1);
+    if (out) public_error_into(err, out);
     return out;
 }
 
 /* Wakes a group's waiters: status 1 (on disk), 0 (failed: err), -1 (gone). */
+/* Calls the Lua function ref with (true) or (nil, err): err NULL for true. */
+typedef struct call_args {
+    int ref;
+    const char *err;
+} call_args;
+
+static int call_tramp(lua_State *L) {
+    call_args *a = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+    if (a->err == NULL) {
+        lua_pushboolean(L, 1);
+        lua_call(L, 1, 0);
+    } else {
+        lua_pushnil(L);
+        lua_pushstring(L, a->err);
+        lua_call(L, 2, 0);
+    }
+    return 0;
+}
+
+/* Runs on the loop when a write returned: every push happens inside
+ * ms_pcall (call_tramp), so a memory error cannot unwind through here. */
+static void call_lua(lua_State *L, int ref, const char *err) {
+    call_args a = { ref, err };
+    if (!lua_checkstack(L, 3)) return;
+    lua_pushcfunction(L, call_tramp);
+    lua_pushlightuserdata(L, &a);
+    ms_pcall(L, 1, 0);
+}
+
 static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err) {
     lua_State *L = r->L;
     char *err = NULL;
     if (status == 0) {
-        /* the server logs the full text; clients see it without paths */
-        if (r->on_error_ref != LUA_NOREF && lua_checkstack(L, 2)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, r->on_error_ref);
-            lua_pushstring(L, raw_err);
-            ms_pcall(L, 1, 0);
-        }
+        /* the server logs the full text (on_error(nil, err)); clients see it without paths */
+        if (r->on_error_ref != LUA_NOREF) call_lua(L, r->on_error_ref, raw_err);
         err = ms_records_public_error(raw_err);
     }
     const char *perr = err ? err : "storage error";
@@ -270,18 +261,8 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
         rec_waiter *it = &w->items[i];
         if (it->fn != NULL) {
             it->fn(it->ud, status, perr);
-        } else if (status >= 0 && lua_checkstack(L, 3)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, it->ref);
-            luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
-            if (status == 1) {
-                lua_pushboolean(L, 1);
-                ms_pcall(L, 1, 0);
-            } else {
-                lua_pushnil(L);
-                lua_pushstring(L, perr);
-                ms_pcall(L, 2, 0);
-            }
         } else {
+            if (status >= 0) call_lua(L, it->ref, status == 1 ? NULL : perr);
             luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
         }
     }
@@ -293,7 +274,8 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
 /* The writer thread's answer for the group in flight (on the loop thread). */
 static void on_written(void *ud, const char *err) {
     ms_records *r = ud;
-    entries_free(&r->inflight);
+    r->seen_valid = 0;  /* a failed group's changes are gone from the overlay */
+    ms_recmap_clear(&r->inflight);
     leveldb_writebatch_clear(r->writing);
     if (r->spare == NULL) r->spare = r->writing;
     else leveldb_writebatch_destroy(r->writing);
@@ -317,11 +299,12 @@ static int flush(lua_State *L, ms_records *r) {
     }
     r->syncs++;
     r->dirty = 0;
-    ms_metrics_group_commit(HASH_COUNT(r->pending));
+    ms_metrics_group_commit(HASH_COUNT(r->pending.head));
     if (r->loop == NULL) {
+        r->seen_valid = 0;
         char *err = ms_store_write(r->store, r->batch, r->sync);
         leveldb_writebatch_clear(r->batch);
-        entries_free(&r->pending);
+        ms_recmap_clear(&r->pending);
         wake(r, &w, err == NULL ? 1 : 0, err);
         free(err);
         return 1;
@@ -329,7 +312,7 @@ static int flush(lua_State *L, ms_records *r) {
     leveldb_writebatch_t *next = r->spare ? r->spare : leveldb_writebatch_create();
     r->spare = NULL;
     r->inflight = r->pending;
-    r->pending = NULL;
+    r->pending.head = NULL;
     r->writing = r->batch;
     r->batch = next;
     r->flying = 1;
@@ -346,10 +329,125 @@ static int flush(lua_State *L, ms_records *r) {
     return 1;
 }
 
+/* ---- the seam (recstore.h) ---- */
+
+#define CLOSED "the records are closed"
+
+static void seam_get(void *self, const char *name, size_t nlen, ms_rec_got_fn fn, void *ud) {
+    if (((ms_records *)self)->gone) {
+        fn(ud, MS_REC_FAILED, 0, NULL, 0, CLOSED);
+        return;
+    }
+    ms_metrics_record_read();
+    ms_record rec;
+    char *err = NULL;
+    int found = records_lookup(self, name, nlen, &rec, &err);
+    if (found < 0) {
+        /* clients see the text without LevelDB's file paths */
+        char *pub = err ? ms_records_public_error(err) : NULL;
+        fn(ud, MS_REC_FAILED, 0, NULL, 0, pub ? pub : "storage error");
+        free(pub);
+    } else {
+        ms_records *r = self;
+        r->seen_name.len = 0;
+        r->seen_valid = ms_jbuf_put(&r->seen_name, name, nlen);
+        r->seen_version = found ? rec.version : -1;
+        if (found) fn(ud, MS_REC_OK, rec.version, rec.text, rec.len, NULL);
+        else fn(ud, MS_REC_MISSING, 0, NULL, 0, NULL);
+        if (found) record_release(&rec);
+    }
+    free(err);
+}
+
+/* The version check: one thread owns this store, so it never fails here,
+ * but the seam promises it. Right after the engine's get of the same name
+ * (the usual case) that get's answer is the current version. */
+static void seam_put(void *self, const char *name, size_t nlen, long long expect, long long version,
+                     const char *text, size_t tlen, ms_rec_done_fn fn, void *ud) {
+    ms_records *r = self;
+    if (r->gone) {
+        fn(ud, MS_REC_FAILED, CLOSED);
+        return;
+    }
+    if (r->seen_valid && nlen > 0 && r->seen_name.len == nlen && memcmp(r->seen_name.data, name, nlen) == 0) {
+        if (r->seen_version != expect) fn(ud, MS_REC_MISSING, NULL);
+        else if (records_queue_put(r, name, nlen, version, text, tlen) != 0) fn(ud, MS_REC_FAILED, "out of memory");
+        else fn(ud, MS_REC_OK, NULL);
+        return;
+    }
+    ms_record rec;
+    char *err = NULL;
+    int found = records_lookup(r, name, nlen, &rec, &err);
+    long long have = found > 0 ? rec.version : -1;
+    if (found > 0) record_release(&rec);
+    if (found < 0) {
+        char *pub = err ? ms_records_public_error(err) : NULL;
+        fn(ud, MS_REC_FAILED, pub ? pub : "storage error");
+        free(pub);
+    } else if (have != expect) fn(ud, MS_REC_MISSING, NULL);
+    else if (records_queue_put(r, name, nlen, version, text, tlen) != 0) fn(ud, MS_REC_FAILED, "out of memory");
+    else fn(ud, MS_REC_OK, NULL);
+    free(err);
+}
+
+static void seam_remove(void *self, const char *name, size_t nlen, ms_rec_done_fn fn, void *ud) {
+    if (((ms_records *)self)->gone) fn(ud, MS_REC_FAILED, CLOSED);
+    else if (records_queue_remove(self, name, nlen) != 0) fn(ud, MS_REC_FAILED, "out of memory");
+    else fn(ud, MS_REC_OK, NULL);
+}
+
+static int seam_after_flush(void *self, ms_rec_durable_fn fn, void *ud) {
+    if (((ms_records *)self)->gone) {
+        fn(ud, -1, CLOSED);
+        return 0;
+    }
+    return records_add_waiter(self, fn, ud);
+}
+
+static int seam_has_pending(void *self) {
+    return records_pending(self);
+}
+
+typedef struct each_state {
+    ms_rec_each_fn fn;
+    void *ud;
+} each_state;
+
+static int each_entry(void *ud, const char *k, size_t klen, const char *v, size_t vlen) {
+    each_state *st = ud;
+    ms_record rec;
+    if (!parse_stored(v, vlen, &rec)) return 1;  /* a corrupt entry: not a record */
+    return st->fn(st->ud, k + KEY_PREFIX_LEN, klen - KEY_PREFIX_LEN, rec.version, rec.text, rec.len);
+}
+
+static int seam_iterate(void *self, const char *prefix, size_t plen, ms_rec_each_fn fn, void *ud, char **err) {
+    ms_records *r = self;
+    *err = NULL;
+    if (r->gone) {
+        *err = strdup(CLOSED);
+        return -1;
+    }
+    if (build_key(r, prefix, plen) != 0) {
+        *err = strdup("out of memory");
+        return -1;
+    }
+    each_state st = { fn, ud };
+    return ms_store_each(r->store, r->scratch.data, r->scratch.len, each_entry, &st, err);
+}
+
+static const ms_recstore_ops seam_ops = {
+    seam_get, seam_put, seam_remove, seam_after_flush, seam_has_pending, seam_iterate, 1
+};
+
+void ms_records_seam(ms_records *r, ms_recstore *out) {
+    out->ops = &seam_ops;
+    out->self = r;
+}
+
 /* ---- Lua API ---- */
 
 /* core.records(store [, loop [, opts]]) -> records
- * opts: sync (default true), on_error (function(err): a group's write failed) */
+ * opts: sync (default true), on_error (function(nil, err): a group's write failed) */
 static int records_new(lua_State *L) {
     ms_store *store = ms_store_check(L, 1);
     ms_loop *loop = lua_isnoneornil(L, 2) ? NULL : ms_loop_check(L, 2);
@@ -387,63 +485,8 @@ static int records_new(lua_State *L) {
     return 1;
 }
 
-/* Frees the buffer parked while Lua copies it (see records_get). */
-static void drop_parked(ms_records *r) {
-    if (r->parked) leveldb_free(r->parked);
-    if (r->parked_err) free(r->parked_err);
-    r->parked = NULL;
-    r->parked_err = NULL;
-}
-
-/* r:get(name) -> version, text | nil (missing) | nil, nil, err
- * Buffers are parked in r while Lua copies them, so a memory error raised by
- * the copy leaks nothing (the next call or __gc frees them). */
-static int records_get(lua_State *L) {
-    ms_records *r = ms_records_check(L, 1);
-    size_t nlen;
-    const char *name = luaL_checklstring(L, 2, &nlen);
-    ms_record rec;
-    char *err;
-    drop_parked(r);
-    int found = ms_records_get(r, name, nlen, &rec, &err);
-    if (found < 0) {
-        r->parked_err = err;
-        lua_pushnil(L);
-        lua_pushnil(L);
-        lua_pushstring(L, err ? err : "out of memory");
-        drop_parked(r);
-        return 3;
-    }
-    if (found == 0) return 0;
-    r->parked = rec.owned;
-    lua_pushinteger(L, (lua_Integer)rec.version);
-    lua_pushlstring(L, rec.text, rec.len);
-    drop_parked(r);
-    return 2;
-}
-
-/* r:put(name, version, text) */
-static int records_put(lua_State *L) {
-    ms_records *r = ms_records_check(L, 1);
-    size_t nlen, tlen;
-    const char *name = luaL_checklstring(L, 2, &nlen);
-    lua_Integer version = luaL_checkinteger(L, 3);
-    const char *text = luaL_checklstring(L, 4, &tlen);
-    if (ms_records_put(r, name, nlen, (long long)version, text, tlen) != 0) return luaL_error(L, "not enough memory");
-    return 0;
-}
-
-/* r:remove(name) */
-static int records_remove(lua_State *L) {
-    ms_records *r = ms_records_check(L, 1);
-    size_t nlen;
-    const char *name = luaL_checklstring(L, 2, &nlen);
-    if (ms_records_remove(r, name, nlen) != 0) return luaL_error(L, "not enough memory");
-    return 0;
-}
-
 static int records_has_pending(lua_State *L) {
-    lua_pushboolean(L, ms_records_has_pending(ms_records_check(L, 1)));
+    lua_pushboolean(L, records_pending(ms_records_check(L, 1)));
     return 1;
 }
 
@@ -497,24 +540,23 @@ static int records_gc(lua_State *L) {
         ms_store *store = lua_touserdata(L, -1);
         lua_pop(L, 1);
         if (store) ms_store_write_forget(store);
-        entries_free(&r->inflight);
+        ms_recmap_clear(&r->inflight);
         if (r->writing) leveldb_writebatch_destroy(r->writing);
         wake(r, &r->flying_waiters, -1, NULL);
     }
     wake(r, &r->waiters, -1, NULL);
-    entries_free(&r->pending);
+    ms_recmap_clear(&r->pending);
     if (r->batch) leveldb_writebatch_destroy(r->batch);
     if (r->spare) leveldb_writebatch_destroy(r->spare);
     luaL_unref(L, LUA_REGISTRYINDEX, r->on_error_ref);
-    drop_parked(r);
+    r->on_error_ref = LUA_NOREF;
     ms_jbuf_free(&r->scratch);
+    ms_jbuf_free(&r->seen_name);
     return 0;
 }
 
 static const luaL_Reg records_meth[] = {
-    {"get", records_get},
-    {"put", records_put},
-    {"remove", records_remove},
+    {"close", records_gc},
     {"has_pending", records_has_pending},
     {"in_flight", records_in_flight},
     {"waiting", records_waiting},
@@ -526,12 +568,25 @@ static const luaL_Reg records_meth[] = {
 
 static const luaL_Reg records_metameth[] = {
     {"__gc", records_gc},
+    {"__close", records_gc},
     {"__index", NULL},
     {NULL, NULL}
 };
+
+/* core.storage_public_error(err) -> the text clients may see */
+static int records_public_error_lua(lua_State *L) {
+    size_t len;
+    const char *err = luaL_checklstring(L, 1, &len);
+    luaL_Buffer b;
+    char *out = luaL_buffinitsize(L, &b, len + 1);
+    luaL_pushresultsize(&b, public_error_into(err, out));
+    return 1;
+}
 
 void ms_records_open(lua_State *L) {
     ms_createmeta(L, RECORDS_MT, records_meth, records_metameth);
     lua_pushcfunction(L, records_new);
     lua_setfield(L, -2, "records");
+    lua_pushcfunction(L, records_public_error_lua);
+    lua_setfield(L, -2, "storage_public_error");
 }

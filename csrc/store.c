@@ -44,7 +44,7 @@ typedef struct store {
     leveldb_writeoptions_t *write_nosync;
     store_iter *iters;              /* live iterators, closed before the DB */
     char *pending;                  /* LevelDB buffer being copied into Lua */
-    store_writer *writer;           /* background writer, created on first write_async */
+    store_writer *writer;           /* background writer, created on first ms_store_write_async */
 } store;
 
 /* An iterator over keys starting with a prefix. The prefix bytes follow the
@@ -62,14 +62,13 @@ struct store_iter {
 typedef struct store_batch {
     leveldb_writebatch_t *wb;       /* NULL when closed */
     lua_Integer count;              /* operations since creation or clear */
-    int in_flight;                  /* being written by the writer thread: hands off */
 } store_batch;
 
 /* The background writer: one thread per store that performs the synced
  * leveldb_write of a batch while the loop goes on serving (double-buffered
  * group commit: the next group gathers while this one syncs). The thread only
- * touches LevelDB and the fields under mu; Lua hears of the result through an
- * eventfd watched by the loop, on the loop thread. */
+ * touches LevelDB and the fields under mu; its caller (records.c) hears of
+ * the result through an eventfd watched by the loop, on the loop thread. */
 struct store_writer {
     pthread_t thread;
     pthread_mutex_t mu;
@@ -77,14 +76,12 @@ struct store_writer {
     leveldb_t *db;
     leveldb_writeoptions_t *opts;   /* for the job in flight */
     leveldb_writebatch_t *job;      /* NULL: idle */
-    store_batch *job_batch;
     char *err;                      /* LevelDB's error for the finished job */
     int finished, quit;
     int efd;                        /* signalled when a job finished */
     ms_loop *loop;
-    lua_State *L;                   /* main thread */
-    int fn_ref, batch_ref, loop_ref;
-    ms_store_done_fn cfn;           /* a C caller's callback (ms_store_write_async) */
+    int loop_ref;                   /* the loop outlives the writer */
+    ms_store_done_fn cfn;           /* the caller's callback (ms_store_write_async) */
     void *cud;
     int busy;                       /* a job was handed over and not yet called back */
     double took;                    /* ms the finished job's write took (metrics) */
@@ -170,7 +167,6 @@ static store *check_store(lua_State *L, int i) {
 static store_batch *check_batch(lua_State *L, int i) {
     store_batch *b = (store_batch *)luaL_checkudata(L, i, BATCH_MT);
     if (b->wb == NULL) luaL_error(L, "attempt to use a closed batch");
-    if (b->in_flight) luaL_error(L, "attempt to use a batch while it is being written");
     return b;
 }
 
@@ -356,6 +352,7 @@ static void *store_writer_main(void *arg) {
         w->err = err;
         w->job = NULL;
         w->finished = 1;
+        pthread_cond_broadcast(&w->cv);  /* ms_store_write_forget may wait for this */
         uint64_t one = 1;
         ssize_t n = write(w->efd, &one, sizeof one);
         (void)n;  /* the counter cannot overflow with one job at a time */
@@ -379,34 +376,11 @@ static void store_writer_io(void *ud, int fd, uint32_t events) {
     pthread_mutex_unlock(&w->mu);
     if (!finished) return;
     ms_metrics_sync_seconds(took / 1000.0);
-    lua_State *L = w->L;
     w->busy = 0;
-    if (w->job_batch == NULL) {  /* a C caller's job (its callback may be forgotten) */
-        ms_store_done_fn fn = w->cfn;
-        w->cfn = NULL;
-        if (fn) fn(w->cud, err);
-        if (err) leveldb_free(err);
-        return;
-    }
-    w->job_batch->in_flight = 0;
-    w->job_batch = NULL;
-    int fn_ref = w->fn_ref;
-    w->fn_ref = LUA_NOREF;
-    luaL_unref(L, LUA_REGISTRYINDEX, w->batch_ref);
-    w->batch_ref = LUA_NOREF;
-    if (!lua_checkstack(L, 3)) { if (err) leveldb_free(err); luaL_unref(L, LUA_REGISTRYINDEX, fn_ref); return; }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
-    int nargs = 1;
-    if (err == NULL) {
-        lua_pushboolean(L, 1);
-    } else {
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        leveldb_free(err);
-        nargs = 2;
-    }
-    ms_pcall(L, nargs, 0);
+    ms_store_done_fn fn = w->cfn;  /* NULL: forgotten (ms_store_write_forget) */
+    w->cfn = NULL;
+    if (fn) fn(w->cud, err);
+    if (err) leveldb_free(err);
 }
 
 /* Stops the writer: waits for a job in flight (its callback is dropped: the
@@ -426,11 +400,8 @@ static void store_writer_stop(lua_State *L, store *s) {
         fn(w->cud, w->finished ? w->err : "the store was closed");
     }
     if (w->err) leveldb_free(w->err);
-    if (w->job_batch) w->job_batch->in_flight = 0;
     ms_loop_unwatch(w->loop, w->efd);
     close(w->efd);
-    luaL_unref(L, LUA_REGISTRYINDEX, w->fn_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, w->batch_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, w->loop_ref);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
@@ -445,10 +416,7 @@ static int store_writer_start(lua_State *L, store *s, ms_loop *loop, int loop_id
     if (w == NULL) return -1;
     w->db = s->db;
     w->loop = loop;
-    w->fn_ref = w->batch_ref = w->loop_ref = LUA_NOREF;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-    w->L = lua_tothread(L, -1);
-    lua_pop(L, 1);
+    w->loop_ref = LUA_NOREF;
     w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->efd < 0) { free(w); return -1; }
     pthread_mutex_init(&w->mu, NULL);
@@ -467,46 +435,6 @@ fail:
     free(w);
     return -1;
 }
-
-/* st:write_async(loop, batch, sync, fn) -> true | nil, errmsg
- * Writes the batch on the store's writer thread; fn(true) or fn(nil, err)
- * runs on the loop once it is on disk. One write at a time (a second call
- * before fn ran is misuse and raises); the batch cannot be touched until then. */
-static int store_write_async(lua_State *L) {
-    store *s = check_store(L, 1);
-    ms_loop *loop = ms_loop_check(L, 2);
-    store_batch *b = check_batch(L, 3);
-    int sync = store_opt_sync(L, 4);
-    luaL_checktype(L, 5, LUA_TFUNCTION);
-    if (s->writer == NULL && store_writer_start(L, s, loop, 2) != 0)
-        return luaL_fileresult(L, 0, "store writer");
-    store_writer *w = s->writer;
-    if (w->busy) return luaL_error(L, "a write is already in flight");
-    if (w->loop != loop) return luaL_error(L, "write_async must always use the same loop");
-    lua_pushvalue(L, 5);
-    w->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushvalue(L, 3);
-    w->batch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    b->in_flight = 1;
-    w->job_batch = b;
-    w->busy = 1;
-    pthread_mutex_lock(&w->mu);
-    w->opts = sync ? s->write_sync : s->write_nosync;
-    w->job = b->wb;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* st:write_pending() -> true while a write_async has not called back yet. */
-static int store_write_pending(lua_State *L) {
-    store *s = check_store(L, 1);
-    lua_pushboolean(L, s->writer != NULL && s->writer->busy);
-    return 1;
-}
-
-/* ---- C API (store.h) ---- */
 
 ms_store *ms_store_check(lua_State *L, int idx) {
     return check_store(L, idx);
@@ -567,13 +495,32 @@ void ms_store_write_forget(ms_store *s) {
     store_writer *w = s->writer;
     if (w == NULL || w->cfn == NULL) return;
     pthread_mutex_lock(&w->mu);
-    while (w->job != NULL) {
-        pthread_mutex_unlock(&w->mu);
-        usleep(100);  /* a LevelDB write in progress: it takes milliseconds */
-        pthread_mutex_lock(&w->mu);
-    }
+    while (w->job != NULL) pthread_cond_wait(&w->cv, &w->mu);  /* the writer broadcasts when done */
     pthread_mutex_unlock(&w->mu);
     w->cfn = NULL;  /* the eventfd wake-up that follows finds no callback */
+}
+
+int ms_store_each(ms_store *s, const char *prefix, size_t plen,
+                  int (*fn)(void *ud, const char *k, size_t klen, const char *v, size_t vlen), void *ud,
+                  char **err) {
+    *err = NULL;
+    leveldb_iterator_t *it = leveldb_create_iterator(s->db, s->scan);
+    if (plen > 0) leveldb_iter_seek(it, prefix, plen);
+    else leveldb_iter_seek_to_first(it);
+    for (; leveldb_iter_valid(it); leveldb_iter_next(it)) {
+        size_t klen, vlen;
+        const char *key = leveldb_iter_key(it, &klen);
+        if (klen < plen || memcmp(key, prefix, plen) != 0) break;
+        const char *val = leveldb_iter_value(it, &vlen);
+        if (!fn(ud, key, klen, val, vlen)) break;
+    }
+    char *lerr = NULL;
+    leveldb_iter_get_error(it, &lerr);
+    leveldb_iter_destroy(it);
+    if (lerr == NULL) return 0;
+    *err = strdup(lerr);
+    leveldb_free(lerr);
+    return -1;
 }
 
 /* st:batch() -> batch. The batch holds its store in its user value, so the
@@ -583,7 +530,6 @@ static int store_batch_new(lua_State *L) {
     store_batch *b = (store_batch *)lua_newuserdatauv(L, sizeof(store_batch), 1);
     b->wb = NULL;
     b->count = 0;
-    b->in_flight = 0;
     luaL_setmetatable(L, BATCH_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
@@ -740,7 +686,6 @@ static int store_batch_count(lua_State *L) {
 /* b:close(), __gc, __close: frees the batch; safe twice. */
 static int store_batch_close(lua_State *L) {
     store_batch *b = (store_batch *)luaL_checkudata(L, 1, BATCH_MT);
-    if (b->in_flight) return luaL_error(L, "attempt to close a batch while it is being written");
     if (b->wb != NULL) {
         leveldb_writebatch_destroy(b->wb);
         b->wb = NULL;
@@ -754,8 +699,6 @@ static const luaL_Reg store_meth[] = {
     {"put", store_put},
     {"delete", store_delete},
     {"write", store_write},
-    {"write_async", store_write_async},
-    {"write_pending", store_write_pending},
     {"batch", store_batch_new},
     {"iterate", store_iterate},
     {"close", store_close},

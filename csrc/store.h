@@ -30,6 +30,12 @@ typedef void (*ms_store_done_fn)(void *ud, const char *err);
 int ms_store_write_async(lua_State *L, int store_idx, ms_loop *loop, int loop_idx,
                          leveldb_writebatch_t *wb, int sync, ms_store_done_fn fn, void *ud);
 
+/* Calls fn for each key starting with prefix, in key order, until it
+ * returns 0. 0, or -1 with *err (malloc'd) when LevelDB failed. */
+int ms_store_each(ms_store *s, const char *prefix, size_t plen,
+                  int (*fn)(void *ud, const char *k, size_t klen, const char *v, size_t vlen), void *ud,
+                  char **err);
+
 /* Waits for a C caller's write in flight and drops its callback (the
  * caller is going away). */
 void ms_store_write_forget(ms_store *s);

@@ -31,17 +31,7 @@ void ms_ws_abandon(void *ws);
  * Lua context; never raises. Safe with hub == NULL. */
 void ms_ws_hub_close(lua_State *L, ms_ws_hub *hub);
 
-/* Implemented in http.c. ms_http_upgraded: the request whose MHD closure is
- * req_cls became a WebSocket (it no longer counts as in flight); returns the
- * WebSocket that req:upgrade() attached to it, or NULL if it was finished
- * meanwhile. ms_http_forget_ws: the WebSocket attached to req_cls finished
- * before its socket arrived. */
-void *ms_http_upgraded(void *req_cls);
-void ms_http_forget_ws(void *req_cls);
-
-/* Implemented in http.c: the upgraded connection of req_cls was handed back
- * with MHD_upgrade_action(CLOSE); MHD closes it in its next MHD_run, which
- * this asks for (MHD's own wake-up does not reach our loop). */
-void ms_http_wake(void *req_cls);
+/* http.c's side of the hand-over: ms_http_upgraded, ms_http_forget_ws, ms_http_wake. */
+#include "http.h"
 
 #endif

@@ -367,13 +367,14 @@ describe("moonstream.core http client", function()
   it("reports an error raised by a callback and keeps working", function()
     local registry = debug.getregistry()
     local reported = {}
+    local saved = registry["moonstream.error_reporter"]
     registry["moonstream.error_reporter"] = function(msg) reported[#reported + 1] = msg end
     local ok, failed = pcall(function()
       local done = false
       client:request({ url = url("/echo") }, function() done = true; error("boom") end)
       run_until(loop, function() return done end)
     end)
-    registry["moonstream.error_reporter"] = nil
+    registry["moonstream.error_reporter"] = saved
     assert(ok, failed)
     assert.are.equal(1, #reported)
     assert.matches("boom", reported[1])

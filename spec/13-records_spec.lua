@@ -1,9 +1,12 @@
--- moonstream.records: versions, the pending overlay and group commit on a
--- real LevelDB, and storage failures through a store that fails on purpose.
+-- moonstream.records: the record engine's commands (csrc/engine.c), the
+-- pending overlay and group commit on a real LevelDB (csrc/records.c), and
+-- storage failures through a store that fails on purpose.
 local core = require "moonstream.core"
 local json = require "moonstream.json"
 local records_mod = require "moonstream.records"
 local H = require "spec.support.helpers"
+
+local MAX = 16777216
 
 describe("moonstream.records", function()
   local dir, store, records
@@ -11,7 +14,7 @@ describe("moonstream.records", function()
   before_each(function()
     dir = H.tmpdir()
     store = assert(core.store_open(dir .. "/db"))
-    records = records_mod.new(store)
+    records = records_mod.new(store, { max_response = MAX })
   end)
 
   after_each(function()
@@ -19,17 +22,27 @@ describe("moonstream.records", function()
     H.rmdir(dir)
   end)
 
-  local function write(name, data, version, path)
-    return records:cmd_write(name, data, path, version, "record")
+  -- a command without a batch: ok, then its result as JSON text (decoded here)
+  local function result(ok, text)
+    local r = json.decode(text)
+    assert.equal(ok, r.success)
+    return r
+  end
+  local function write(name, data, version, path, on)
+    return result((on or records):write(nil, "record", name, data, path, version))
+  end
+  local function cmd(op, name, on)
+    on = on or records
+    return result(on[op](on, nil, "record", name))
   end
 
   it("creates a record at version 1 and counts versions up", function()
     assert.is_true(write("a", { n = 1 }).success)
     assert.is_true(write("a", { n = 2 }, 2).success)
     assert.is_true(write("a", { n = 3 }, -1).success)
-    local r = records:cmd_read("a", "record")
+    local r = cmd("read", "a")
     assert.equal(3, r.version)
-    assert.equal('{"n":3}', r.data[1])
+    assert.same({ n = 3 }, r.data)
   end)
 
   it("reports VERSION_EXISTS and INVALID_VERSION with the stored state", function()
@@ -83,10 +96,10 @@ describe("moonstream.records", function()
     records:flush()
     assert.equal(1, records:syncs())
     local n = 0
-    for name, version in records:each("many/") do
+    for key, value in store:iterate("r/many/") do
       n = n + 1
-      assert.equal(1, version)
-      assert.matches("^many/%d+$", name)
+      assert.matches("^1 ", value)
+      assert.matches("^r/many/%d+$", key)
     end
     assert.equal(50, n)
   end)
@@ -94,44 +107,90 @@ describe("moonstream.records", function()
   it("deletes records; a later write starts again at version 1", function()
     write("d", { n = 1 })
     write("d", { n = 2 })
-    assert.is_true(records:cmd_delete("d", "record").success)
-    assert.equal(-1, records:cmd_head("d", "record").version)
-    assert.equal("RECORD_NOT_FOUND", records:cmd_read("d", "record").errorEvent)
+    assert.is_true(cmd("delete", "d").success)
+    assert.equal(-1, cmd("head", "d").version)
+    assert.equal("RECORD_NOT_FOUND", cmd("read", "d").errorEvent)
     write("d", { n = 3 })
     records:flush()
     assert.equal('1 {"n":3}', store:get("r/d"))
   end)
 
   it("keeps excluded names in memory only", function()
-    local mem = records_mod.new(store, { exclusion_prefixes = { "tmp/" } })
-    assert.is_true(mem:cmd_write("tmp/x", { a = 1 }, nil, nil, "record").success)
+    local mem = records_mod.new(store, { exclusion_prefixes = { "tmp/" }, max_response = MAX })
+    assert.is_true(write("tmp/x", { a = 1 }, nil, nil, mem).success)
     assert.is_false(mem:has_pending())
-    assert.equal(1, mem:cmd_read("tmp/x", "record").version)
+    assert.equal(1, cmd("read", "tmp/x", mem).version)
     assert.is_nil(store:get("r/tmp/x"))
   end)
 
   it("reports a corrupt entry as an error on that record only", function()
     assert(store:put("r/bad", "not a version"))
-    assert.equal("RECORD_LOAD_ERROR", records:cmd_read("bad", "record").errorEvent)
+    assert.equal("RECORD_LOAD_ERROR", cmd("read", "bad").errorEvent)
     assert(store:put("r/negative", "-5 {}")) -- versions start at 1
-    assert.equal("RECORD_LOAD_ERROR", records:cmd_read("negative", "record").errorEvent)
+    assert.equal("RECORD_LOAD_ERROR", cmd("read", "negative").errorEvent)
     assert.equal("RECORD_UPDATE_ERROR", write("bad", { x = 1 }, 2).errorEvent)
+    assert.is_true(cmd("delete", "bad").success) -- a corrupt entry can be removed
+    records:flush()
+    assert.is_nil(store:get("r/bad"))
     write("good", { n = 1 })
-    assert.is_true(records:cmd_read("good", "record").success)
+    assert.is_true(cmd("read", "good").success)
+  end)
+
+  it("tells the change listener every change, with the caller's origin", function()
+    local seen = {}
+    local r = records_mod.new(store, {
+      max_response = MAX,
+      on_change = function(name, version, text, origin) seen[#seen + 1] = { name, version, text, origin } end,
+    })
+    local me = {}
+    assert.is_true((r:write(nil, "record", "o", { a = 1 }, nil, nil, me)))
+    assert.is_true((r:write(nil, "record", "o", 2, "a")))
+    assert.is_true((r:delete(nil, "record", "o", me)))
+    assert.is_true((r:create("fresh")))
+    assert.same({
+      { "o", 1, '{"a":1}', me }, { "o", 2, '{"a":2}', nil }, { "o", nil, nil, me }, { "fresh", 0, "{}", nil },
+    }, seen)
+  end)
+
+  it("notifies each named record that exists, however many names there are", function()
+    local n = 0
+    local r = records_mod.new(store, { max_response = MAX, on_change = function() n = n + 1 end })
+    r:write(nil, "record", "x", { v = 1 })
+    n = 0
+    local names = {}
+    for i = 1, 200000 do names[i] = i % 2 == 0 and "x" or "missing" end
+    local ok, text = r:notify(nil, names)
+    assert.is_true(ok)
+    assert.equal('{"success":true}', text)
+    assert.equal(100000, n)
+  end)
+
+  it("bounds the record data of one batch's answer by max_response", function()
+    local r = records_mod.new(store, { max_response = 30 })
+    r:write(nil, "record", "big", { text = "0123456789" }) -- 21 bytes of JSON: one fits, two do not
+    local b = r:batch()
+    assert.is_true(r:read(b, "record", "big"))
+    assert.is_false(r:read(b, "record", "big"))
+    local answer = json.decode(b:response())
+    assert.equal("PARTIAL_SUCCESS", answer.result)
+    assert.equal('Record read failed. Record "big" does not fit in this response (maxResponseSize is 30 bytes).',
+      answer.body[2].error)
+    assert.is_true((r:read(nil, "record", "big"))) -- a single command is not bounded
+    b:close()
   end)
 
   it("writes on the store's writer thread while the next group gathers", function()
     local loop = core.loop()
-    local r = records_mod.new(store, { loop = loop })
-    r:cmd_write("a", { n = 1 }, nil, nil, "record")
+    local r = records_mod.new(store, { loop = loop, max_response = MAX })
+    r:write(nil, "record", "a", { n = 1 })
     local first, second
     r:after_flush(function(ok) first = ok end)
     assert.is_true(r:flush())
-    assert.is_true(store:write_pending())
+    assert.is_true(r.core:in_flight())
     -- while the first group is being written: reads see it, new writes gather
     assert.equal(1, (r:get("a")))
     assert.is_true(r:has_pending())
-    r:cmd_write("a", { n = 2 }, nil, nil, "record")
+    r:write(nil, "record", "a", { n = 2 })
     r:after_flush(function(ok) second = ok end)
     assert.is_false(r:flush())
     for _ = 1, 500 do
@@ -143,27 +202,10 @@ describe("moonstream.records", function()
     assert.is_true(second)
     assert.equal(2, r:syncs())
     assert.equal('2 {"n":2}', store:get("r/a"))
-    r:cmd_write("b", { n = 1 }, nil, nil, "record")
+    r:write(nil, "record", "b", { n = 1 })
     r:drain()
     assert.is_false(r:has_pending())
     assert.equal('1 {"n":1}', store:get("r/b"))
-    loop:close()
-  end)
-
-  it("refuses a second write_async while one is in flight", function()
-    local loop = core.loop()
-    local b1, b2 = store:batch(), store:batch()
-    b1:put("x", "1")
-    local done
-    assert(store:write_async(loop, b1, true, function(ok) done = ok end))
-    assert.has_error(function() b1:put("y", "2") end, "attempt to use a batch while it is being written")
-    assert.has_error(function() store:write_async(loop, b2, true, function() end) end, "a write is already in flight")
-    for _ = 1, 500 do
-      if done then break end
-      loop:run_once(10)
-    end
-    assert.is_true(done)
-    assert.equal("1", store:get("x"))
     loop:close()
   end)
 
@@ -172,8 +214,8 @@ describe("moonstream.records", function()
     local dir = os.tmpname()
     os.remove(dir)
     local other = assert(core.store_open(dir))
-    local r = records_mod.new(other)
-    r:cmd_write("x", { a = 1 }, nil, nil, "record")
+    local r = records_mod.new(other, { max_response = MAX })
+    r:write(nil, "record", "x", { a = 1 })
     local got_ok, got_err
     r:after_flush(function(ok, err) got_ok, got_err = ok, err end)
     other:close()

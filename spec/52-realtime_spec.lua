@@ -4,7 +4,7 @@
 -- frames are deepstream's; HTTP requests go through
 -- the helpers' libcurl client so the cross-surface cases run on one thread.
 local json = require "moonstream.json"
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local WS = require "support.ws_client"
 
 local OP = WS.OP

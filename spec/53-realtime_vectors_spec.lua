@@ -10,7 +10,7 @@
 local json = require "moonstream.json"
 local message = require "moonstream.realtime.message"
 local binary = require "moonstream.realtime.binary"
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local WS = require "support.ws_client"
 
 local VECTORS = "spec/fixtures/realtime-vectors"

@@ -97,7 +97,6 @@ describe("security", function()
   it("answers a failing request handler with a bare 500 text", function()
     local logged = {}
     log.set_sink(function(line) logged[#logged + 1] = line end)
-    debug.getregistry()["moonstream.error_reporter"] = function(msg) log.error("%s", msg) end
     local loop = core.loop()
     local srv = assert(core.http_server(loop, { port = 0, handler = function() error("secret detail in /srv/x.lua") end }))
     local client = core.http_client(loop)

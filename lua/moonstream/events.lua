@@ -6,9 +6,10 @@ local M = {}
 local Events = {}
 local mt = { __index = Events }
 
--- api: functions every listener context can use (ctx.records, ctx.log...)
-function M.new(api)
-  return setmetatable({ listeners = {}, api_mt = { __index = api or {} } }, mt)
+-- api: functions every listener context can use (ctx.records, ctx.log...);
+-- on_change: function() called whenever a listener is added or removed
+function M.new(api, on_change)
+  return setmetatable({ listeners = {}, api_mt = { __index = api or {} }, on_change = on_change }, mt)
 end
 
 -- Adds fn(data, ctx) for the event `name`; returns a function that removes it.
@@ -29,7 +30,7 @@ function Events:on(name, fn)
 end
 
 -- True when some listener exists (the HTTP fast path calls Lua for emits
--- only then; on_change, if set, hears of every change).
+-- only then; on_change, given to new, hears of every change).
 function Events:any()
   return next(self.listeners) ~= nil
 end

@@ -2,6 +2,7 @@
 -- errors in the contract's order, the auth endpoint and the batch endpoint.
 -- The C core hands over complete requests (req); this module answers each
 -- exactly once with req:respond(status, body, headers).
+local core = require "moonstream.core"
 local json = require "moonstream.json"
 local validate = require "moonstream.validate"
 local log = require "moonstream.log"
@@ -12,7 +13,7 @@ local Api = {}
 local mt = { __index = Api }
 
 local decode, encode = json.decode, json.encode
-local lower, find, sub = string.lower, string.find, string.sub
+local is_json_content_type = core.is_json_content_type -- csrc/http.c: one check for both paths
 
 local TEXT = "text/plain; charset=utf-8"
 local JSON = "application/json; charset=utf-8"
@@ -49,6 +50,12 @@ function M.new(cfg, parts)
   }, mt)
 end
 
+-- The headers of a JSON answer when every origin is allowed: the C fast
+-- path's answers carry them (server.lua gives them to srv:set_fast_path).
+function Api:json_headers()
+  return self.json_all
+end
+
 -- Headers for a response of content type ctype to a request from origin.
 function Api:_headers(ctype, origin)
   if self.allow_all then
@@ -81,12 +88,6 @@ local function json_reply(self, req, status, value, origin)
     return text_reply(self, req, 500, "Internal server error.", origin)
   end
   req:respond(status, body, self:_headers(JSON, origin))
-end
-
-local function is_json_content_type(ct)
-  if not ct then return false end
-  local media = lower(ct):match("^%s*([^;%s]+)")
-  return media == "application/json"
 end
 
 -- Entry point: called by the C core once per request.
@@ -226,8 +227,12 @@ end
 local function run_batch(self, req, msg, origin, user)
   local verr = validate.batch(msg.body)
   if verr then return text_reply(self, req, 400, verr, origin) end
-  self.dispatcher:execute(msg.body, { user = user }, function(response)
-    json_reply(self, req, 200, response, origin)
+  self.dispatcher:execute(msg.body, { user = user }, function(text, err)
+    if not text then
+      log.error("cannot encode a response: %s", err)
+      return text_reply(self, req, 500, "Internal server error.", origin)
+    end
+    req:respond(200, text, self:_headers(JSON, origin))
   end)
 end
 

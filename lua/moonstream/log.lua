@@ -138,4 +138,9 @@ function M.info(...) emit("info", ...) end
 function M.warn(...) emit("warn", ...) end
 function M.error(...) emit("error", ...) end
 
+-- Errors raised by Lua callbacks that C calls (request handlers, timers,
+-- listeners: csrc/pcall.c's ms_pcall) go to this log, the one of the
+-- process; installed once, here, rather than by each server.
+debug.getregistry()["moonstream.error_reporter"] = function(msg) M.error("%s", msg) end
+
 return M

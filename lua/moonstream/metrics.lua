@@ -10,7 +10,7 @@
 --
 --   metrics.login(endpoint, result)       auth.lua: "http"|"api"|"websocket", "success"|"failure"|"limited"
 --   metrics.rpc(result)                   rpc.lua, realtime/rpc.lua: a result table or a label
---   metrics.commands(commands, results, n)  dispatch.lua: a batch answered by the Lua path
+--   metrics.commands(commands, batch, n)    dispatch.lua: a batch answered by the Lua path
 --   metrics.ws_opened(transport), metrics.ws_received(msg), metrics.ws_sent(msg [, count])
 --   metrics.handler(cfg.metrics, parts)   -> function(req) answering a scrape
 local core = require "moonstream.core"
@@ -65,11 +65,11 @@ do
 end
 
 local metrics_command = core.metrics_command
-function M.commands(commands, results, n)
+function M.commands(commands, batch, n)
   for i = 1, n do
-    local cmd, res = commands[i], results[i]
+    local cmd = commands[i]
     local t, a = TOPIC_ID[cmd.topic], ACTION_ID[cmd.action]
-    if t and a then metrics_command(t, a, res ~= nil and res.success == true) end
+    if t and a then metrics_command(t, a, batch:succeeded(i)) end
   end
 end
 

@@ -29,12 +29,15 @@ local function failure(event, message)
 end
 
 -- loop: the server's loop (timers); opts.response_timeout in ms;
--- opts.api: table of functions every handler context can use (records, emit...)
+-- opts.api: table of functions every handler context can use (records, emit...);
+-- opts.fallback: function(name, data, ctx_fields, done) for names no Lua
+-- handler has (realtime client providers)
 function M.new(loop, opts)
   local self = setmetatable({
     loop = loop,
     handlers = {},
     response_timeout = opts.response_timeout or 10000,
+    fallback = opts.fallback,
   }, mt)
   local api = {}
   for k, v in pairs(opts.api or {}) do api[k] = v end

@@ -27,6 +27,7 @@ local scripts = require "moonstream.scripts"
 local json = require "moonstream.json"
 local metrics = require "moonstream.metrics"
 local monitoring = require "moonstream.monitoring"
+local validate = require "moonstream.validate"
 
 local M = {}
 local Server = {}
@@ -49,19 +50,20 @@ local function handler_api(self)
     if err then return nil, err end
     return version or -1
   end
-  -- records.write(name, data [, path [, version]]) -> true | nil, err (durable at the next flush)
+  -- records.write(name, data [, path [, version]]) -> true | nil, err, event (durable at the next flush)
   function records.write(name, data, path, version)
-    local r = self.records:cmd_write(name, data, path, version, "record")
-    if r.success then return true end
+    local ok, text = self.records:write(nil, "record", name, data, path, version)
+    if ok then return true end
+    local r = json.decode(text)
     return nil, r.error, r.errorEvent
   end
   function records.delete(name)
-    self.records:cmd_delete(name, "record")
+    self.records:delete(nil, "record", name)
     return true
   end
   return {
     records = records,
-    emit = function(name, data) self.dispatcher:execute({ { topic = "event", action = "emit", eventName = name, data = data } }, { user = { id = "server" } }, function() end) end,
+    emit = function(name, data) self.dispatcher:emit(name, data, { user = { id = "server" } }) end,
     log = log,
     json = json,
   }
@@ -78,20 +80,26 @@ function M.new(cfg, validated)
   end
   log.set_level(cfg.logLevel)
   log.set_format(cfg.logFormat)
-  -- errors raised by Lua callbacks that C calls (request handlers, timers)
-  debug.getregistry()["moonstream.error_reporter"] = function(msg) log.error("%s", msg) end
   local self = setmetatable({ config = cfg, state = "new" }, mt)
   self.loop = core.loop()
   self.presence = core.presence()
   local api = handler_api(self)
-  self.listeners = events_mod.new(api)
-  self.handlers = rpc_mod.new(self.loop, { response_timeout = cfg.rpc.responseTimeout, api = api })
+  -- the fast path asks Lua about emits only while someone listens
+  self.listeners = events_mod.new(api, function() self:_watch_emits() end)
+  -- an RPC no Lua handler answers goes to realtime client providers
+  self.handlers = rpc_mod.new(self.loop, {
+    response_timeout = cfg.rpc.responseTimeout, api = api,
+    fallback = function(name, data, _, done) return self.realtime.rpc:make_from_server(name, data, done) end,
+  })
   self.auth, err = auth_mod.new(cfg.auth, {
     loop = self.loop, rpc = self.handlers, config_dir = cfg.configDir,
     max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
   })
   if not self.auth then return nil, err end
-  self.permissions, err = permissions_mod.new(cfg.permissions)
+  -- rules read records (oldData, ctx.read) once the store is open
+  self.permissions, err = permissions_mod.new(cfg.permissions, {
+    records = { get = function(_, name) return self.records:get(name) end },
+  })
   if not self.permissions then return nil, "config key 'permissions': " .. err end
 
   local handlers
@@ -173,6 +181,11 @@ function Server:listen()
   self.store = store
   self.records = records_mod.new(store, {
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
+    max_response = cfg.maxResponseSize,
+    -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's)
+    on_change = function(name, version, text, origin)
+      if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
+    end,
   })
   self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
   local _, sweep_err = self.tokens:sweep()
@@ -180,14 +193,13 @@ function Server:listen()
     log.warn("could not remove expired tokens: %s", records_mod.public_error(sweep_err))
   end
   self.auth:set_tokens(self.tokens)
-  self.permissions.records = self.records
   if not self.permissions:configured() then
     log.warn("no permissions configured (config key 'permissions'): every user may do everything")
   end
   self.dispatcher = dispatch.new({
     records = self.records, events = self.listeners, rpc = self.handlers, presence = self.presence,
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
-    max_response = cfg.maxResponseSize,
+    on_emit = function(name, data) self.realtime.events:emit_from_server(name, data) end,
   })
   -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
   self.realtime = realtime_mod.new({
@@ -196,10 +208,6 @@ function Server:listen()
     permit = function() return self.dispatcher.permit end,
   })
   local realtime = self.realtime
-  realtime.record_topic:attach(self.records)
-  self.dispatcher.on_emit = function(name, data) realtime.events:emit_from_server(name, data) end
-  self.dispatcher.on_record_change = function(name) realtime.record_topic:notify(name) end
-  self.handlers.fallback = function(name, data, _, done) return realtime.rpc:make_from_server(name, data, done) end
   local get_handlers, endpoints = self:_operator_endpoints()
   self.api = httpapi.new(cfg, {
     dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime, get_handlers = get_handlers,
@@ -272,33 +280,30 @@ end
 -- requests without credentials, no permission rules, every origin allowed)
 -- and asks Lua about emits only while a listener or subscriber exists.
 function Server:_fast_path()
-  local cfg, records, listeners, dispatcher = self.config, self.records, self.listeners, self.dispatcher
+  local cfg, dispatcher = self.config, self.dispatcher
   local auth = self.auth
-  local fast = core.fast_path(records.core, {
+  local fast = core.fast_path(self.records.engine, {
     api_path = cfg.apiPath,
-    exclusions = cfg.storageExclusionPrefixes,
-    max_response = cfg.maxResponseSize,
-    -- the same hooks the Lua path runs (dispatch.lua's emit, records.lua's put/remove)
+    rules = validate.rules(), -- the commands it may take: validate.lua's table
+    -- the emit the Lua path runs (record changes reach Lua through the engine's on_change)
     emit_hook = function(name, text)
-      local data = text and json.decode(text)
-      local ctx = { user = auth:anonymous() }
-      listeners:emit(name, data, ctx)
-      if dispatcher.on_emit then dispatcher.on_emit(name, data, ctx) end
-    end,
-    change_hook = function(name, version, text)
-      if records.on_change then records.on_change(name, version, text) end
+      dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous() })
     end,
   })
   local subs = self.realtime and self.realtime.events.subs
-  local function watch()
-    fast:watch_emits(listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
-  end
-  listeners.on_change = watch
-  if subs then subs.on_used = watch end
-  watch()
+  if subs then subs.on_used = function() self:_watch_emits() end end
   self.fast = fast
+  self:_watch_emits()
   self:_update_fast_path()
-  self.http:set_fast_path(fast)
+  self.http:set_fast_path(fast, self.api:json_headers())
+end
+
+-- Emits reach Lua from the fast path only while a listener or a realtime
+-- subscriber exists.
+function Server:_watch_emits()
+  if not self.fast then return end
+  local subs = self.realtime and self.realtime.events.subs
+  self.fast:watch_emits(self.listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
 end
 
 function Server:_update_fast_path()

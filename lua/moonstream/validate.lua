@@ -287,6 +287,28 @@ end
 
 local command = M.command
 
+-- The properties of every command as data, for the C fast path
+-- (csrc/fastpath.c), which takes a command only when this table allows it:
+-- { topic = { action = { { name =, kind =, required = }, ... } } }, kind being
+-- "any", "string", "name" (non-empty string), "version" (integer >= -1),
+-- "strings" or "names" (arrays of those).
+local KIND = {
+  [check_any] = "any", [check_string] = "string", [check_name] = "name", [check_version] = "version",
+  [check_strings] = "strings", [check_names] = "names",
+}
+function M.rules()
+  local out = {}
+  for topic, actions in pairs(COMMANDS) do
+    out[topic] = {}
+    for action, props in pairs(actions) do
+      local list = {}
+      for i, p in ipairs(props) do list[i] = { name = p.name, kind = KIND[p.check], required = p.required } end
+      out[topic][action] = list
+    end
+  end
+  return out
+end
+
 -- Checks every command of body (an array, as envelope() accepted it) before
 -- any runs. Returns nil, or the 400 text naming the first invalid command by
 -- its 0-based index.

@@ -58,9 +58,9 @@ function Events:unsubscribe(c, msg)
   c:send({ topic = EVENT, action = msg.action, correlationId = msg.correlationId, isAck = true })
 end
 
--- Delivers an event to the WebSocket subscribers (except `except`) and to the
--- Lua listeners. text: the payload as JSON text or nil; value: the decoded
--- payload when the caller has it (decoded here only when a listener wants it).
+-- Delivers an event to the WebSocket subscribers (except `except`). text: the
+-- payload as JSON text or nil. (Lua listeners hear emits through
+-- dispatch.lua's emit; value and from are not used here.)
 function Events:deliver(name, text, value, from, except)
   self.rt:broadcast(self.subs:subscribers(name), { topic = EVENT, action = EA.EMIT, name = name, data = text }, except)
 end

@@ -27,7 +27,6 @@ local Realtime = {}
 local mt = { __index = Realtime }
 local Conn = {}
 local conn_mt = { __index = Conn }
-M.Conn = Conn
 
 local T, A = names.T, names.A
 local CONNECTION, AUTH, PARSER = T.CONNECTION, T.AUTH, T.PARSER

@@ -5,17 +5,17 @@
 -- answer either (CREATE, SUBSCRIBECREATEANDUPDATE, HEAD_BULK, DELETE_BULK)
 -- are ignored, as there.
 --
--- Writes go through records.lua's cmd_write/cmd_delete, the same storage and
--- version rules as POST /api. Subscribers learn about every change from
--- records.lua's change hook (on_change), whoever made it: a client's write is
--- forwarded as the client sent it (UPDATE or PATCH, to every subscriber but
--- the writer), any other write (HTTP, Lua handler) as a full UPDATE.
+-- Writes go through the record engine (records.lua, csrc/engine.c), the same
+-- storage and version rules as POST /api. Subscribers learn about every
+-- change from the engine's change listener (changed), whoever made it: a
+-- client's write carries its origin and is forwarded as the client sent it
+-- (UPDATE or PATCH, to every subscriber but the writer), any other write
+-- (HTTP, Lua handler, notify) as a full UPDATE.
 local json = require "moonstream.json"
 local registry = require "moonstream.realtime.registry"
 local listen = require "moonstream.realtime.listen"
 local names = require "moonstream.realtime.names"
 
-local encode = json.encode
 local type, math_type = type, math.type
 
 local T, A = names.T, names.A
@@ -28,16 +28,9 @@ local mt = { __index = Records }
 local names_of = names.names_of
 
 function M.new(rt)
-  local self = setmetatable({ rt = rt, subs = registry.new(), writing = nil }, mt)
+  local self = setmetatable({ rt = rt, store = rt.records, subs = registry.new() }, mt)
   self.listen = listen.new(rt, RECORD, RA, self.subs, "record")
   return self
-end
-
--- Installs the change hook on the store (called by the server once the
--- store is open).
-function Records:attach(store_records)
-  self.store = store_records
-  store_records.on_change = function(name, version, text) self:changed(name, version, text) end
 end
 
 local function error_reply(msg, action, name, is_error)
@@ -51,10 +44,11 @@ local function error_reply(msg, action, name, is_error)
   return r
 end
 
--- A record changed in the store (version nil: deleted).
-function Records:changed(name, version, text)
-  local rt, w = self.rt, self.writing
-  local from = w and w.name == name and w.c or nil
+-- A record changed in the store (version nil: deleted). w: the origin of a
+-- client's write or delete (see write and delete below), else nil.
+function Records:changed(name, version, text, w)
+  local rt = self.rt
+  local from = w and w.c or nil
   if version == nil then
     local set = self.subs:remove_name(name)
     if set then
@@ -67,7 +61,6 @@ function Records:changed(name, version, text)
   if not set then return end
   local out
   if from then
-    local msg = w.msg
     if w.path then
       out = { topic = RECORD, action = RA.PATCH, name = name, version = version, path = w.path,
         data = w.text, isWriteAck = false }
@@ -78,18 +71,6 @@ function Records:changed(name, version, text)
     out = { topic = RECORD, action = RA.UPDATE, name = name, version = version, data = text, isWriteAck = false }
   end
   rt:broadcast(set, out, from)
-end
-
--- A record changed outside the server's knowledge ("notify": POST /api or a
--- client's NOTIFY): its subscribers get the stored state, an UPDATE, or
--- DELETED when it is no longer stored (deepstream's notify does the same).
-function Records:notify(name)
-  local set = self.subs:subscribers(name)
-  if not set then return end
-  local version, text, err = self.store:get(name)
-  if err then return end
-  if version == nil then return self:changed(name, nil) end
-  self.rt:broadcast(set, { topic = RECORD, action = RA.UPDATE, name = name, version = version, data = text, isWriteAck = false })
 end
 
 function Records:_read_response(c, name)
@@ -148,7 +129,7 @@ function Records:subscribe_read(c, msg)
         c:send({ topic = RECORD, action = denial, originalAction = msg.action, name = name,
           isError = true, correlationId = msg.correlationId })
       else
-        if missing and create then store:put(name, 0, "{}") end
+        if missing and create then store:create(name) end
         self:_subscribe(c, msg, name)
         if not c.open then return end
         if missing and not create then
@@ -201,12 +182,13 @@ function Records:subscribe(c, msg)
 end
 
 -- NOTIFY (record.notify(names)): the records changed in storage behind the
--- server's back; their subscribers get the stored state (see notify), then
--- the sender gets the ack, an echo of the names it may notify.
+-- server's back; the engine's notify tells their subscribers the stored
+-- state (see changed: an UPDATE, or DELETED when no longer stored), then the
+-- sender gets the ack, an echo of the names it may notify.
 function Records:notify_request(c, msg)
   local names = self:_permitted(c, msg, "notify")
   if #names == 0 then return end
-  for _, name in ipairs(names) do self:notify(name) end
+  self.store:notify(nil, names)
   c:send({ topic = RECORD, action = msg.action, names = names, correlationId = msg.correlationId, isAck = true })
 end
 
@@ -293,18 +275,17 @@ function Records:write(c, msg)
         isWriteAck = msg.isWriteAck and true or nil, correlationId = msg.isWriteAck and msg.correlationId or nil })
     end
   end
-  self.writing = { name = name, c = c, msg = msg, path = path, text = text }
-  local ok, r = pcall(store.cmd_write, store, name, value, path, version, "record")
-  self.writing = nil
-  if not ok then error(r, 0) end
-  if not r.success then
+  local origin = { c = c, msg = msg, path = path, text = text }
+  local written, result = store:write(nil, "record", name, value, path, version, origin)
+  if not written then
+    local r = json.decode(result)
     local event = r.errorEvent
     if event == "VERSION_EXISTS" or event == "INVALID_VERSION" then
       -- the current version; VERSION_EXISTS carries the current data (the
-      -- client merges with it), INVALID_VERSION echoes what was sent
+      -- client merges with it: the stored text), INVALID_VERSION echoes what was sent
       local reply = error_reply(msg, RA[event], name, nil)
       reply.version = r.currentVersion
-      reply.data = event == "VERSION_EXISTS" and encode(r.currentData) or text
+      reply.data = event == "VERSION_EXISTS" and (select(2, store:get(name)) or "null") or text
       return c:send(reply)
     elseif event == "INVALID_MESSAGE_DATA" then
       return echo_invalid(c, msg, value)
@@ -330,10 +311,7 @@ function Records:delete(c, msg)
   if not ok then
     return c:send(error_reply(msg, denial, name, true))
   end
-  self.writing = { name = name, c = c }
-  local ok, err = pcall(store.cmd_delete, store, name, "record")
-  self.writing = nil
-  if not ok then error(err, 0) end
+  store:delete(nil, "record", name, { c = c })
   store:after_flush(function(synced)
     if synced then
       c:send({ topic = RECORD, action = RA.DELETE_SUCCESS, name = name })
