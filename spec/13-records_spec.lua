@@ -152,9 +152,11 @@ describe("moonstream.records", function()
     }, seen)
   end)
 
-  it("notifies each named record that exists, however many names there are", function()
-    local n = 0
-    local r = records_mod.new(store, { max_response = MAX, on_change = function() n = n + 1 end })
+  it("notifies each named record, a missing one as deleted, however many names there are", function()
+    local n, deleted = 0, 0
+    local r = records_mod.new(store, { max_response = MAX, on_change = function(_, version)
+      if version == nil then deleted = deleted + 1 else n = n + 1 end
+    end })
     r:write(nil, "record", "x", { v = 1 })
     n = 0
     local names = {}
@@ -163,6 +165,7 @@ describe("moonstream.records", function()
     assert.is_true(ok)
     assert.equal('{"success":true}', text)
     assert.equal(100000, n)
+    assert.equal(100000, deleted)
   end)
 
   it("bounds the record data of one batch's answer by max_response", function()
