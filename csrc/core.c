@@ -15,5 +15,6 @@ LUALIB_API int luaopen_moonstream_core(lua_State *L) {
     ms_crypto_open(L);
     ms_records_open(L);
     ms_fastpath_open(L);
+    ms_workers_open(L);
     return 1;
 }

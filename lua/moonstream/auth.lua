@@ -85,6 +85,8 @@ function M.new(list, opts)
     window = opts.attempts_window or 60000,
     now = opts.now or core.now,
     failures = {}, -- address -> { count, reset_at }
+    running = {}, -- address -> attempts in the strategies now
+    waiting = {}, -- address -> { first, last, [i] = { auth_data, connection, callback } }
     tracked = 0,
   }, mt)
 end
@@ -138,19 +140,58 @@ local function run_chain(chain, i, auth_data, connection, done)
   end)
 end
 
+-- Whether another attempt from address may start now: the failures counted
+-- plus the attempts still running stay below the limit, so attempts that
+-- finish later (hashing runs off the loop thread) can never exceed it.
+function Auth:_may_start(address)
+  local f = self.failures[address]
+  local failed = (f and self.now() < f.reset_at) and f.count or 0
+  return failed + (self.running[address] or 0) < self.max_attempts
+end
+
+function Auth:_attempt(address, auth_data, connection, callback)
+  if address then self.running[address] = (self.running[address] or 0) + 1 end
+  run_chain(self.chain, 1, auth_data, connection, function(user)
+    if address then
+      local n = self.running[address] - 1
+      self.running[address] = n > 0 and n or nil
+    end
+    if not user then self:_failed(address) end
+    if user then callback(user) else callback(nil, "invalid") end
+    if address then self:_next(address) end
+  end)
+end
+
+-- Starts (or refuses, once limited) the attempts of address that waited.
+function Auth:_next(address)
+  local q = self.waiting[address]
+  while q and q.first <= q.last do
+    local wait = self:_limited(address)
+    if not wait and not self:_may_start(address) then return end
+    local w = q[q.first]
+    q[q.first] = nil
+    q.first = q.first + 1
+    if q.first > q.last then self.waiting[address] = nil end
+    if wait then w[3](nil, "limited", wait) else self:_attempt(address, w[1], w[2], w[3]) end
+    q = self.waiting[address]
+  end
+end
+
 -- Checks auth_data with the strategies, without issuing a token (realtime
--- logins). callback(user) | callback(nil, reason [, retry_after]).
+-- logins). callback(user) | callback(nil, reason [, retry_after]). Attempts
+-- from one address beyond what the limit allows in flight wait their turn.
 function Auth:authenticate(auth_data, connection, callback)
   local address = connection and connection.remoteAddress
   local wait = self:_limited(address)
   if wait then return callback(nil, "limited", wait) end
-  run_chain(self.chain, 1, auth_data, connection, function(user)
-    if not user then
-      self:_failed(address)
-      return callback(nil, "invalid")
-    end
-    callback(user)
-  end)
+  if address and (self.waiting[address] or not self:_may_start(address)) then
+    local q = self.waiting[address] or { first = 1, last = 0 }
+    self.waiting[address] = q
+    q.last = q.last + 1
+    q[q.last] = { auth_data, connection, callback }
+    return
+  end
+  self:_attempt(address, auth_data, connection, callback)
 end
 
 -- A POST /api/auth body: as authenticate, and the user gets user.token (the
