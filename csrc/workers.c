@@ -8,14 +8,21 @@
  * Lua API:
  *   core.workers(loop [, threads]) -> pool
  *       threads: default the online cores (at most WK_MAX_THREADS). Threads
- *       start at the first job; they run at a lower priority (nice + WK_NICE)
- *       so that on a busy machine the loop thread, which answers every other
- *       request, wins the CPU over a storm of hashes.
+ *       start at the first job; they run as SCHED_IDLE so that the loop
+ *       thread, which answers every other request, always wins the CPU over
+ *       a storm of hashes (on a host saturated by other processes, hashes
+ *       then wait: logins slow down rather than everything else).
  *   pool:pbkdf2(password, salt, iterations, key_length, digest, fn) -> true | nil, err
  *       As core.pbkdf2 (same checks, crypto.h), off the loop thread; later
  *       fn(key) or fn(nil, err) from the loop. err now: "unknown digest 'x'",
  *       "busy" (WK_MAX_QUEUED jobs waiting), "closed", or a thread start
  *       failure.
+ *   pool:put(store, key, value, fn) -> true | nil, err
+ *       Writes key = value into the store with sync (durable when fn runs),
+ *       off the loop thread: fn(true) or fn(nil, err) from the loop.
+ *       LevelDB groups concurrent synced writers into one log write and one
+ *       sync. The store is kept from collection until fn ran; it must not be
+ *       closed before the pool (the server closes the pool first).
  *   pool:pending() -> jobs submitted whose callback has not run yet
  *   pool:hold(on) -> while held the workers start no new job (the specs use
  *       it to order events without timing); close releases it
@@ -34,30 +41,30 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
-#include <sys/resource.h>
+#include <sched.h>
 
 #include <openssl/crypto.h>
 
 #include "core.h"
 #include "crypto.h"
 #include "loop.h"
+#include "store.h"
 
 #define WORKERS_MT "moonstream.Workers"
 #define WK_MAX_THREADS 16
 #define WK_MAX_QUEUED 65536
-#define WK_NICE 10
 
 typedef struct wk_job wk_job;
 
 /* One unit of work: run() on a worker thread (no Lua), push() on the loop
  * thread (its results for the callback; may raise: called protected),
- * release() frees it from either thread's side once delivered or dropped. */
+ * release() frees it on the loop thread once delivered or dropped. */
 struct wk_job {
     wk_job *next;
     int fn_ref;
     void (*run)(wk_job *);
     int (*push)(lua_State *L, wk_job *);
-    void (*release)(wk_job *);
+    void (*release)(lua_State *L, wk_job *);
 };
 
 typedef struct wk_list { wk_job *head, *tail; size_t n; } wk_list;
@@ -92,15 +99,14 @@ static wk_job *wk_take_all(wk_list *l) {
 
 /* ---- worker threads ---- */
 
-/* Lowers this thread's priority by WK_NICE (Linux nice values are per
- * thread). Failure only costs the priority, so it is ignored. */
+/* Puts this thread in SCHED_IDLE: it runs only on CPU time no normal thread
+ * wants, and a waking normal thread (the loop) preempts it at once. A nice
+ * value is not enough: the scheduler (EEVDF) lets a running thread finish
+ * its slice, milliseconds that showed up in the loop's p99 under a login
+ * storm (bench/RESULTS.md). Failure only costs the priority: ignored. */
 static void wk_lower_priority(void) {
-    id_t tid = (id_t)gettid();
-    errno = 0;
-    int nice = getpriority(PRIO_PROCESS, tid);
-    if (errno != 0) return;
-    nice += WK_NICE;
-    (void)setpriority(PRIO_PROCESS, tid, nice > 19 ? 19 : nice);
+    struct sched_param sp = { .sched_priority = 0 };
+    (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
 }
 
 static void *wk_main(void *arg) {
@@ -162,7 +168,7 @@ static void wk_finish_list(ms_workers *w, wk_job *j, int call) {
             ms_pcall(L, 1, 0);
         }
         luaL_unref(L, LUA_REGISTRYINDEX, j->fn_ref);
-        j->release(j);
+        j->release(L, j);
         w->pending--;
         j = next;
     }
@@ -208,9 +214,46 @@ static int pbkdf2_push(lua_State *L, wk_job *base) {
     return 1;
 }
 
-static void pbkdf2_release(wk_job *base) {
+static void pbkdf2_release(lua_State *L, wk_job *base) {
     pbkdf2_job *j = (pbkdf2_job *)base;
     OPENSSL_cleanse(j->data, j->size);
+    free(j);
+}
+
+/* ---- the synced put job ---- */
+
+typedef struct put_job {
+    wk_job base;
+    ms_store *store;
+    int store_ref;                /* keeps the store userdata alive */
+    char *err;                    /* malloc'd, from ms_store_write */
+    size_t klen, vlen;
+    char data[];                  /* key, then value */
+} put_job;
+
+static void put_run(wk_job *base) {
+    put_job *j = (put_job *)base;
+    leveldb_writebatch_t *wb = leveldb_writebatch_create();
+    leveldb_writebatch_put(wb, j->data, j->klen, j->data + j->klen, j->vlen);
+    j->err = ms_store_write(j->store, wb, 1);
+    leveldb_writebatch_destroy(wb);
+}
+
+static int put_push(lua_State *L, wk_job *base) {
+    put_job *j = (put_job *)base;
+    if (j->err == NULL) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, j->err);
+    return 2;
+}
+
+static void put_release(lua_State *L, wk_job *base) {
+    put_job *j = (put_job *)base;
+    luaL_unref(L, LUA_REGISTRYINDEX, j->store_ref);
+    free(j->err);
     free(j);
 }
 
@@ -294,6 +337,44 @@ static int workers_pbkdf2(lua_State *L) {
     j->args = a;
     j->args.password = (const char *)j->data;
     j->args.salt = (const char *)j->data + a.plen;
+    wk_submit(w, &j->base);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int workers_put(lua_State *L) {
+    ms_workers *w = wk_check(L);
+    ms_store *st = ms_store_check(L, 2);
+    size_t klen, vlen;
+    const char *key = luaL_checklstring(L, 3, &klen);
+    const char *value = luaL_checklstring(L, 4, &vlen);
+    luaL_checktype(L, 5, LUA_TFUNCTION);
+    const char *err = wk_refuse(w);
+    if (err) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushvalue(L, 2);
+    int store_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int fn_ref = wk_ref(L, w, 5);
+    put_job *j = malloc(sizeof *j + klen + vlen);
+    if (j == NULL) {
+        luaL_unref(L, LUA_REGISTRYINDEX, store_ref);
+        wk_unref(L, w, fn_ref);
+        return luaL_error(L, "out of memory");
+    }
+    memset(j, 0, sizeof *j);
+    j->base.fn_ref = fn_ref;
+    j->base.run = put_run;
+    j->base.push = put_push;
+    j->base.release = put_release;
+    j->store = st;
+    j->store_ref = store_ref;
+    j->klen = klen;
+    j->vlen = vlen;
+    memcpy(j->data, key, klen);
+    memcpy(j->data + klen, value, vlen);
     wk_submit(w, &j->base);
     lua_pushboolean(L, 1);
     return 1;
@@ -390,6 +471,7 @@ static int workers_new(lua_State *L) {
 
 static const luaL_Reg workers_meth[] = {
     {"pbkdf2", workers_pbkdf2},
+    {"put", workers_put},
     {"pending", workers_pending},
     {"hold", workers_hold},
     {"close", workers_close},

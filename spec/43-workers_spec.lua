@@ -58,6 +58,23 @@ describe("worker pool (csrc/workers.c)", function()
     assert.equal(0, pool:pending())
   end)
 
+  it("writes synced puts into a store off the loop thread", function()
+    local dir = H.tmpdir()
+    local st = assert(core.store_open(dir .. "/db"))
+    local results = {}
+    for i = 1, 20 do
+      assert.is_true(pool:put(st, "k" .. i, "v" .. i, function(ok, err) results[i] = ok or err end))
+    end
+    run_until(function() return pool:pending() == 0 end)
+    for i = 1, 20 do
+      assert.is_true(results[i])
+      assert.equal("v" .. i, st:get("k" .. i))
+    end
+    st:close()
+    assert.has.error(function() pool:put(st, "k", "v", error) end) -- a closed store is misuse
+    H.rmdir(dir)
+  end)
+
   it("drains on close: held jobs still run and call back; then it is closed", function()
     pool:hold(true)
     local got = 0
@@ -76,7 +93,7 @@ describe("file-auth logins on the worker pool", function()
   local t, pool
   before_each(function()
     t = H.start({ maxAuthAttempts = 3, auth = FILE_AUTH })
-    pool = t.server.auth.chain[1].workers
+    pool = t.server.workers
   end)
   after_each(function() t:stop() end)
 

@@ -26,10 +26,11 @@ local STRATEGIES = { open = true, file = true, webhook = true, lua = true }
 local PRUNE_ABOVE = 10000 -- addresses tracked before expired ones are dropped
 
 -- What strategies get besides their options: where to report errors, the
--- loop, the rpc runner (for waiting Lua functions), the config's folder.
+-- loop, the rpc runner (for waiting Lua functions), the worker pool (for
+-- CPU-heavy work such as password hashes), the config's folder.
 local function strategy_env(i, opts, nested)
   local prefix = format("config key 'auth[%d].%s", i, nested and "options." or "")
-  local env = { loop = opts.loop, rpc = opts.rpc }
+  local env = { loop = opts.loop, rpc = opts.rpc, workers = opts.workers }
   function env.key(name) return prefix .. name .. "'" end
   function env.resolve(path) return config.resolve_path(opts.config_dir, path) end
   function env.check_keys(options, known)
@@ -48,13 +49,15 @@ local function strategy_env(i, opts, nested)
 end
 
 -- list: the config's `auth` ({ { type = "file", options = {...} }, ...});
--- opts: loop, rpc, config_dir, max_attempts, attempts_window (ms), now (ms clock).
+-- opts: loop, rpc, workers (core.workers), config_dir, max_attempts,
+-- attempts_window (ms), now (ms clock).
 function M.new(list, opts)
   opts = opts or {}
   list = list or { { type = "open" } }
   local chain, has_open, type_of = {}, false, {}
   for i, s in ipairs(list) do type_of[i] = s.type end
-  local env_opts = { loop = opts.loop, rpc = opts.rpc, config_dir = opts.config_dir, type_of = type_of }
+  local env_opts = { loop = opts.loop, rpc = opts.rpc, workers = opts.workers, config_dir = opts.config_dir,
+    type_of = type_of }
   for i, s in ipairs(list) do
     if not STRATEGIES[s.type] then
       return nil, format("config key 'auth[%d].type': strategy '%s' is not available", i, tostring(s.type))
@@ -199,12 +202,12 @@ end
 function Auth:login(auth_data, connection, callback)
   self:authenticate(auth_data, connection, function(user, reason, wait)
     if not user then return callback(nil, reason, wait) end
-    if self.tokens then
-      local token = self.tokens:issue(user, user.token)
+    if not self.tokens then return callback(user) end
+    self.tokens:issue(user, user.token, function(token)
       if not token then return callback(nil, "error") end
       user.token = token
-    end
-    callback(user)
+      callback(user)
+    end)
   end)
 end
 

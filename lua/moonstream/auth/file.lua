@@ -187,11 +187,10 @@ function M.new(options, env)
   if not users then return nil, err end
   -- A known user's hash, to spend the same time on unknown names.
   local _, any = next(users)
-  -- Hashing runs on a pool of threads (csrc/workers.c): a login costs the
-  -- loop thread nothing while PBKDF2 runs, so a storm of logins leaves every
-  -- other request and message flowing.
-  local workers = core.workers(env.loop)
-  return setmetatable({ users = users, settings = settings, decoy = any.password, workers = workers }, mt)
+  -- Hashing runs on the server's worker threads (csrc/workers.c): a login
+  -- costs the loop thread nothing while PBKDF2 runs, so a storm of logins
+  -- leaves every other request and message flowing.
+  return setmetatable({ users = users, settings = settings, decoy = any.password, workers = env.workers }, mt)
 end
 
 -- done(true | false): whether password matches stored, hashed off the loop
@@ -216,11 +215,6 @@ function File:authenticate(auth_data, _, done)
     if not good then return done(false, "wrong password") end
     done({ id = name, clientData = user.clientData, data = user.serverData })
   end)
-end
-
--- Lets queued hashes finish (their logins are answered) and stops the threads.
-function File:close()
-  self.workers:close()
 end
 
 return M
