@@ -28,7 +28,6 @@ external_dependencies = {
    CURL = { library = "curl" }, -- Debian keeps curl.h in a multiarch include dir
    UTHASH = { header = "uthash.h" },
    OPENSSL = { header = "openssl/evp.h", library = "crypto" },
-   WSLAY = { header = "wslay/wslay.h", library = "wslay" },
 }
 build = {
    type = "builtin",
@@ -37,12 +36,12 @@ build = {
          sources = {
             "csrc/core.c", "csrc/pcall.c", "csrc/loop.c", "csrc/http.c", "csrc/store.c",
             "csrc/presence.c", "csrc/json.c", "csrc/httpclient.c", "csrc/ws.c", "csrc/crypto.c",
-            "csrc/records.c", "csrc/fastpath.c",
+            "csrc/records.c", "csrc/fastpath.c", "csrc/workers.c",
          },
          defines = { "_GNU_SOURCE" },
-         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay" },
-         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
-         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
+         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto" },
+         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)" },
+         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
       },
       ["moonstream"] = "lua/moonstream/init.lua",
       ["moonstream.auth"] = "lua/moonstream/auth.lua",

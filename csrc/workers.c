@@ -32,7 +32,9 @@
  *       running ones are joined.
  * A pool with jobs in flight is kept alive by the registry until they are
  * delivered, so dropping it never loses a callback. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
