@@ -72,6 +72,7 @@
  * kernel until the next turn. */
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,7 +168,14 @@ struct ms_ws_hub {
     size_t count;                /* live connections */
     int in_prepare, free_pending;
     int finished;                /* a connection went back to MHD since the last prepare */
+    double trim_at;              /* when to give freed handshake memory back, 0: not due */
 };
+
+/* After a burst of upgrades, MHD has freed each connection's request pool
+ * (16 KiB, from malloc), but between long-lived WebSocket allocations: the
+ * heap cannot shrink, and the pages stay in RSS. malloc_trim returns whole
+ * free pages from anywhere in the heap; once per burst, a second after it. */
+#define WS_TRIM_DELAY 1000.0
 
 static lua_Integer ws_next_id = 0;
 
@@ -774,6 +782,14 @@ static long ws_prepare(void *ud) {
     }
     hub->in_prepare = 0;
     if (hub->free_pending) { free(hub); return 0; }
+    if (hub->trim_at > 0) {
+        if (now >= hub->trim_at) {
+            hub->trim_at = 0;
+            malloc_trim(0);
+        } else if (next < 0 || hub->trim_at < next) {
+            next = hub->trim_at;
+        }
+    }
     /* a connection handed back to MHD here, after http.c's prepare ran,
      * needs another turn at once for MHD to free it */
     if (hub->finished) { hub->finished = 0; return 0; }
@@ -799,6 +815,7 @@ static void ws_upgraded(void *cls, struct MHD_Connection *connection, void *req_
     ms_http_wake(req_cls);
     if (ws == NULL || ws->state == WS_CLOSED || ws->hub == NULL) return;
     ws->hub->finished = 1;
+    if (ws->hub->trim_at == 0) ws->hub->trim_at = ms_loop_now() + WS_TRIM_DELAY;
     ws->req_cls = NULL;
     if (fd < 0) {
         ws->dead = 1;
