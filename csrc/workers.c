@@ -7,8 +7,11 @@
  *
  * Lua API:
  *   core.workers(loop [, threads]) -> pool
- *       threads: default the online cores (at most WK_MAX_THREADS). Threads
- *       start at the first job; they run as SCHED_IDLE so that the loop
+ *       threads: default the online cores less one (at least one, at most
+ *       WK_MAX_THREADS): the loop keeps a core of its own. With as many
+ *       hashing threads as cores, a login storm on 2 cores left the loop's p99
+ *       at 3.6-5.2x idle, with one 1.2-1.5x, at nearly the same login rate
+ *       (bench/RESULTS.md). Threads start at the first job; they run as SCHED_IDLE so that the loop
  *       thread, which answers every other request, always wins the CPU over
  *       a storm of hashes (on a host saturated by other processes, hashes
  *       then wait: logins slow down rather than everything else).
@@ -442,7 +445,7 @@ static int workers_tostring(lua_State *L) {
 static int workers_new(lua_State *L) {
     ms_loop *loop = ms_loop_check(L, 1);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    lua_Integer n = luaL_optinteger(L, 2, cores > 0 ? cores : 1);
+    lua_Integer n = luaL_optinteger(L, 2, cores > 1 ? cores - 1 : 1);
     luaL_argcheck(L, n >= 1, 2, "at least one thread");
     if (n > WK_MAX_THREADS) n = WK_MAX_THREADS;
     ms_workers *w = lua_newuserdatauv(L, sizeof *w, 1);

@@ -87,13 +87,14 @@ class Client(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.s["lost"] += 1
-        self.fail("connection lost")
+        self.fail(f"connection lost in state {self.state} ({exc})")
 
 
 async def main():
     port, path, opcode, n, first_ip = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     frames = {k: bytes.fromhex(v) for k, v in json.loads(sys.argv[6]).items()}
     heartbeat = int(sys.argv[7]) / 1000
+    loop = asyncio.get_running_loop()
 
     def key(payload):  # json: the server's key order is its own; compare topic and action
         if opcode != 1:
@@ -118,7 +119,7 @@ async def main():
                     if not t.is_closing():
                         t.write(ping)
                 await asyncio.sleep(heartbeat / slices)
-    loop = asyncio.get_running_loop()
+
     beat = asyncio.create_task(heartbeats())
     sem = asyncio.Semaphore(CONCURRENCY)
     keep = []

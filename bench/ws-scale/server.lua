@@ -10,7 +10,7 @@ local moonstream = require "moonstream"
 local dir, port_file, heartbeat = arg[1], arg[2], tonumber(arg[3])
 
 local server = assert(moonstream.new({
-  port = 0, logLevel = "warn", storage = { path = dir .. "/data" },
+  port = 0, logLevel = os.getenv("WS_SCALE_LOG") or "warn", storage = { path = dir .. "/data" },
   connectionLimit = 60000, realtime = { heartbeatInterval = heartbeat },
 }))
 
