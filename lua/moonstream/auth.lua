@@ -160,8 +160,9 @@ function Auth:_attempt(address, auth_data, connection, callback)
       self.running[address] = n > 0 and n or nil
     end
     if not user then self:_failed(address) end
-    if user then callback(user) else callback(nil, "invalid") end
+    -- the waiting attempts first: an error in callback must not strand them
     if address then self:_next(address) end
+    if user then callback(user) else callback(nil, "invalid") end
   end)
 end
 
