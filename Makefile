@@ -14,7 +14,7 @@ BUSTED ?= busted
 
 MS_CFLAGS = -std=gnu11 -fPIC -Wall -Wextra -Wshadow -Wmissing-prototypes \
             -Wno-unused-parameter -I$(LUA_INCDIR) -MMD -MP
-MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lwslay -lsystemd -lpthread
+MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lsystemd -lpthread
 
 SRC := $(wildcard csrc/*.c)
 OBJ := $(SRC:csrc/%.c=build/obj/%.o)
@@ -25,7 +25,7 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 # target installs its list when a package is missing (needs root).
 # Building and running the server (make all, make run, make install):
 RUN_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev libyajl-dev \
-               uthash-dev libcurl4-openssl-dev libssl-dev libwslay-dev lua-filesystem lua-argparse \
+               uthash-dev libcurl4-openssl-dev libssl-dev lua-filesystem lua-argparse \
                lua-yaml libsystemd-dev
 # Packing and installing the rock (make rock):
 ROCK_PACKAGES = luarocks git zip unzip

@@ -38,7 +38,6 @@ external_dependencies = {
    CURL = { library = "curl" }, -- Debian keeps curl.h in a multiarch include dir
    UTHASH = { header = "uthash.h" },
    OPENSSL = { header = "openssl/evp.h", library = "crypto" },
-   WSLAY = { header = "wslay/wslay.h", library = "wslay" },
    SYSTEMD = { header = "systemd/sd-daemon.h", library = "systemd" },
 }
 build = {
@@ -50,12 +49,12 @@ build = {
             "csrc/presence.c", "csrc/jbuf.c", "csrc/json.c", "csrc/json_scan.c", "csrc/json_num.c",
             "csrc/json_diag.c", "csrc/json_encode.c", "csrc/json_pool.c", "csrc/httpclient.c", "csrc/ws.c", "csrc/crypto.c",
             "csrc/records.c", "csrc/recmap.c", "csrc/memstore.c", "csrc/engine.c", "csrc/engine_lua.c", "csrc/fastpath.c",
-            "csrc/metrics.c", "csrc/notify.c",
+            "csrc/metrics.c", "csrc/notify.c", "csrc/workers.c",
          },
          defines = { "_GNU_SOURCE" },
-         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay", "systemd", "pthread" },
-         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)", "$(SYSTEMD_INCDIR)" },
-         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)", "$(SYSTEMD_LIBDIR)" },
+         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "systemd", "pthread" },
+         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(SYSTEMD_INCDIR)" },
+         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(SYSTEMD_LIBDIR)" },
       },
       ["moonstream"] = "lua/moonstream/init.lua",
       ["moonstream.auth"] = "lua/moonstream/auth.lua",

@@ -1,5 +1,5 @@
 -- wrk script for bench/run: the workload comes from the environment.
---   BENCH_WORKLOAD  read | write | emit10 | mixed10 | rpc | rpcws | randread
+--   BENCH_WORKLOAD  read | write | write1 | emit10 | mixed10 | rpc | rpcws | randread
 --   BENCH_RECORDS   randread: how many records (bench/r<i>, 0-based) to pick from
 --   BENCH_VALIDATE  1: check every response (status 200 and "result":"SUCCESS")
 --                   and report how many failed (checking slows wrk: not for timing)
@@ -45,6 +45,13 @@ if workload == "write" then
   function request()
     i = (i + 1) % 1000
     return wrk.format(nil, nil, nil, batch { write("bench/w" .. i, '{"n":' .. i .. ',"name":"record ' .. i .. '"}') })
+  end
+elseif workload == "write1" then
+  -- every write to ONE hot record (the issue 14 workload)
+  local i = 0
+  function request()
+    i = i + 1
+    return wrk.format(nil, nil, nil, batch { write("bench/hot", '{"n":' .. i .. ',"name":"the hot record"}') })
   end
 elseif workload == "randread" then
   function init(args) math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 1000) end

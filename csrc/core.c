@@ -18,5 +18,6 @@ LUALIB_API int luaopen_moonstream_core(lua_State *L) {
     ms_fastpath_open(L);
     ms_metrics_open(L);
     ms_notify_open(L);
+    ms_workers_open(L);
     return 1;
 }

@@ -22,6 +22,7 @@ void ms_engine_open(lua_State *L);
 void ms_fastpath_open(lua_State *L);
 void ms_metrics_open(lua_State *L);
 void ms_notify_open(lua_State *L);
+void ms_workers_open(lua_State *L);
 
 /* Calls the function at the top of the stack (below its nargs arguments) with
  * lua_pcall and a traceback handler. On error the message (with traceback) goes

@@ -5,6 +5,7 @@
  *
  * Lua API (all raise on misuse, none on bad input data):
  *   core.pbkdf2(password, salt, iterations, key_length, digest) -> bytes | nil, err
+ *     (on the calling thread; workers.c runs the same off the loop thread)
  *   core.random_bytes(n)        -> n bytes from the OS's random source | nil, err
  *   core.sha256(s)              -> 32 bytes
  *   core.equal(a, b)            -> boolean, time independent of where they differ
@@ -20,6 +21,7 @@
 #include <openssl/sha.h>
 
 #include "core.h"
+#include "crypto.h"
 
 /* Bounds keep one call's time and memory sane whatever a config file or a CLI
  * argument says: 10 million iterations is tens of seconds already. */
@@ -27,34 +29,45 @@
 #define CRYPTO_MAX_KEY_LENGTH 1024
 #define CRYPTO_MAX_RANDOM 4096
 
+const char *ms_pbkdf2_check(lua_State *L, int idx, ms_pbkdf2_args *a) {
+    a->password = luaL_checklstring(L, idx, &a->plen);
+    a->salt = luaL_checklstring(L, idx + 1, &a->slen);
+    lua_Integer iterations = luaL_checkinteger(L, idx + 2);
+    lua_Integer keylen = luaL_checkinteger(L, idx + 3);
+    const char *digest_name = luaL_checkstring(L, idx + 4);
+    luaL_argcheck(L, iterations >= 1 && iterations <= CRYPTO_MAX_ITERATIONS, idx + 2, "iterations out of range");
+    luaL_argcheck(L, keylen >= 1 && keylen <= CRYPTO_MAX_KEY_LENGTH, idx + 3, "key length out of range");
+    luaL_argcheck(L, a->plen <= INT32_MAX && a->slen <= INT32_MAX, idx, "input too long");
+    a->iterations = (int)iterations;
+    a->keylen = (int)keylen;
+    a->md = EVP_get_digestbyname(digest_name);
+    return digest_name;
+}
+
+int ms_pbkdf2_run(const ms_pbkdf2_args *a, unsigned char *out) {
+    return PKCS5_PBKDF2_HMAC(a->password, (int)a->plen, (const unsigned char *)a->salt, (int)a->slen,
+                             a->iterations, a->md, a->keylen, out) == 1;
+}
+
 /* pbkdf2(password, salt, iterations, key_length, digest) -> raw key bytes, or
  * nil, err for an unknown digest or a libcrypto failure. The key lives in a
  * luaL_Buffer, so an error raised while pushing cannot leak it. */
 static int crypto_pbkdf2(lua_State *L) {
-    size_t plen, slen;
-    const char *password = luaL_checklstring(L, 1, &plen);
-    const char *salt = luaL_checklstring(L, 2, &slen);
-    lua_Integer iterations = luaL_checkinteger(L, 3);
-    lua_Integer keylen = luaL_checkinteger(L, 4);
-    const char *digest_name = luaL_checkstring(L, 5);
-    luaL_argcheck(L, iterations >= 1 && iterations <= CRYPTO_MAX_ITERATIONS, 3, "iterations out of range");
-    luaL_argcheck(L, keylen >= 1 && keylen <= CRYPTO_MAX_KEY_LENGTH, 4, "key length out of range");
-    luaL_argcheck(L, plen <= INT32_MAX && slen <= INT32_MAX, 1, "input too long");
-    const EVP_MD *md = EVP_get_digestbyname(digest_name);
-    if (md == NULL) {
+    ms_pbkdf2_args a;
+    const char *digest_name = ms_pbkdf2_check(L, 1, &a);
+    if (a.md == NULL) {
         lua_pushnil(L);
         lua_pushfstring(L, "unknown digest '%s'", digest_name);
         return 2;
     }
     luaL_Buffer b;
-    unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)keylen);
-    if (PKCS5_PBKDF2_HMAC(password, (int)plen, (const unsigned char *)salt, (int)slen, (int)iterations, md,
-                          (int)keylen, out) != 1) {
+    unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, (size_t)a.keylen);
+    if (!ms_pbkdf2_run(&a, out)) {
         lua_pushnil(L);
         lua_pushliteral(L, "PBKDF2 failed");
         return 2;
     }
-    luaL_pushresultsize(&b, (size_t)keylen);
+    luaL_pushresultsize(&b, (size_t)a.keylen);
     return 1;
 }
 

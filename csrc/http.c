@@ -479,6 +479,8 @@ static int http_server_new(lua_State *L) {
         lua_pushfstring(L, "cannot resolve host '%s': %s", host, err);
         return 2;
     }
+    /* MHD_USE_TURBO also makes MHD close a connection without shutdown(2):
+     * ws.c hands upgraded connections back while it keeps their socket */
     unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_ALLOW_UPGRADE;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, http_access, srv,
@@ -567,7 +569,7 @@ static int http_server_close(lua_State *L) {
         if (req->state == REQ_SUSPENDED || (req->state == REQ_HANDLED && req->response == NULL))
             http_send_error(req, 503, "Server is shutting down.");
     }
-    /* MHD_stop_daemon needs every upgraded socket handed back first */
+    /* WebSockets first: their on_close callbacks may still use the server */
     ms_ws_hub *hub = srv->ws_hub;
     srv->ws_hub = NULL;
     ms_ws_hub_close(L, hub);

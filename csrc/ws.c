@@ -1,5 +1,14 @@
 /* WebSocket connections: libmicrohttpd's HTTP upgrade for the handshake,
- * wslay for framing, the socket in moonstream's own loop.
+ * then the socket is ours: RFC 6455 framing here, in moonstream's own loop.
+ *
+ * Why not wslay (which this used before): its context embeds fixed 4 KiB
+ * input and output buffers, 8.8 KB per connection even when idle, twice the
+ * whole per-client budget (issue 14: <= 4 KB per idle authenticated client).
+ * Here an idle connection holds only struct ms_ws: the message being
+ * reassembled and the bytes the socket did not take are allocated while they
+ * exist and freed when done. And once MHD has sent the 101 we keep a dup of
+ * the socket and hand MHD's connection straight back, so MHD frees its
+ * connection and its request memory pool (16 KiB) at once.
  *
  * Lua API (stable; the realtime layer programs against it)
  * ---------------------------------------------------------
@@ -10,6 +19,10 @@
  *     WebSocket in state "connecting". On a bad handshake nothing is answered:
  *     it returns nil, err and the caller answers (400 with err).
  *     opts (all optional):
+ *       max_connections   live WebSockets of the server (default: unlimited);
+ *                         beyond it upgrade() returns nil, "too many
+ *                         WebSocket connections" (MHD's connection limit
+ *                         does not count a connection once upgraded)
  *       max_message_size  bytes (default 1048576): an incoming message larger
  *                         than this (fragments counted together) closes the
  *                         connection with 1009
@@ -33,7 +46,7 @@
  *                     given to ws:close), or 1006 (connection lost)
  *     Setters take a function or nil and return ws. Callbacks always run from
  *     the loop, through ms_pcall (an error is logged, the server goes on),
- *     never inside a wslay or libmicrohttpd frame and never from inside a
+ *     never inside a libmicrohttpd callback or the frame parser, never from inside a
  *     ws method (send_text, send_binary and close never call back).
  * ws:send_text(s), ws:send_binary(s) -> true | nil, err
  *     Queues one message and writes what the socket takes now. err: "closed"
@@ -47,28 +60,30 @@
  * ws:buffered() -> bytes queued for sending, not yet taken by the socket
  * ws:state() -> "connecting" | "open" | "closing" | "closed"
  *
- * WebSocket-level pings from the peer are answered by wslay; the server sends
- * none (deepstream's heartbeat is an application message).
+ * WebSocket-level pings from the peer are answered with pongs; the server
+ * sends none (deepstream's heartbeat is an application message).
  *
  * Lifetime: the userdata is referenced from the registry from upgrade() until
  * on_close has run, so Lua need not keep it. srv:close() closes every
- * WebSocket first (1001, on_close delivered) and hands the sockets back to
- * MHD, as MHD_stop_daemon requires. MHD keeps an upgraded connection on its
- * books until then, so the server's connection_limit counts WebSockets too.
+ * WebSocket first (1001, on_close delivered).
  *
  * Reading is bounded per loop turn (WS_READ_BUDGET bytes per connection), so
  * a client that floods cannot starve the others; what it sends stays in the
  * kernel until the next turn. */
 #include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <microhttpd.h>
-#include <wslay/wslay.h>
 #include <openssl/evp.h>
 
 #include "core.h"
@@ -78,11 +93,18 @@
 #define WS_MT "moonstream.WebSocket"
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_READ_BUDGET (256 * 1024)
+#define WS_READ_CHUNK (64 * 1024)
 #define WS_REASON_MAX 123
+#define WS_CONTROL_MAX 125
+
+enum { OP_CONT = 0, OP_TEXT = 1, OP_BINARY = 2, OP_CLOSE = 8, OP_PING = 9, OP_PONG = 10 };
+enum { CODE_NONE = 1005, CODE_LOST = 1006, CODE_PROTOCOL = 1002, CODE_NOT_UTF8 = 1007,
+       CODE_POLICY = 1008, CODE_TOO_BIG = 1009, CODE_INTERNAL = 1011, CODE_GOING_AWAY = 1001 };
 
 typedef struct ms_ws ms_ws;
 
-/* A complete incoming message, held until wslay_event_recv has returned. */
+/* A complete incoming message: reassembled in place, then queued until the
+ * read that completed it has returned. */
 typedef struct ws_msg {
     struct ws_msg *next;
     size_t len;
@@ -92,32 +114,49 @@ typedef struct ws_msg {
 
 enum ws_state { WS_CONNECTING, WS_OPEN, WS_CLOSING, WS_CLOSED };
 
+/* Everything an idle connection costs the server, apart from the kernel's
+ * socket and the Lua side: keep it small (bench/RESULTS.md, ws-scale). */
 struct ms_ws {
     ms_ws_hub *hub;              /* NULL once closed */
     ms_ws *prev, *next;          /* the hub's list of live connections */
     ms_ws *cprev, *cnext;        /* the hub's list of connections with a deadline */
-    int in_closing_list;
-    enum ws_state state;
-    int opened;                  /* on_open was delivered */
-    int dead;                    /* finish at the next chance (I/O failure, drop) */
-    int fd;                      /* -1 until MHD hands over the socket */
+    uint8_t state;               /* enum ws_state */
+    uint8_t in_closing_list;
+    uint8_t opened;              /* on_open was delivered */
+    uint8_t dead;                /* finish at the next chance (I/O failure, drop) */
+    uint8_t close_sent;          /* our close frame is queued: nothing may follow */
+    uint8_t close_received;      /* the peer's close frame arrived */
+    uint8_t read_off;            /* read nothing more (closed, or failed) */
+    uint8_t in_payload;          /* the frame header is complete */
+    uint8_t hdr_len;             /* header bytes read so far */
+    uint8_t hdr[14];
+    uint8_t frame_op, frame_fin;
+    uint8_t msg_op;              /* TEXT or BINARY while a message is reassembled */
+    uint8_t ctrl_len;
+    uint8_t u8_need;             /* continuation bytes the text's current character still needs */
+    uint8_t mask[4];
+    uint32_t u8_cp, u8_min;      /* that character so far, and its smallest valid value */
+    uint16_t code_sent, code_received;
+    int fd;                      /* ours (a dup of MHD's), -1 until MHD hands it over */
     uint32_t watched;            /* events registered with the loop, 0: none */
-    struct MHD_UpgradeResponseHandle *urh;
+    uint64_t frame_left, frame_pos;
+    ws_msg *msg;                 /* the message being reassembled, NULL: none */
+    size_t msg_cap;
+    char *out;                   /* bytes the socket has not taken yet, NULL: none */
+    size_t out_off, out_len, out_cap;
+    size_t max_message, max_buffered;
     void *req_cls;               /* the HTTP request while connecting */
-    void *http_req;              /* the HTTP request once upgraded (MHD frees it after we hand back) */
-    wslay_event_context_ptr ctx;
     char *extra;                 /* bytes MHD read past the handshake */
     size_t extra_len, extra_off;
     ws_msg *inbox, *inbox_tail;
-    size_t read_budget;
-    size_t max_buffered;
+    char *reason;                /* the peer's close reason, NULL: none */
     double deadline;             /* ms (ms_loop_now) while in the closing list */
     double close_timeout;
     int forced_code;             /* close code decided by us without a frame, 0: none */
     const char *forced_reason;
-    char reason[WS_REASON_MAX + 1];  /* peer's close reason */
     int self_ref, on_open_ref, on_message_ref, on_close_ref;
     lua_Integer id;
+    uint8_t ctrl[WS_CONTROL_MAX];   /* the control frame being read */
     char addr[INET6_ADDRSTRLEN];
 };
 
@@ -126,9 +165,17 @@ struct ms_ws_hub {
     ms_loop *loop;
     ms_ws *head;                 /* live connections */
     ms_ws *closing;              /* connections with a deadline */
+    size_t count;                /* live connections */
     int in_prepare, free_pending;
-    int finished;                /* a socket was handed back since the last prepare */
+    int finished;                /* a connection went back to MHD since the last prepare */
+    double trim_at;              /* when to give freed handshake memory back, 0: not due */
 };
+
+/* After a burst of upgrades, MHD has freed each connection's request pool
+ * (16 KiB, from malloc), but between long-lived WebSocket allocations: the
+ * heap cannot shrink, and the pages stay in RSS. malloc_trim returns whole
+ * free pages from anywhere in the heap; once per burst, a second after it. */
+#define WS_TRIM_DELAY 1000.0
 
 static lua_Integer ws_next_id = 0;
 
@@ -158,6 +205,30 @@ static int ws_utf8_valid(const unsigned char *s, size_t len) {
         }
         if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
         i += n + 1;
+    }
+    return 1;
+}
+
+/* Checks n more bytes of a text message as they arrive, so that invalid
+ * UTF-8 fails the connection at once (RFC 6455 8.1) rather than after the
+ * rest of a long message. Same rules as ws_utf8_valid. 0: invalid. */
+static int ws_utf8_feed(ms_ws *ws, const uint8_t *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (ws->u8_need == 0) {
+            if (c < 0x80) continue;
+            if ((c & 0xE0) == 0xC0) { ws->u8_need = 1; ws->u8_cp = c & 0x1F; ws->u8_min = 0x80; }
+            else if ((c & 0xF0) == 0xE0) { ws->u8_need = 2; ws->u8_cp = c & 0x0F; ws->u8_min = 0x800; }
+            else if ((c & 0xF8) == 0xF0) { ws->u8_need = 3; ws->u8_cp = c & 0x07; ws->u8_min = 0x10000; }
+            else return 0;
+            continue;
+        }
+        if ((c & 0xC0) != 0x80) return 0;
+        ws->u8_cp = (ws->u8_cp << 6) | (c & 0x3F);
+        if (--ws->u8_need == 0) {
+            uint32_t cp = ws->u8_cp;
+            if (cp < ws->u8_min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        }
     }
     return 1;
 }
@@ -198,6 +269,11 @@ static int ws_accept_value(const char *key, char out[29]) {
     return EVP_EncodeBlock((unsigned char *)out, md, 20) == 28;
 }
 
+/* Close codes a peer may send (RFC 6455 7.4, IANA registry). */
+static int ws_code_valid(unsigned code) {
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+}
+
 static void ws_unref(lua_State *L, int *ref) {
     if (*ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, *ref);
     *ref = LUA_NOREF;
@@ -226,82 +302,293 @@ static void ws_closing_add(ms_ws *ws, double deadline) {
     ws->in_closing_list = 1;
 }
 
-/* ---- wslay callbacks (no Lua in here) ---- */
+/* ---- sending (no Lua in here) ---- */
 
-static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *ud) {
-    ms_ws *ws = ud;
-    if (ws->extra_off < ws->extra_len) {
-        size_t n = ws->extra_len - ws->extra_off;
-        if (n > len) n = len;
-        memcpy(buf, ws->extra + ws->extra_off, n);
-        ws->extra_off += n;
-        return (ssize_t)n;
-    }
-    if (ws->fd < 0 || ws->read_budget == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    if (len > ws->read_budget) len = ws->read_budget;
-    ssize_t n;
-    do n = recv(ws->fd, buf, len, 0); while (n < 0 && errno == EINTR);
-    if (n > 0) { ws->read_budget -= (size_t)n; return n; }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-    } else {
-        ws->dead = 1;  /* EOF or a socket error: the connection is lost */
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-    }
-    return -1;
+static size_t ws_buffered_bytes(const ms_ws *ws) {
+    return ws->out_len - ws->out_off;
 }
 
-static ssize_t ws_send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *ud) {
-    ms_ws *ws = ud;
-    if (ws->fd < 0) { wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK); return -1; }
-    ssize_t n;
-    int f = MSG_NOSIGNAL | ((flags & WSLAY_MSG_MORE) ? MSG_MORE : 0);
-    do n = send(ws->fd, data, len, f); while (n < 0 && errno == EINTR);
-    if (n >= 0) return n;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-    } else {
-        ws->dead = 1;
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-    }
-    return -1;
+static void ws_out_free(ms_ws *ws) {
+    free(ws->out);
+    ws->out = NULL;
+    ws->out_off = ws->out_len = ws->out_cap = 0;
 }
 
-/* Keeps complete messages for delivery after wslay_event_recv returns. */
-static void ws_on_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *ud) {
-    ms_ws *ws = ud;
-    if (arg->opcode == WSLAY_CONNECTION_CLOSE) {
-        size_t n = arg->msg_length > 2 ? arg->msg_length - 2 : 0;
-        if (n > WS_REASON_MAX) n = WS_REASON_MAX;
-        if (n) memcpy(ws->reason, arg->msg + 2, n);
-        ws->reason[n] = '\0';
+/* Appends n bytes to the output buffer. -1 when out of memory. */
+static int ws_out_append(ms_ws *ws, const void *p, size_t n) {
+    if (n == 0) return 0;
+    if (ws->out_off > 0 && ws->out_len + n > ws->out_cap) {
+        memmove(ws->out, ws->out + ws->out_off, ws->out_len - ws->out_off);
+        ws->out_len -= ws->out_off;
+        ws->out_off = 0;
+    }
+    if (ws->out_len + n > ws->out_cap) {
+        size_t cap = ws->out_cap ? ws->out_cap * 2 : 256;
+        while (cap < ws->out_len + n) cap *= 2;
+        char *o = realloc(ws->out, cap);
+        if (o == NULL) return -1;
+        ws->out = o;
+        ws->out_cap = cap;
+    }
+    memcpy(ws->out + ws->out_len, p, n);
+    ws->out_len += n;
+    return 0;
+}
+
+/* A send(2) failure other than "try later": the connection is lost. */
+static void ws_write_failed(ms_ws *ws) {
+    if (!ws->dead && ws->forced_code == 0) { ws->forced_code = CODE_LOST; ws->forced_reason = "write failed"; }
+    ws->dead = 1;
+}
+
+/* Writes what the socket takes of the output buffer; frees it once empty. */
+static void ws_out_flush(ms_ws *ws) {
+    while (ws->fd >= 0 && !ws->dead && ws->out_off < ws->out_len) {
+        ssize_t n = send(ws->fd, ws->out + ws->out_off, ws->out_len - ws->out_off, MSG_NOSIGNAL);
+        if (n > 0) { ws->out_off += (size_t)n; continue; }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        ws_write_failed(ws);
         return;
     }
-    if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME) return;
-    if (ws->dead || ws->state == WS_CLOSING) return;
-    if (arg->opcode == WSLAY_TEXT_FRAME && !ws_utf8_valid(arg->msg, arg->msg_length)) {
-        static const char why[] = "text message is not UTF-8";
-        wslay_event_queue_close(ctx, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, (const uint8_t *)why, sizeof why - 1);
-        wslay_event_shutdown_read(ctx);
+    if (ws->out_off == ws->out_len && ws->out) ws_out_free(ws);
+}
+
+/* Queues one unfragmented, unmasked frame (server frames are never masked).
+ * With nothing queued before it, it goes straight to the socket and only
+ * what the socket does not take is copied. -1 when out of memory. */
+static int ws_queue_frame(ms_ws *ws, int op, const void *data, size_t len) {
+    uint8_t h[10];
+    size_t hl;
+    h[0] = (uint8_t)(0x80 | op);
+    if (len < 126) { h[1] = (uint8_t)len; hl = 2; }
+    else if (len < 65536) { h[1] = 126; h[2] = (uint8_t)(len >> 8); h[3] = (uint8_t)len; hl = 4; }
+    else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+        hl = 10;
+    }
+    size_t done = 0;
+    if (ws->fd >= 0 && !ws->dead && ws->out_off == ws->out_len) {
+        struct iovec iov[2] = { { h, hl }, { (void *)data, len } };
+        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
+        ssize_t n;
+        do n = sendmsg(ws->fd, &mh, MSG_NOSIGNAL); while (n < 0 && errno == EINTR);
+        if (n >= 0) done = (size_t)n;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK) { ws_write_failed(ws); return 0; }
+    }
+    if (done < hl && ws_out_append(ws, h + done, hl - done) != 0) return -1;
+    size_t skip = done > hl ? done - hl : 0;
+    return ws_out_append(ws, (const char *)data + skip, len - skip);
+}
+
+/* Queues our close frame (code 0: none); nothing may be sent after it. */
+static int ws_queue_close(ms_ws *ws, unsigned code, const char *reason, size_t rlen) {
+    uint8_t p[2 + WS_REASON_MAX];
+    size_t n = 0;
+    if (code) {
+        if (rlen > WS_REASON_MAX) rlen = WS_REASON_MAX;
+        p[0] = (uint8_t)(code >> 8);
+        p[1] = (uint8_t)code;
+        if (rlen) memcpy(p + 2, reason, rlen);
+        n = 2 + rlen;
+    }
+    ws->close_sent = 1;
+    ws->code_sent = (uint16_t)(code ? code : CODE_NONE);
+    return ws_queue_frame(ws, OP_CLOSE, p, n);
+}
+
+/* RFC 6455 7.1.7, failing the connection: our close frame with code, no more
+ * reading; it finishes once the frame is written (bounded by close_timeout). */
+static void ws_fail(ms_ws *ws, int code, const char *reason) {
+    ws->read_off = 1;
+    if (ws->forced_code == 0) { ws->forced_code = code; ws->forced_reason = reason; }
+    if (!ws->close_sent && ws_queue_close(ws, (unsigned)code, reason, strlen(reason)) != 0) ws->dead = 1;
+    if (ws->hub) ws_closing_add(ws, ms_loop_now() + ws->close_timeout);
+}
+
+/* ---- receiving (no Lua in here) ---- */
+
+/* A complete control frame. */
+static void ws_control(ms_ws *ws) {
+    if (ws->frame_op == OP_PING) {
+        if (!ws->close_sent && ws_queue_frame(ws, OP_PONG, ws->ctrl, ws->ctrl_len) != 0) ws->dead = 1;
         return;
     }
-    ws_msg *m = malloc(sizeof *m + arg->msg_length + 1);
-    if (m == NULL) { ws->dead = 1; ws->forced_code = 1011; wslay_event_shutdown_read(ctx); return; }
-    m->next = NULL;
-    m->len = arg->msg_length;
-    m->binary = arg->opcode == WSLAY_BINARY_FRAME;
-    if (arg->msg_length) memcpy(m->data, arg->msg, arg->msg_length);
+    if (ws->frame_op != OP_CLOSE) return;  /* a pong: nothing to do */
+    unsigned code = CODE_NONE;
+    size_t rlen = 0;
+    if (ws->ctrl_len == 1) { ws_fail(ws, CODE_PROTOCOL, ""); return; }
+    if (ws->ctrl_len >= 2) {
+        code = (unsigned)ws->ctrl[0] << 8 | ws->ctrl[1];
+        rlen = ws->ctrl_len - 2u;
+        if (!ws_code_valid(code)) { ws_fail(ws, CODE_PROTOCOL, ""); return; }
+        if (!ws_utf8_valid(ws->ctrl + 2, rlen)) { ws_fail(ws, CODE_NOT_UTF8, ""); return; }
+    }
+    ws->close_received = 1;
+    ws->read_off = 1;
+    ws->code_received = (uint16_t)code;
+    if (rlen > 0 && (ws->reason = malloc(rlen + 1)) != NULL) {
+        memcpy(ws->reason, ws->ctrl + 2, rlen);
+        ws->reason[rlen] = '\0';
+    }
+    /* answer with the same code (none for none) */
+    if (!ws->close_sent && ws_queue_close(ws, code == CODE_NONE ? 0 : code, NULL, 0) != 0) ws->dead = 1;
+}
+
+/* The last frame of a data message arrived. */
+static void ws_message_done(ms_ws *ws) {
+    ws_msg *m = ws->msg;
+    ws->msg = NULL;
+    ws->msg_cap = 0;
+    int text = ws->msg_op == OP_TEXT;
+    ws->msg_op = 0;
+    if (text && ws->u8_need != 0) {  /* ends inside a character */
+        free(m);
+        ws_fail(ws, CODE_NOT_UTF8, "text message is not UTF-8");
+        return;
+    }
+    if (ws->close_sent || ws->state == WS_CLOSING) { free(m); return; }  /* we are closing: dropped */
+    m->binary = !text;
     m->data[m->len] = '\0';
+    m->next = NULL;
     if (ws->inbox_tail) ws->inbox_tail->next = m; else ws->inbox = m;
     ws->inbox_tail = m;
 }
 
-static const struct wslay_event_callbacks ws_callbacks = {
-    ws_recv_cb, ws_send_cb, NULL, NULL, NULL, NULL, ws_on_msg_cb
-};
+/* Checks a frame header once its first two bytes are in; 0 on a protocol
+ * error (the connection has failed). */
+static int ws_header_start(ms_ws *ws) {
+    uint8_t b0 = ws->hdr[0], b1 = ws->hdr[1];
+    int op = b0 & 0x0F, fin = b0 >> 7, len7 = b1 & 0x7F;
+    int control = (op & 8) != 0;
+    int known = op == OP_CONT || op == OP_TEXT || op == OP_BINARY || op == OP_CLOSE || op == OP_PING || op == OP_PONG;
+    if ((b0 & 0x70) || !known || !(b1 & 0x80) ||       /* reserved bits, opcode, client frames are masked */
+        (control && (!fin || len7 > WS_CONTROL_MAX)) ||  /* control frames: whole and short */
+        (op == OP_CONT && ws->msg_op == 0) ||            /* a continuation of nothing */
+        ((op == OP_TEXT || op == OP_BINARY) && ws->msg_op != 0)) {  /* a new message inside one */
+        ws_fail(ws, CODE_PROTOCOL, "");
+        return 0;
+    }
+    return 1;
+}
+
+/* Header bytes needed in all, once the first two are known. */
+static size_t ws_header_size(const ms_ws *ws) {
+    int len7 = ws->hdr[1] & 0x7F;
+    return 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + 4;
+}
+
+/* The header is complete: sets up reading the payload. */
+static void ws_header_done(ms_ws *ws) {
+    int len7 = ws->hdr[1] & 0x7F;
+    uint64_t len = (uint64_t)len7;
+    const uint8_t *p = ws->hdr + 2;
+    if (len7 == 126) { len = (uint64_t)p[0] << 8 | p[1]; p += 2; }
+    else if (len7 == 127) {
+        len = 0;
+        for (int i = 0; i < 8; i++) len = len << 8 | p[i];
+        p += 8;
+        if (len >> 63) { ws_fail(ws, CODE_PROTOCOL, ""); return; }
+    }
+    memcpy(ws->mask, p, 4);
+    ws->frame_op = ws->hdr[0] & 0x0F;
+    ws->frame_fin = ws->hdr[0] >> 7;
+    ws->frame_left = len;
+    ws->frame_pos = 0;
+    ws->hdr_len = 0;
+    ws->ctrl_len = 0;
+    if (!(ws->frame_op & 8)) {
+        size_t have = ws->msg ? ws->msg->len : 0;
+        if (len > ws->max_message || have + len > ws->max_message) { ws_fail(ws, CODE_TOO_BIG, ""); return; }
+        if (ws->frame_op != OP_CONT) { ws->msg_op = ws->frame_op; ws->u8_need = 0; }
+    }
+    ws->in_payload = 1;
+}
+
+/* Room for n more bytes of the message being reassembled. 0: out of memory. */
+static int ws_msg_reserve(ms_ws *ws, size_t n) {
+    size_t have = ws->msg ? ws->msg->len : 0;
+    if (ws->msg && have + n <= ws->msg_cap) return 1;
+    size_t cap = ws->msg_cap ? ws->msg_cap * 2 : 256;
+    while (cap < have + n) cap *= 2;
+    if (cap > ws->max_message && have + n <= ws->max_message) cap = ws->max_message;
+    ws_msg *m = realloc(ws->msg, sizeof *m + cap + 1);
+    if (m == NULL) return 0;
+    if (ws->msg == NULL) m->len = 0;
+    ws->msg = m;
+    ws->msg_cap = cap;
+    return 1;
+}
+
+/* The frame's payload is complete. */
+static void ws_frame_done(ms_ws *ws) {
+    ws->in_payload = 0;
+    if (ws->frame_op & 8) { ws_control(ws); return; }
+    if (ws->msg == NULL && !ws_msg_reserve(ws, 0)) { ws->dead = 1; ws->forced_code = CODE_INTERNAL; return; }
+    if (ws->frame_fin) ws_message_done(ws);
+}
+
+/* Feeds n bytes from the peer through the frame parser. */
+static void ws_feed(ms_ws *ws, const uint8_t *p, size_t n) {
+    while (n > 0 && !ws->read_off && !ws->dead) {
+        if (!ws->in_payload) {
+            ws->hdr[ws->hdr_len++] = *p++;
+            n--;
+            if (ws->hdr_len == 2 && !ws_header_start(ws)) return;
+            if (ws->hdr_len >= 2 && ws->hdr_len == ws_header_size(ws)) {
+                ws_header_done(ws);
+                if (ws->in_payload && ws->frame_left == 0) ws_frame_done(ws);
+            }
+            continue;
+        }
+        size_t m = ws->frame_left < n ? (size_t)ws->frame_left : n;
+        uint8_t *dst;
+        if (ws->frame_op & 8) {
+            dst = ws->ctrl + ws->ctrl_len;
+            ws->ctrl_len = (uint8_t)(ws->ctrl_len + m);
+        } else {
+            if (!ws_msg_reserve(ws, m)) { ws->dead = 1; ws->forced_code = CODE_INTERNAL; return; }
+            dst = (uint8_t *)ws->msg->data + ws->msg->len;
+            ws->msg->len += m;
+        }
+        for (size_t i = 0; i < m; i++) dst[i] = p[i] ^ ws->mask[(ws->frame_pos + i) & 3];
+        if (ws->msg_op == OP_TEXT && !(ws->frame_op & 8) && !ws_utf8_feed(ws, dst, m)) {
+            ws_fail(ws, CODE_NOT_UTF8, "text message is not UTF-8");
+            return;
+        }
+        ws->frame_pos += m;
+        ws->frame_left -= m;
+        p += m;
+        n -= m;
+        if (ws->frame_left == 0) ws_frame_done(ws);
+    }
+}
+
+/* Reads what is there (bounded by WS_READ_BUDGET per turn): first the bytes
+ * MHD read past the handshake, then the socket. EOF or an error: lost. */
+static void ws_read(ms_ws *ws) {
+    static uint8_t buf[WS_READ_CHUNK];  /* one thread: the loop's */
+    if (ws->extra_off < ws->extra_len) {
+        ws_feed(ws, (const uint8_t *)ws->extra + ws->extra_off, ws->extra_len - ws->extra_off);
+        ws->extra_off = ws->extra_len;
+    }
+    if (ws->extra) { free(ws->extra); ws->extra = NULL; ws->extra_len = ws->extra_off = 0; }
+    size_t budget = WS_READ_BUDGET;
+    while (ws->fd >= 0 && !ws->read_off && !ws->dead && budget > 0) {
+        ssize_t n = recv(ws->fd, buf, budget < sizeof buf ? budget : sizeof buf, 0);
+        if (n > 0) {
+            budget -= (size_t)n;
+            ws_feed(ws, buf, (size_t)n);
+            if ((size_t)n < sizeof buf) return;  /* drained for now */
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        ws->dead = 1;  /* EOF or a socket error: the connection is lost */
+        return;
+    }
+}
 
 /* ---- connection state machine (loop context; Lua only via ms_pcall) ---- */
 
@@ -331,22 +618,23 @@ static void ws_drop(ms_ws *ws, int code, const char *reason) {
 static void ws_update_watch(ms_ws *ws) {
     if (ws->fd < 0 || ws->state == WS_CLOSED || ws->hub == NULL) return;
     uint32_t ev = 0;
-    if (ws->dead || wslay_event_want_read(ws->ctx)) ev |= EPOLLIN;
-    if (!ws->dead && wslay_event_want_write(ws->ctx)) ev |= EPOLLOUT;
+    if (ws->dead || !ws->read_off) ev |= EPOLLIN;
+    if (!ws->dead && ws_buffered_bytes(ws) > 0) ev |= EPOLLOUT;
     if (ev == 0) ev = EPOLLIN;  /* finished: ws_check_done closes it */
     if (ev == ws->watched) return;
     if (ms_loop_watch(ws->hub->loop, ws->fd, ev, ws_io, ws) == 0) ws->watched = ev;
-    else { ws->dead = 1; ws->forced_code = 1011; }
+    else { ws->dead = 1; ws->forced_code = CODE_INTERNAL; }
 }
 
 /* Writes what the socket takes now. */
 static void ws_flush(ms_ws *ws) {
     if (ws->fd < 0 || ws->dead || ws->state == WS_CLOSED) return;
-    if (wslay_event_send(ws->ctx) != 0 && !ws->dead) ws_drop(ws, 1006, "write failed");
+    ws_out_flush(ws);
+    if (ws->dead) ws_drop(ws, CODE_LOST, "write failed");
     ws_update_watch(ws);
 }
 
-/* Delivers messages collected by ws_on_msg_cb, in order, until the
+/* Delivers messages collected by the parser, in order, until the
  * connection stops being open (a peer that sent messages and then dropped
  * the connection still has them delivered). */
 static void ws_deliver_inbox(ms_ws *ws, lua_State *L) {
@@ -370,18 +658,18 @@ static void ws_deliver_inbox(ms_ws *ws, lua_State *L) {
 /* The code and reason on_close reports. */
 static int ws_close_code(ms_ws *ws, const char **reason) {
     *reason = "";
-    if (ws->ctx && wslay_event_get_close_received(ws->ctx)) {
-        *reason = ws->reason;
-        return wslay_event_get_status_code_received(ws->ctx);
+    if (ws->close_received) {
+        if (ws->reason) *reason = ws->reason;
+        return ws->code_received;
     }
     if (ws->forced_code) { *reason = ws->forced_reason ? ws->forced_reason : ""; return ws->forced_code; }
-    if (ws->ctx && wslay_event_get_close_sent(ws->ctx)) return wslay_event_get_status_code_sent(ws->ctx);
-    return 1006;
+    if (ws->close_sent) return ws->code_sent;
+    return CODE_LOST;
 }
 
-/* Finishes the connection: frees wslay's state, hands the socket back to
- * MHD (which closes it), delivers on_close when deliver is set (not from
- * __gc), then drops the registry references. Safe twice. */
+/* Finishes the connection: closes the socket, frees every buffer, delivers
+ * on_close when deliver is set (not from __gc), then drops the registry
+ * references. Safe twice. */
 static void ws_finish(ms_ws *ws, int deliver) {
     if (ws->state == WS_CLOSED) return;
     ms_ws_hub *hub = ws->hub;
@@ -396,22 +684,21 @@ static void ws_finish(ms_ws *ws, int deliver) {
         if (ws->prev) ws->prev->next = ws->next; else hub->head = ws->next;
         if (ws->next) ws->next->prev = ws->prev;
         ws->prev = ws->next = NULL;
+        hub->count--;
         if (ws->fd >= 0 && ws->watched) ms_loop_unwatch(hub->loop, ws->fd);
     }
     ws->watched = 0;
     ws->hub = NULL;
     if (ws->req_cls) { ms_http_forget_ws(ws->req_cls); ws->req_cls = NULL; }
-    if (ws->urh) {
-        /* MHD closes the socket in its next MHD_run: ask http.c for one */
-        MHD_upgrade_action(ws->urh, MHD_UPGRADE_ACTION_CLOSE);
-        ws->urh = NULL;
-        ms_http_wake(ws->http_req);
-        if (hub) hub->finished = 1;
-    }
+    if (ws->fd >= 0) close(ws->fd);
     ws->fd = -1;
-    if (ws->ctx) { wslay_event_context_free(ws->ctx); ws->ctx = NULL; }
+    ws_out_free(ws);
+    free(ws->msg);
+    ws->msg = NULL;
     free(ws->extra);
     ws->extra = NULL;
+    free(ws->reason);
+    ws->reason = NULL;
     ws_free_inbox(ws);
     if (L == NULL) return;  /* from __gc at lua_close: no callbacks */
     if (deliver && ws->on_close_ref != LUA_NOREF && lua_checkstack(L, 5)) {
@@ -427,10 +714,11 @@ static void ws_finish(ms_ws *ws, int deliver) {
     ws_unref(L, &ws->self_ref);  /* last: the userdata may be collected from here on */
 }
 
-/* Finishes the connection if it is over: lost, or the close handshake done. */
+/* Finishes the connection if it is over: lost, or both close frames done
+ * (ours written and the peer's received, or ours written after a failure). */
 static int ws_check_done(ms_ws *ws) {
     if (ws->state == WS_CLOSED) return 1;
-    if (ws->dead || (!wslay_event_want_read(ws->ctx) && !wslay_event_want_write(ws->ctx))) {
+    if (ws->dead || (ws->close_sent && ws->read_off && ws_buffered_bytes(ws) == 0)) {
         ws_finish(ws, 1);
         return 1;
     }
@@ -451,24 +739,12 @@ static void ws_io_anchored(ms_ws *ws, lua_State *L, uint32_t events) {
             if (ws->state == WS_CLOSED) return;
         }
     }
-    if (!ws->dead && ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || ws->extra_off < ws->extra_len)) {
-        ws->read_budget = WS_READ_BUDGET;
-        if (wslay_event_recv(ws->ctx) != 0 && !ws->dead) {
-            /* a framing error wslay returns instead of queuing a close
-             * itself (e.g. a control frame over 125 bytes): say 1002 */
-            if (!wslay_event_get_close_sent(ws->ctx))
-                wslay_event_queue_close(ws->ctx, WSLAY_CODE_PROTOCOL_ERROR, NULL, 0);
-            wslay_event_send(ws->ctx);
-            ws_drop(ws, WSLAY_CODE_PROTOCOL_ERROR, "");
-        }
-        if (ws->extra && ws->extra_off == ws->extra_len) { free(ws->extra); ws->extra = NULL; ws->extra_len = ws->extra_off = 0; }
+    if (!ws->dead && !ws->read_off && ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) || ws->extra)) {
+        ws_read(ws);
         ws_deliver_inbox(ws, L);
         if (ws->state == WS_CLOSED) return;
     }
-    if (!ws->dead) {
-        if (wslay_event_want_write(ws->ctx) && wslay_event_send(ws->ctx) != 0 && !ws->dead)
-            ws_drop(ws, 1006, "write failed");
-    }
+    if (!ws->dead) ws_out_flush(ws);
     if ((events & (EPOLLHUP | EPOLLERR)) && !(events & EPOLLIN)) ws->dead = 1;
     if (ws_check_done(ws)) return;
     ws_update_watch(ws);
@@ -506,8 +782,16 @@ static long ws_prepare(void *ud) {
     }
     hub->in_prepare = 0;
     if (hub->free_pending) { free(hub); return 0; }
-    /* a socket handed back here, after http.c's prepare ran, needs another
-     * turn at once for MHD to close it */
+    if (hub->trim_at > 0) {
+        if (now >= hub->trim_at) {
+            hub->trim_at = 0;
+            malloc_trim(0);
+        } else if (next < 0 || hub->trim_at < next) {
+            next = hub->trim_at;
+        }
+    }
+    /* a connection handed back to MHD here, after http.c's prepare ran,
+     * needs another turn at once for MHD to free it */
     if (hub->finished) { hub->finished = 0; return 0; }
     if (next < 0) return -1;
     return (long)(next - now) + 1;
@@ -515,36 +799,46 @@ static long ws_prepare(void *ud) {
 
 /* ---- MHD side ---- */
 
-/* Called by MHD, inside MHD_run, once the 101 is sent: no Lua here. The
- * socket is watched for writing so the loop calls ws_io at once, which
- * delivers on_open and feeds the bytes that came with the handshake. */
+/* Called by MHD, inside MHD_run, once the 101 is sent: no Lua here. We keep
+ * a duplicate of the socket and hand MHD's connection back at once, so MHD
+ * frees the connection and its memory pool in its next run (MHD_USE_TURBO:
+ * MHD then closes its descriptor without shutdown(2), which would end ours
+ * too). The socket is watched for writing so the loop calls ws_io at once,
+ * which delivers on_open and feeds the bytes that came with the handshake. */
 static void ws_upgraded(void *cls, struct MHD_Connection *connection, void *req_cls,
                         const char *extra_in, size_t extra_in_size, MHD_socket sock,
                         struct MHD_UpgradeResponseHandle *urh) {
     ms_ws *ws = ms_http_upgraded(req_cls);
-    if (ws == NULL || ws->state == WS_CLOSED || ws->hub == NULL) {
-        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    int fd = -1;
+    if (ws != NULL && ws->state != WS_CLOSED && ws->hub != NULL) fd = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+    ms_http_wake(req_cls);
+    if (ws == NULL || ws->state == WS_CLOSED || ws->hub == NULL) return;
+    ws->hub->finished = 1;
+    if (ws->hub->trim_at == 0) ws->hub->trim_at = ms_loop_now() + WS_TRIM_DELAY;
+    ws->req_cls = NULL;
+    if (fd < 0) {
+        ws->dead = 1;
+        ws->forced_code = CODE_INTERNAL;
+        ws_closing_add(ws, 0);
         return;
     }
-    ws->req_cls = NULL;
-    ws->http_req = req_cls;
-    ws->urh = urh;
-    ws->fd = sock;
+    ws->fd = fd;
     /* Frames are small messages: without this, a frame written while the
      * previous one is unacknowledged waits for the peer's delayed ACK
      * (Nagle), up to 40 ms here (the RPC round trips in bench/RESULTS.md). */
     int one = 1;
-    (void)setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (extra_in_size > 0) {
         ws->extra = malloc(extra_in_size);
-        if (ws->extra == NULL) { ws->dead = 1; ws->forced_code = 1011; }
+        if (ws->extra == NULL) { ws->dead = 1; ws->forced_code = CODE_INTERNAL; }
         else { memcpy(ws->extra, extra_in, extra_in_size); ws->extra_len = extra_in_size; }
     }
-    if (ms_loop_watch(ws->hub->loop, sock, EPOLLIN | EPOLLOUT, ws_io, ws) == 0) {
+    if (ms_loop_watch(ws->hub->loop, fd, EPOLLIN | EPOLLOUT, ws_io, ws) == 0) {
         ws->watched = EPOLLIN | EPOLLOUT;
     } else {
         ws->dead = 1;
-        ws->forced_code = 1011;
+        ws->forced_code = CODE_INTERNAL;
         ws_closing_add(ws, 0);
     }
 }
@@ -584,22 +878,33 @@ static lua_Integer opt_field(lua_State *L, int t, const char *k, lua_Integer dfl
     return v;
 }
 
-struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp,
-                                   struct MHD_Connection *conn, void *req_cls, int opts_idx,
-                                   const char **err) {
-    lua_Integer max_msg = opt_field(L, opts_idx, "max_message_size", 1048576, 1);
-    lua_Integer max_buf = opt_field(L, opts_idx, "max_buffered", 4194304, 1);
-    lua_Integer close_timeout = opt_field(L, opts_idx, "close_timeout", 2000, 0);
+/* Checks the handshake headers of conn; NULL when good, else the reason. */
+static const char *ws_check_handshake(struct MHD_Connection *conn, char accept[29]) {
     const char *upgrade = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_UPGRADE);
     const char *connection = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONNECTION);
     const char *version = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Sec-WebSocket-Version");
     const char *key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Sec-WebSocket-Key");
-    if (!ws_header_has_token(upgrade, "websocket")) { *err = "missing \"Upgrade: websocket\""; return NULL; }
-    if (!ws_header_has_token(connection, "upgrade")) { *err = "missing \"Connection: Upgrade\""; return NULL; }
-    if (version == NULL || strcmp(version, "13") != 0) { *err = "unsupported Sec-WebSocket-Version (13 expected)"; return NULL; }
-    if (!ws_key_valid(key)) { *err = "invalid Sec-WebSocket-Key"; return NULL; }
+    if (!ws_header_has_token(upgrade, "websocket")) return "missing \"Upgrade: websocket\"";
+    if (!ws_header_has_token(connection, "upgrade")) return "missing \"Connection: Upgrade\"";
+    if (version == NULL || strcmp(version, "13") != 0) return "unsupported Sec-WebSocket-Version (13 expected)";
+    if (!ws_key_valid(key)) return "invalid Sec-WebSocket-Key";
+    if (!ws_accept_value(key, accept)) return "cannot compute Sec-WebSocket-Accept";
+    return NULL;
+}
+
+struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp,
+                                   struct MHD_Connection *conn, void *req_cls, int opts_idx,
+                                   const char **err) {
+    lua_Integer max_conns = opt_field(L, opts_idx, "max_connections", 0, 0);
+    lua_Integer max_msg = opt_field(L, opts_idx, "max_message_size", 1048576, 1);
+    lua_Integer max_buf = opt_field(L, opts_idx, "max_buffered", 4194304, 1);
+    lua_Integer close_timeout = opt_field(L, opts_idx, "close_timeout", 2000, 0);
     char accept[29];
-    if (!ws_accept_value(key, accept)) { *err = "cannot compute Sec-WebSocket-Accept"; return NULL; }
+    if ((*err = ws_check_handshake(conn, accept)) != NULL) return NULL;
+    if (max_conns > 0 && *hubp && (*hubp)->count >= (size_t)max_conns) {
+        *err = "too many WebSocket connections";
+        return NULL;
+    }
 
     ms_ws_hub *hub = ws_hub_get(L, loop, hubp);
     ms_ws *ws = lua_newuserdatauv(L, sizeof *ws, 0);
@@ -608,16 +913,13 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     ws->fd = -1;
     ws->self_ref = ws->on_open_ref = ws->on_message_ref = ws->on_close_ref = LUA_NOREF;
     luaL_setmetatable(L, WS_MT);
-    if (wslay_event_context_server_init(&ws->ctx, &ws_callbacks, ws) != 0) luaL_error(L, "out of memory");
-    wslay_event_config_set_max_recv_msg_length(ws->ctx, (uint64_t)max_msg);
     struct MHD_Response *r = MHD_create_response_for_upgrade(ws_upgraded, hub);
     if (r == NULL || MHD_add_response_header(r, MHD_HTTP_HEADER_UPGRADE, "websocket") != MHD_YES ||
         MHD_add_response_header(r, "Sec-WebSocket-Accept", accept) != MHD_YES) {
         if (r) MHD_destroy_response(r);
-        wslay_event_context_free(ws->ctx);
-        ws->ctx = NULL;
         luaL_error(L, "out of memory");
     }
+    ws->max_message = (size_t)max_msg;
     ws->max_buffered = (size_t)max_buf;
     ws->close_timeout = (double)close_timeout;
     ws->id = ++ws_next_id;
@@ -636,6 +938,7 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     ws->next = hub->head;
     if (hub->head) hub->head->prev = ws;
     hub->head = ws;
+    hub->count++;
     lua_pushvalue(L, -1);
     ws->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return r;
@@ -646,15 +949,13 @@ void ms_ws_hub_close(lua_State *L, ms_ws_hub *hub) {
     static const char why[] = "server shutting down";
     while (hub->head) {
         ms_ws *ws = hub->head;
-        if (ws->fd >= 0 && !ws->dead && ws->state == WS_OPEN) {
-            wslay_event_queue_close(ws->ctx, WSLAY_CODE_GOING_AWAY, (const uint8_t *)why, sizeof why - 1);
-            wslay_event_send(ws->ctx);  /* best effort: the socket closes next */
+        if (ws->fd >= 0 && !ws->dead && ws->state == WS_OPEN && !ws->close_sent) {
+            (void)ws_queue_close(ws, CODE_GOING_AWAY, why, sizeof why - 1);  /* best effort */
+            ws_out_flush(ws);
         }
-        if (!ws->forced_code) { ws->forced_code = WSLAY_CODE_GOING_AWAY; ws->forced_reason = why; }
-        if (ws->ctx && !wslay_event_get_close_received(ws->ctx)) {
-            /* report our 1001, not a half-finished handshake */
-            ws->dead = 1;
-        }
+        if (!ws->forced_code) { ws->forced_code = CODE_GOING_AWAY; ws->forced_reason = why; }
+        /* report our 1001, not a half-finished handshake */
+        if (!ws->close_received) ws->dead = 1;
         ws_finish(ws, 1);
     }
     ms_loop_remove_prepare(hub->loop, ws_prepare, hub);
@@ -672,18 +973,19 @@ static int ws_send(lua_State *L, int binary) {
     ms_ws *ws = check_ws(L, 1);
     size_t len;
     const char *s = luaL_checklstring(L, 2, &len);
-    if (ws->state != WS_CONNECTING && ws->state != WS_OPEN) { lua_pushnil(L); lua_pushliteral(L, "closed"); return 2; }
-    if (ws->dead) { lua_pushnil(L); lua_pushliteral(L, "closed"); return 2; }
-    struct wslay_event_msg m = { binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, (const uint8_t *)s, len };
-    int rc = wslay_event_queue_msg(ws->ctx, &m);
-    if (rc == WSLAY_ERR_NOMEM) return luaL_error(L, "out of memory");
-    if (rc != 0) { lua_pushnil(L); lua_pushliteral(L, "closed"); return 2; }
-    ws_flush(ws);
-    if (!ws->dead && wslay_event_get_queued_msg_length(ws->ctx) > ws->max_buffered)
-        ws_drop(ws, WSLAY_CODE_POLICY_VIOLATION, "send buffer full");
+    if ((ws->state != WS_CONNECTING && ws->state != WS_OPEN) || ws->dead || ws->close_sent) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+        return 2;
+    }
+    if (ws_queue_frame(ws, binary ? OP_BINARY : OP_TEXT, s, len) != 0) return luaL_error(L, "out of memory");
+    if (ws->dead) ws_drop(ws, CODE_LOST, "write failed");
+    else ws_update_watch(ws);
+    if (!ws->dead && ws_buffered_bytes(ws) > ws->max_buffered)
+        ws_drop(ws, CODE_POLICY, "send buffer full");
     if (ws->dead) {
         lua_pushnil(L);
-        if (ws->forced_code == WSLAY_CODE_POLICY_VIOLATION) lua_pushliteral(L, "send buffer full");
+        if (ws->forced_code == CODE_POLICY) lua_pushliteral(L, "send buffer full");
         else lua_pushliteral(L, "closed");
         return 2;
     }
@@ -702,9 +1004,12 @@ static int ws_close_lua(lua_State *L) {
     luaL_argcheck(L, code == 0 || (code >= 1000 && code <= 4999 && code != 1005 && code != 1006), 2,
                   "invalid close code");
     luaL_argcheck(L, rlen <= WS_REASON_MAX, 3, "close reason longer than 123 bytes");
-    if ((ws->state != WS_CONNECTING && ws->state != WS_OPEN) || ws->dead) { lua_pushboolean(L, 0); return 1; }
-    if (wslay_event_queue_close(ws->ctx, (uint16_t)code, (const uint8_t *)reason, rlen) != 0) {
-        ws_drop(ws, (int)(code ? code : 1005), NULL);
+    if ((ws->state != WS_CONNECTING && ws->state != WS_OPEN) || ws->dead || ws->close_sent) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (ws_queue_close(ws, (unsigned)code, reason, rlen) != 0) {
+        ws_drop(ws, (int)(code ? code : CODE_NONE), NULL);
     } else if (ws->state == WS_OPEN) {
         ws->state = WS_CLOSING;
         ws_flush(ws);
@@ -743,8 +1048,7 @@ static int ws_remote_address(lua_State *L) {
 }
 
 static int ws_buffered(lua_State *L) {
-    ms_ws *ws = check_ws(L, 1);
-    lua_pushinteger(L, ws->ctx ? (lua_Integer)wslay_event_get_queued_msg_length(ws->ctx) : 0);
+    lua_pushinteger(L, (lua_Integer)ws_buffered_bytes(check_ws(L, 1)));
     return 1;
 }
 
@@ -765,10 +1069,7 @@ static int ws_tostring(lua_State *L) {
  * reference keeps it alive otherwise): free C state, no callbacks. */
 static int ws_gc(lua_State *L) {
     ms_ws *ws = check_ws(L, 1);
-    if (ws->state == WS_CLOSED) {
-        if (ws->ctx) { wslay_event_context_free(ws->ctx); ws->ctx = NULL; }
-        return 0;
-    }
+    if (ws->state == WS_CLOSED) return 0;
     ws->on_open_ref = ws->on_message_ref = ws->on_close_ref = ws->self_ref = LUA_NOREF;
     ms_ws_hub *hub = ws->hub;
     if (hub) hub->L = NULL;  /* lua_close: no more callbacks from anywhere */

@@ -1,7 +1,9 @@
 /* WebSocket connections (csrc/ws.c) as seen by the HTTP server (csrc/http.c).
  * http.c owns one hub per server: req:upgrade() turns a request into a
  * WebSocket through ms_ws_upgrade, and srv:close() closes every connection of
- * the hub (ms_ws_hub_close) before MHD_stop_daemon, which MHD requires. */
+ * the hub (ms_ws_hub_close) before MHD_stop_daemon. Once MHD has sent the
+ * 101, ws.c keeps a duplicate of the socket and hands MHD's connection back
+ * at once, so MHD holds nothing of a live WebSocket. */
 #ifndef MOONSTREAM_WS_H
 #define MOONSTREAM_WS_H
 
@@ -27,7 +29,7 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hub,
 void ms_ws_abandon(void *ws);
 
 /* Closes every connection of the hub (close frame 1001 sent best-effort,
- * on_close delivered), hands the sockets back to MHD and frees the hub.
+ * on_close delivered), closes their sockets and frees the hub.
  * Lua context; never raises. Safe with hub == NULL. */
 void ms_ws_hub_close(lua_State *L, ms_ws_hub *hub);
 

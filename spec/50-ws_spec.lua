@@ -1,4 +1,4 @@
--- WebSocket transport (csrc/ws.c): libmicrohttpd's upgrade, wslay framing,
+-- WebSocket transport (csrc/ws.c): libmicrohttpd's upgrade, RFC 6455 framing,
 -- the socket in moonstream's loop. A raw client (spec/support/ws_client.lua,
 -- LuaSocket) talks to an in-process server on port 0; when node and the
 -- reference's `ws` package are installed, the `ws` client library too.
@@ -317,6 +317,37 @@ describe("WebSocket transport", function()
   end)
 
   describe("limits and bad input", function()
+    it("hands MHD's connection back once upgraded: WebSockets do not count against its connection limit", function()
+      srv:close()
+      srv = assert(core.http_server(loop, { port = 0, connection_limit = 2, handler = function(req)
+        if req:path() ~= "/ws" then return req:respond(200, "plain") end
+        local ws = assert(req:upgrade())
+        ws:on_message(function(data, _, w) w:send_text(data) end)
+      end }))
+      local clients = {}
+      for i = 1, 5 do
+        clients[i] = WS.connect(loop, srv:port(), "/ws")
+        assert.are.equal(101, clients[i].status, "client " .. i)
+      end
+      for i, c in ipairs(clients) do
+        c:send_text("echo " .. i)
+        assert.are.equal("echo " .. i, (c:read_message()))
+      end
+    end)
+
+    it("refuses WebSockets beyond max_connections until one closes", function()
+      opts.max_connections = 2
+      local a, b = WS.connect(loop, port, "/ws"), WS.connect(loop, port, "/ws")
+      assert.are.same({ 101, 101 }, { a.status, b.status })
+      local c = WS.connect(loop, port, "/ws")
+      assert.are.equal(400, c.status)
+      assert.are.equal("too many WebSocket connections", c.body)
+      a:close_handshake(1000)
+      run_until(function() return find("close") end)
+      c = WS.connect(loop, port, "/ws")
+      assert.are.equal(101, c.status)
+    end)
+
     it("closes with 1009 when a message passes max_message_size", function()
       opts.max_message_size = 1000
       local c = WS.connect(loop, port, "/ws")
@@ -400,7 +431,6 @@ describe("WebSocket transport", function()
         local f
         repeat f = c:read_frame() until not f or f.opcode == OP.CLOSE
         assert(f, "case " .. i .. ": no close frame")
-        -- wslay fails bad control frames with a close frame without a code
         assert.is_truthy(f.code == 1002 or (i >= 4 and i <= 5 and f.code == 1005), "case " .. i .. ": " .. f.code)
         assert.is_true(c:wait_eof(), "case " .. i)
       end

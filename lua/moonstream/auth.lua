@@ -27,10 +27,11 @@ local STRATEGIES = { open = true, file = true, webhook = true, lua = true }
 local PRUNE_ABOVE = 10000 -- addresses tracked before expired ones are dropped
 
 -- What strategies get besides their options: where to report errors, the
--- loop, the rpc runner (for waiting Lua functions), the config's folder.
+-- loop, the rpc runner (for waiting Lua functions), the worker pool (for
+-- CPU-heavy work such as password hashes), the config's folder.
 local function strategy_env(i, opts, nested)
   local prefix = format("config key 'auth[%d].%s", i, nested and "options." or "")
-  local env = { loop = opts.loop, rpc = opts.rpc }
+  local env = { loop = opts.loop, rpc = opts.rpc, workers = opts.workers }
   function env.key(name) return prefix .. name .. "'" end
   function env.resolve(path) return config.resolve_path(opts.config_dir, path) end
   function env.check_keys(options, known)
@@ -49,13 +50,15 @@ local function strategy_env(i, opts, nested)
 end
 
 -- list: the config's `auth` ({ { type = "file", options = {...} }, ...});
--- opts: loop, rpc, config_dir, max_attempts, attempts_window (ms), now (ms clock).
+-- opts: loop, rpc, workers (core.workers), config_dir, max_attempts,
+-- attempts_window (ms), now (ms clock).
 function M.new(list, opts)
   opts = opts or {}
   list = list or { { type = "open" } }
   local chain, has_open, type_of = {}, false, {}
   for i, s in ipairs(list) do type_of[i] = s.type end
-  local env_opts = { loop = opts.loop, rpc = opts.rpc, config_dir = opts.config_dir, type_of = type_of }
+  local env_opts = { loop = opts.loop, rpc = opts.rpc, workers = opts.workers, config_dir = opts.config_dir,
+    type_of = type_of }
   for i, s in ipairs(list) do
     if not STRATEGIES[s.type] then
       return nil, format("config key 'auth[%d].type': strategy '%s' is not available", i, tostring(s.type))
@@ -86,6 +89,8 @@ function M.new(list, opts)
     window = opts.attempts_window or 60000,
     now = opts.now or core.now,
     failures = {}, -- address -> { count, reset_at }
+    running = {}, -- address -> attempts in the strategies now
+    waiting = {}, -- address -> { first, last, [i] = { auth_data, connection, callback } }
     tracked = 0,
   }, mt)
 end
@@ -139,8 +144,47 @@ local function run_chain(chain, i, auth_data, connection, done)
   end)
 end
 
+-- Whether another attempt from address may start now: the failures counted
+-- plus the attempts still running stay below the limit, so attempts that
+-- finish later (hashing runs off the loop thread) can never exceed it.
+function Auth:_may_start(address)
+  local f = self.failures[address]
+  local failed = (f and self.now() < f.reset_at) and f.count or 0
+  return failed + (self.running[address] or 0) < self.max_attempts
+end
+
+function Auth:_attempt(address, auth_data, connection, callback)
+  if address then self.running[address] = (self.running[address] or 0) + 1 end
+  run_chain(self.chain, 1, auth_data, connection, function(user)
+    if address then
+      local n = self.running[address] - 1
+      self.running[address] = n > 0 and n or nil
+    end
+    if not user then self:_failed(address) end
+    -- the waiting attempts first: an error in callback must not strand them
+    if address then self:_next(address) end
+    if user then callback(user) else callback(nil, "invalid") end
+  end)
+end
+
+-- Starts (or refuses, once limited) the attempts of address that waited.
+function Auth:_next(address)
+  local q = self.waiting[address]
+  while q and q.first <= q.last do
+    local wait = self:_limited(address)
+    if not wait and not self:_may_start(address) then return end
+    local w = q[q.first]
+    q[q.first] = nil
+    q.first = q.first + 1
+    if q.first > q.last then self.waiting[address] = nil end
+    if wait then w[3](nil, "limited", wait) else self:_attempt(address, w[1], w[2], w[3]) end
+    q = self.waiting[address]
+  end
+end
+
 -- Checks auth_data with the strategies, without issuing a token (realtime
--- logins). callback(user) | callback(nil, reason [, retry_after]).
+-- logins). callback(user) | callback(nil, reason [, retry_after]). Attempts
+-- from one address beyond what the limit allows in flight wait their turn.
 -- endpoint, for moonstream_logins_total: "http" (POST /api/auth, the
 -- default), "api" (authData in a POST /api) or "websocket".
 function Auth:authenticate(auth_data, connection, callback, endpoint)
@@ -151,15 +195,18 @@ function Auth:authenticate(auth_data, connection, callback, endpoint)
     metrics.login(endpoint, "limited")
     return callback(nil, "limited", wait)
   end
-  run_chain(self.chain, 1, auth_data, connection, function(user)
-    if not user then
-      self:_failed(address)
-      metrics.login(endpoint, "failure")
-      return callback(nil, "invalid")
-    end
-    metrics.login(endpoint, "success")
-    callback(user)
-  end)
+  local function counted(user, reason, retry_after)
+    metrics.login(endpoint, user and "success" or (reason == "limited" and "limited" or "failure"))
+    return callback(user, reason, retry_after)
+  end
+  if address and (self.waiting[address] or not self:_may_start(address)) then
+    local q = self.waiting[address] or { first = 1, last = 0 }
+    self.waiting[address] = q
+    q.last = q.last + 1
+    q[q.last] = { auth_data, connection, counted }
+    return
+  end
+  self:_attempt(address, auth_data, connection, counted)
 end
 
 -- A POST /api/auth body: as authenticate, and the user gets user.token (the
@@ -167,12 +214,12 @@ end
 function Auth:login(auth_data, connection, callback)
   self:authenticate(auth_data, connection, function(user, reason, wait)
     if not user then return callback(nil, reason, wait) end
-    if self.tokens then
-      local token = self.tokens:issue(user, user.token)
+    if not self.tokens then return callback(user) end
+    self.tokens:issue(user, user.token, function(token)
       if not token then return callback(nil, "error") end
       user.token = token
-    end
-    callback(user)
+      callback(user)
+    end)
   end)
 end
 

@@ -91,8 +91,10 @@ function M.new(cfg, validated)
     response_timeout = cfg.rpc.responseTimeout, api = api,
     fallback = function(name, data, _, done) return self.realtime.rpc:make_from_server(name, data, done) end,
   })
+  -- threads for work that must not stall the loop: password hashes, token writes
+  self.workers = core.workers(self.loop)
   self.auth, err = auth_mod.new(cfg.auth, {
-    loop = self.loop, rpc = self.handlers, config_dir = cfg.configDir,
+    loop = self.loop, rpc = self.handlers, config_dir = cfg.configDir, workers = self.workers,
     max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
   })
   if not self.auth then return nil, err end
@@ -187,7 +189,7 @@ function Server:listen()
       if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
     end,
   })
-  self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
+  self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL, workers = self.workers })
   local _, sweep_err = self.tokens:sweep()
   if sweep_err then -- e.g. a full disk: expired tokens are refused anyway, so start
     log.warn("could not remove expired tokens: %s", records_mod.public_error(sweep_err))
@@ -379,6 +381,7 @@ function Server:close()
   if self.records then self.records:drain() end
   self.loop:on_iteration(nil)
   self.auth:close()
+  self.workers:close() -- finishes queued hashes and token writes, before the store closes
   if self.store then
     control.remove_pid(self.config.storage.path)
     self.store:close()

@@ -2,11 +2,13 @@
 -- kept in LevelDB only as their SHA-256, so a copy of the database does not
 -- reveal a usable token. Each entry holds the user (id, clientData,
 -- serverData) and its expiry; entries live under their own key prefix "t/",
--- apart from records ("r/"), and are written with sync, so a token the client
--- got survives a crash and a restart.
+-- apart from records ("r/"), and are written with sync (on the worker pool's
+-- threads: the loop never waits for the disk), so a token the client got
+-- survives a crash and a restart.
 --
---   tokens.new(store, { ttl = ms, now = fn })      -> tokens
---   tokens:issue(user [, token])  -> token | nil, err    (token: supplied by a strategy)
+--   tokens.new(store, { ttl = ms, now = fn, workers = pool })   -> tokens
+--   tokens:issue(user, token, done)  done(token) | done(nil, err) once stored
+--                                    (token: supplied by a strategy, or nil)
 --   tokens:lookup(token)          -> user | nil          (unknown or expired: nil)
 --   tokens:revoke(token)          -> true if it existed
 --   tokens:revoke_hash(hex)       -> true if it existed  (the CLI passes hashes, never tokens)
@@ -43,6 +45,7 @@ end
 function M.new(store, opts)
   return setmetatable({
     store = store,
+    workers = opts.workers, -- core.workers: needed by issue
     ttl = opts.ttl,
     now = opts.now or function() return core.now() end,
     wall = opts.wall or function() return os.time() * 1000 end,
@@ -61,19 +64,21 @@ local function entry(self, user)
   return text, err
 end
 
--- Stores a token for user ({ id, clientData, data = serverData }) and returns
--- it. A strategy (webhook) may supply its own token; it is stored the same way.
-function Tokens:issue(user, token)
+-- Stores a token for user ({ id, clientData, data = serverData }) and calls
+-- done(token) once it is on disk. A strategy (webhook) may supply its own
+-- token; it is stored the same way.
+function Tokens:issue(user, token, done)
   if token == nil then
     local bytes, rerr = random_bytes(TOKEN_BYTES)
-    if not bytes then return nil, rerr end
+    if not bytes then return done(nil, rerr) end
     token = hex(bytes)
   end
   local text, err = entry(self, user)
-  if not text then return nil, "cannot store the token: " .. tostring(err) end
-  local ok, perr = self.store:put(KEY_PREFIX .. M.hash(token), text, true)
-  if not ok then return nil, perr end
-  return token
+  if not text then return done(nil, "cannot store the token: " .. tostring(err)) end
+  local ok, perr = self.workers:put(self.store, KEY_PREFIX .. M.hash(token), text, function(stored, werr)
+    if stored then done(token) else done(nil, werr) end
+  end)
+  if not ok then done(nil, perr) end
 end
 
 local function parse(text)

@@ -26,8 +26,8 @@ local mt = { __index = File }
 
 -- moonstream's defaults, for `moonstream hash` and a file strategy without
 -- options: PBKDF2-HMAC-SHA256, 100000 iterations (about 25 ms per login on a
--- current core: slow for someone guessing, bearable for the one-thread server,
--- which hashes once per login and then works with the token), 32-byte key.
+-- current core: slow for someone guessing; the server hashes on worker
+-- threads, once per login, and then works with the token), 32-byte key.
 M.DEFAULTS = { hash = "sha256", iterations = 100000, keyLength = 32 }
 
 local MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -51,11 +51,22 @@ function M.make_hash(password, settings)
   return base64_encode(key) .. salt
 end
 
--- True when password matches stored (deepstream's format for settings).
-function M.verify(password, stored, settings)
+-- The salt of stored, the base64 key it expects, and whether it is long
+-- enough to hold both (deepstream's format for settings).
+local function parts(stored, settings)
   local n = base64_key_length(settings.keyLength)
-  local key = pbkdf2(password, sub(stored, n + 1), settings.iterations, settings.keyLength, settings.hash)
-  return key ~= nil and #stored > n and equal(base64_encode(key), sub(stored, 1, n))
+  return sub(stored, n + 1), sub(stored, 1, n), #stored > n
+end
+
+local function matches(key, expected, well_formed)
+  return key ~= nil and well_formed and equal(base64_encode(key), expected)
+end
+
+-- True when password matches stored, hashed on the calling thread (the CLI,
+-- the specs); logins use File:_verify.
+function M.verify(password, stored, settings)
+  local salt, expected, well_formed = parts(stored, settings)
+  return matches(pbkdf2(password, salt, settings.iterations, settings.keyLength, settings.hash), expected, well_formed)
 end
 
 -- YAML (lyaml) values as moonstream's JSON values: sequences become arrays,
@@ -180,7 +191,21 @@ function M.new(options, env)
   if not users then return nil, err end
   -- A known user's hash, to spend the same time on unknown names.
   local _, any = next(users)
-  return setmetatable({ users = users, settings = settings, decoy = any.password }, mt)
+  -- Hashing runs on the server's worker threads (csrc/workers.c): a login
+  -- costs the loop thread nothing while PBKDF2 runs, so a storm of logins
+  -- leaves every other request and message flowing.
+  return setmetatable({ users = users, settings = settings, decoy = any.password, workers = env.workers }, mt)
+end
+
+-- done(true | false): whether password matches stored, hashed off the loop
+-- thread. A pool that cannot take the job (closed, "busy") refuses.
+function File:_verify(password, stored, done)
+  local s = self.settings
+  local salt, expected, well_formed = parts(stored, s)
+  local ok = self.workers:pbkdf2(password, salt, s.iterations, s.keyLength, s.hash, function(key)
+    done(matches(key, expected, well_formed))
+  end)
+  if not ok then done(false) end
 end
 
 function File:authenticate(auth_data, _, done)
@@ -188,12 +213,12 @@ function File:authenticate(auth_data, _, done)
   local name, password = auth_data.username, auth_data.password
   if type(name) ~= "string" or type(password) ~= "string" then return done(nil) end
   local user = self.users[name]
-  if not user then
-    M.verify(password, self.decoy, self.settings) -- same cost as a known name: no timing oracle
-    return done(nil)
-  end
-  if not M.verify(password, user.password, self.settings) then return done(false, "wrong password") end
-  done({ id = name, clientData = user.clientData, data = user.serverData })
+  -- an unknown name costs a hash of the decoy: no timing oracle
+  self:_verify(password, user and user.password or self.decoy, function(good)
+    if not user then return done(nil) end
+    if not good then return done(false, "wrong password") end
+    done({ id = name, clientData = user.clientData, data = user.serverData })
+  end)
 end
 
 return M

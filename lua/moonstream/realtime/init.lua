@@ -70,6 +70,8 @@ function M.new(parts)
     max_auth_attempts = rcfg.maxAuthAttempts,
     max_buffered = rcfg.maxBufferedBytes,
     max_message_size = cfg.maxMessageSize,
+    -- once upgraded a connection leaves MHD's books: connectionLimit bounds WebSockets here
+    max_connections = cfg.connectionLimit,
     rpc_ack_timeout = cfg.rpc.ackTimeout,
     rpc_response_timeout = cfg.rpc.responseTimeout,
     listen = cfg.listen, -- listen.lua: shuffleProviders, responseTimeout, rematchInterval, matchCooldown
@@ -192,7 +194,8 @@ end
 -- `transport`. Returns the connection, or nil, err for a bad handshake (the
 -- caller answers 400 with err).
 function Realtime:upgrade(req, transport)
-  local ws, err = req:upgrade({ max_message_size = self.max_message_size, max_buffered = self.max_buffered })
+  local ws, err = req:upgrade({ max_message_size = self.max_message_size, max_buffered = self.max_buffered,
+    max_connections = self.max_connections })
   if not ws then return nil, err end
   return self:accept(ws, transport, {
     remoteAddress = req:client_address(),
