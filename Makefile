@@ -14,7 +14,7 @@ BUSTED ?= busted
 
 MS_CFLAGS = -std=gnu11 -fPIC -Wall -Wextra -Wshadow -Wmissing-prototypes \
             -Wno-unused-parameter -I$(LUA_INCDIR) -MMD -MP
-MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lwslay -lpthread
+MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lwslay -lhiredis -lpthread
 
 SRC := $(wildcard csrc/*.c)
 OBJ := $(SRC:csrc/%.c=build/obj/%.o)
@@ -25,7 +25,7 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 DEB_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev \
                libyajl-dev uthash-dev libcurl4-openssl-dev lua-busted luarocks \
                lua-filesystem lua-yaml lua-socket libssl-dev libwslay-dev curl python3 valgrind \
-               wrk clang libclang-rt-14-dev
+               wrk clang libclang-rt-14-dev libhiredis-dev redis-server
 
 .PHONY: all deps node-deps run test test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak
 

@@ -29,6 +29,7 @@ external_dependencies = {
    UTHASH = { header = "uthash.h" },
    OPENSSL = { header = "openssl/evp.h", library = "crypto" },
    WSLAY = { header = "wslay/wslay.h", library = "wslay" },
+   HIREDIS = { header = "hiredis/async.h", library = "hiredis" },
 }
 build = {
    type = "builtin",
@@ -39,11 +40,12 @@ build = {
             "csrc/presence.c", "csrc/jbuf.c", "csrc/json.c", "csrc/json_scan.c", "csrc/json_num.c",
             "csrc/json_diag.c", "csrc/json_encode.c", "csrc/json_pool.c", "csrc/httpclient.c", "csrc/ws.c", "csrc/crypto.c",
             "csrc/records.c", "csrc/memstore.c", "csrc/engine.c", "csrc/engine_lua.c", "csrc/fastpath.c",
+            "csrc/redis.c", "csrc/redis_lua.c",
          },
          defines = { "_GNU_SOURCE" },
-         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay" },
-         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)" },
-         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)" },
+         libraries = { "microhttpd", "leveldb", "yajl", "curl", "crypto", "wslay", "hiredis" },
+         incdirs = { "$(MICROHTTPD_INCDIR)", "$(LEVELDB_INCDIR)", "$(YAJL_INCDIR)", "$(UTHASH_INCDIR)", "$(OPENSSL_INCDIR)", "$(WSLAY_INCDIR)", "$(HIREDIS_INCDIR)" },
+         libdirs = { "$(MICROHTTPD_LIBDIR)", "$(LEVELDB_LIBDIR)", "$(YAJL_LIBDIR)", "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(WSLAY_LIBDIR)", "$(HIREDIS_LIBDIR)" },
       },
       ["moonstream"] = "lua/moonstream/init.lua",
       ["moonstream.auth"] = "lua/moonstream/auth.lua",
