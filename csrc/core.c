@@ -17,5 +17,6 @@ LUALIB_API int luaopen_moonstream_core(lua_State *L) {
     ms_engine_open(L);
     ms_fastpath_open(L);
     ms_redis_open(L);
+    ms_redisstore_open(L);
     return 1;
 }

@@ -21,6 +21,7 @@ void ms_records_open(lua_State *L);
 void ms_engine_open(lua_State *L);
 void ms_fastpath_open(lua_State *L);
 void ms_redis_open(lua_State *L);
+void ms_redisstore_open(lua_State *L);
 
 /* Calls the function at the top of the stack (below its nargs arguments) with
  * lua_pcall and a traceback handler. On error the message (with traceback) goes

@@ -36,6 +36,12 @@ ms_redis *ms_redis_check(lua_State *L, int idx) {
     return b->r;
 }
 
+ms_redis *const *ms_redis_slot_check(lua_State *L, int idx) {
+    redis_box *b = luaL_checkudata(L, idx, REDIS_MT);
+    if (b->r == NULL) luaL_error(L, "attempt to use a closed Redis connection");
+    return (ms_redis *const *)&b->r;
+}
+
 static void push_reply(lua_State *L, const redisReply *r, int in_array) {
     luaL_checkstack(L, 3, "Redis reply too deep");
     switch (r->type) {

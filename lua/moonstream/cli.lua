@@ -1,4 +1,4 @@
--- The command line: moonstream start [config.lua] [--host H] [--port N],
+-- The command line: moonstream start [config.lua] [--host H] [--port N] [--cluster-name NAME],
 -- moonstream hash, moonstream token revoke, moonstream reload,
 -- moonstream version, moonstream --help.
 local M = {}
@@ -7,9 +7,10 @@ local USAGE = [[
 Usage: moonstream <command> [options]
 
 Commands:
-  start [config.lua] [--host H] [--port N]
+  start [config.lua] [--host H] [--port N] [--cluster-name NAME]
                  serve the deepstream HTTP API in the foreground; without a
-                 config file: 127.0.0.1:6020, data in ./data
+                 config file: 127.0.0.1:6020, data in ./data; --cluster-name
+                 sets cluster.name (nodes sharing one config file)
   hash [password] [-c config.lua] [--hash NAME] [--iterations N] [--key-length N]
                  print a password hash for a users file (without a password
                  argument, reads one line from stdin, so it stays out of the
@@ -68,7 +69,8 @@ end
 local function start(args)
   local config = require "moonstream.config"
   local server = require "moonstream.server"
-  local opts, path = parse_args(args, { ["--host"] = true, ["--port"] = true }, "configuration file")
+  local opts, path = parse_args(args, { ["--host"] = true, ["--port"] = true, ["--cluster-name"] = true },
+    "configuration file")
   if not opts then return fail(path) end
   local overrides = {}
   for _, o in ipairs(opts) do
@@ -77,6 +79,8 @@ local function start(args)
       local n = math.tointeger(tonumber(v))
       if not n then return fail("--port must be a number (got '" .. v .. "')") end
       overrides.port = n
+    elseif a == "--cluster-name" then
+      overrides.cluster = { name = v }
     else
       overrides.host = v
     end

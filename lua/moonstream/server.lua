@@ -24,12 +24,14 @@ local realtime_mod = require "moonstream.realtime"
 local scripts = require "moonstream.scripts"
 local json = require "moonstream.json"
 local validate = require "moonstream.validate"
+local cluster_mod = require "moonstream.cluster"
 
 local M = {}
 local Server = {}
 local mt = { __index = Server }
 
 local DRAIN_TIMEOUT_MS = 10000
+local CLUSTER_WAIT_MS = 5000 -- at start, for Redis; then the node serves anyway
 
 -- Context API every RPC handler and listener gets (ctx.records, ctx.emit...).
 local function handler_api(self)
@@ -174,7 +176,16 @@ function Server:listen()
     return nil, "cannot open storage.path '" .. cfg.storage.path .. "': " .. err
   end
   self.store = store
+  if cfg.cluster then -- records live in Redis (lua/moonstream/cluster)
+    self.cluster = cluster_mod.new(self.loop, cfg.cluster)
+    local ready, why = self.cluster:wait_ready(CLUSTER_WAIT_MS)
+    if not ready then
+      log.warn("cluster: Redis %s is not reachable yet (%s): requests that need it fail until it is",
+        self.cluster.url, why)
+    end
+  end
   self.records = records_mod.new(store, {
+    durable = self.cluster and self.cluster:record_store(),
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
     max_response = cfg.maxResponseSize,
     -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's)
@@ -213,6 +224,7 @@ function Server:listen()
     handler = function(req) return api:handle(req) end,
   })
   if not http then
+    if self.cluster then self.cluster:close(); self.cluster = nil end
     store:close()
     self.store = nil
     return nil, err
@@ -227,7 +239,12 @@ function Server:listen()
   self.url = "http://" .. (cfg.host:find(":", 1, true) and "[" .. cfg.host .. "]" or cfg.host) .. ":" .. http:port()
   local exposed = M.exposure_warning(cfg)
   if exposed then log.warn("%s", exposed) end
-  log.info("moonstream listening on %s (storage: %s)", self.url, cfg.storage.path)
+  if self.cluster then
+    self.cluster.name = self.cluster.name or (cfg.host .. ":" .. http:port())
+    log.info("moonstream listening on %s (cluster node %s, Redis %s)", self.url, self.cluster.name, self.cluster.url)
+  else
+    log.info("moonstream listening on %s (storage: %s)", self.url, cfg.storage.path)
+  end
   return true
 end
 
@@ -331,6 +348,7 @@ function Server:close()
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
   if self.records then self.records:drain() end
+  if self.cluster then self.cluster:close() end
   self.loop:on_iteration(nil)
   self.auth:close()
   if self.store then
