@@ -27,7 +27,7 @@ DEB_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb
                lua-filesystem lua-yaml lua-socket libssl-dev libwslay-dev curl python3 valgrind \
                wrk clang libclang-rt-14-dev libhiredis-dev redis-server
 
-.PHONY: all deps node-deps run test test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak
+.PHONY: all deps node-deps run test test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak cluster-check
 
 all: build/moonstream/core.so
 
@@ -109,6 +109,14 @@ hostile: deps all
 
 soak: deps all
 	python3 tests/soak.py --seconds $(SOAK_SECONDS)
+
+# Cluster mode: the lost-update checker (three nodes, one Redis; README "Cluster").
+CLUSTER_SECONDS ?= 30
+cluster-check: deps all
+	python3 tests/cluster_lost_update.py --self-test
+	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS)
+	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS) --kill-node
+	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS) --kill-redis
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/moonstream \
