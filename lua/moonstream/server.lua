@@ -25,6 +25,7 @@ local scripts = require "moonstream.scripts"
 local json = require "moonstream.json"
 local validate = require "moonstream.validate"
 local cluster_mod = require "moonstream.cluster"
+local bus_mod = require "moonstream.cluster.bus"
 
 local M = {}
 local Server = {}
@@ -82,7 +83,10 @@ function M.new(cfg, validated)
   self.presence = core.presence()
   local api = handler_api(self)
   -- the fast path asks Lua about emits only while someone listens
-  self.listeners = events_mod.new(api, function() self:_watch_emits() end)
+  self.listeners = events_mod.new(api, function()
+    self:_watch_emits()
+    if self.bus then self.bus:sync_listeners() end -- cluster: listened names are interest
+  end)
   -- an RPC no Lua handler answers goes to realtime client providers
   self.handlers = rpc_mod.new(self.loop, {
     response_timeout = cfg.rpc.responseTimeout, api = api,
@@ -190,6 +194,7 @@ function Server:listen()
     max_response = cfg.maxResponseSize,
     -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's)
     on_change = function(name, version, text, origin)
+      if self.bus then return self.bus:record_changed(name, version, text, origin) end -- cluster: in version order
       if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
     end,
   })
@@ -205,15 +210,25 @@ function Server:listen()
   self.dispatcher = dispatch.new({
     records = self.records, events = self.listeners, rpc = self.handlers, presence = self.presence,
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
-    on_emit = function(name, data) self.realtime.events:emit_from_server(name, data) end,
+    on_emit = function(name, data, ctx)
+      self.realtime.events:emit_from_server(name, data)
+      if self.bus then self.bus:publish_value(name, data, ctx and ctx.user) end -- cluster: the other nodes
+    end,
   })
   -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
   self.realtime = realtime_mod.new({
     loop = self.loop, presence = self.presence, auth = self.auth, records = self.records,
     listeners = self.listeners, handlers = self.handlers, config = cfg,
     permit = function() return self.dispatcher.permit end,
+    cluster = self.cluster and {
+      interest = function(kind, name, present) self.bus:interest(kind, name, present) end,
+      publish_event = function(name, text, user) self.bus:publish_event(name, text, user) end,
+    },
   })
   local realtime = self.realtime
+  if self.cluster then
+    self.bus = bus_mod.new(self.cluster, { loop = self.loop, realtime = realtime, listeners = self.listeners })
+  end
   self.api = httpapi.new(cfg, { dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime })
   local api = self.api
   local http
@@ -348,6 +363,7 @@ function Server:close()
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
   if self.records then self.records:drain() end
+  if self.bus then self.bus:close() end
   if self.cluster then self.cluster:close() end
   self.loop:on_iteration(nil)
   self.auth:close()

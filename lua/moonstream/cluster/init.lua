@@ -5,7 +5,8 @@
 --     (csrc/redisstore.c, behind the engine's storage seam), so settling a
 --     command runs no other work's callbacks;
 --   * commands: for the rest of the cluster's work, and the persistence
---     check made each time it (re)connects.
+--     check made each time it (re)connects;
+--   * a subscriber (bus.lua) for the messages between nodes.
 --
 -- Both reconnect by themselves with backoff (csrc/redis.c).
 local core = require "moonstream.core"
@@ -42,8 +43,9 @@ function M.new(loop, ccfg, opts)
     host = target.host, port = target.port, db = target.db, password = ccfg.password or target.password,
     max_reply = M.MAX_REPLY,
   }
-  local function conn(role, on_up)
-    local o = {}
+  self.base = base
+  local function conn(role, on_up, on_message)
+    local o = { on_message = on_message }
     for k, v in pairs(base) do o[k] = v end
     o.on_state = function(up, err)
       self.up[role] = up
@@ -56,6 +58,7 @@ function M.new(loop, ccfg, opts)
     end
     return core.redis(loop, o)
   end
+  self.conn = conn
   self.records_conn = conn("records")
   self.commands = conn("commands", function() self:_check_persistence() end)
   self.store = core.redis_records(self.records_conn, { timeout = M.COMMAND_TIMEOUT_MS })
@@ -96,6 +99,12 @@ function Cluster:wait_ready(max_ms)
     self.loop:run_once(20)
   end
   return true
+end
+
+-- A subscriber connection: on_message(channel, data) for each message of
+-- the channels it subscribes to (bus.lua); it resubscribes by itself.
+function Cluster:subscriber(on_message)
+  return self.conn("subscriber", nil, on_message)
 end
 
 -- The record store for records.lua (the engine's durable store).
