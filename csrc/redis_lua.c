@@ -5,6 +5,9 @@
  *   conn:command({ "SET", "k", "v" }, function(reply, err)) -> true | nil, err (not sent)
  *   conn:subscribe(channel)  conn:unsubscribe(channel)     (connections with on_message)
  *   conn:up() -> bool, err   conn:waiting() -> n          conn:close()
+ *   conn:settle(ms)   runs this connection's I/O until every command sent is
+ *                     answered (callbacks included) or ms passed (then they
+ *                     fail): for callers that must answer before returning
  *
  * A reply is a string (bulk or status), an integer, nil (a nil bulk; false
  * inside an array) or a table (array); an error reply is nil, "ERR ...".
@@ -17,7 +20,7 @@
 
 #define REDIS_MT "moonstream.Redis"
 #define UV_LOOP 1
-#define MAX_ARGS 64
+#define MAX_ARGS 1024
 
 typedef struct redis_box {
     ms_redis *r;                /* NULL when closed */
@@ -154,7 +157,7 @@ static int redis_command(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checktype(L, 3, LUA_TFUNCTION);
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-    luaL_argcheck(L, n >= 1 && n <= MAX_ARGS, 2, "1 to 64 arguments");
+    luaL_argcheck(L, n >= 1 && n <= MAX_ARGS, 2, "1 to 1024 arguments");
     const char *argv[MAX_ARGS];
     size_t lens[MAX_ARGS];
     luaL_checkstack(L, (int)n + 4, "too many arguments");
@@ -210,6 +213,14 @@ static int redis_up(lua_State *L) {
 static int redis_waiting(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)ms_redis_waiting(ms_redis_check(L, 1)));
     return 1;
+}
+
+static int redis_settle(lua_State *L) {
+    ms_redis *r = ms_redis_check(L, 1);
+    lua_Number ms = luaL_checknumber(L, 2);
+    luaL_argcheck(L, ms > 0, 2, "a positive number of ms");
+    ms_redis_settle(r, (double)ms);
+    return 0;
 }
 
 static int redis_close(lua_State *L) {
@@ -273,6 +284,7 @@ static const luaL_Reg redis_meth[] = {
     {"unsubscribe", redis_unsubscribe},
     {"up", redis_up},
     {"waiting", redis_waiting},
+    {"settle", redis_settle},
     {"close", redis_close},
     {NULL, NULL}
 };

@@ -198,7 +198,7 @@ function Server:listen()
       if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
     end,
   })
-  self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL })
+  self.tokens = tokens_mod.new(self.cluster and self.cluster:kv() or store, { ttl = cfg.tokenTTL })
   local _, sweep_err = self.tokens:sweep()
   if sweep_err then -- e.g. a full disk: expired tokens are refused anyway, so start
     log.warn("could not remove expired tokens: %s", records_mod.public_error(sweep_err))

@@ -3,7 +3,8 @@
 -- reveal a usable token. Each entry holds the user (id, clientData,
 -- serverData) and its expiry; entries live under their own key prefix "t/",
 -- apart from records ("r/"), and are written with sync, so a token the client
--- got survives a crash and a restart.
+-- got survives a crash and a restart. In cluster mode the store is Redis
+-- (cluster/kv.lua, the same calls), shared by every node.
 --
 --   tokens.new(store, { ttl = ms, now = fn })      -> tokens
 --   tokens:issue(user [, token])  -> token | nil, err    (token: supplied by a strategy)
@@ -118,6 +119,7 @@ end
 local function remove_where(self, drop)
   local doomed = {}
   local step, it, _, closer = self.store:iterate(KEY_PREFIX)
+  if not step then return nil, it end -- the cluster's store (cluster/kv.lua): Redis failed
   for k, v in step, it do
     local t = parse(v)
     if t == nil or drop(t) then doomed[#doomed + 1] = k end

@@ -11,6 +11,7 @@
 -- Both reconnect by themselves with backoff (csrc/redis.c).
 local core = require "moonstream.core"
 local url_mod = require "moonstream.cluster.url"
+local kv_mod = require "moonstream.cluster.kv"
 local log = require "moonstream.log"
 
 local M = {}
@@ -105,6 +106,11 @@ end
 -- the channels it subscribes to (bus.lua); it resubscribes by itself.
 function Cluster:subscriber(on_message)
   return self.conn("subscriber", nil, on_message)
+end
+
+-- The store tokens.lua keeps tokens in, shared by every node.
+function Cluster:kv()
+  return kv_mod.new(self.commands, M.COMMAND_TIMEOUT_MS)
 end
 
 -- The record store for records.lua (the engine's durable store).
