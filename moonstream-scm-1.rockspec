@@ -58,6 +58,7 @@ build = {
       ["moonstream.cluster.url"] = "lua/moonstream/cluster/url.lua",
       ["moonstream.cluster.bus"] = "lua/moonstream/cluster/bus.lua",
       ["moonstream.cluster.kv"] = "lua/moonstream/cluster/kv.lua",
+      ["moonstream.cluster.presence"] = "lua/moonstream/cluster/presence.lua",
       ["moonstream.cluster.changes"] = "lua/moonstream/cluster/changes.lua",
       ["moonstream.permissions"] = "lua/moonstream/permissions.lua",
       ["moonstream.tokens"] = "lua/moonstream/tokens.lua",

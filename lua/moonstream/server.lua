@@ -26,6 +26,7 @@ local json = require "moonstream.json"
 local validate = require "moonstream.validate"
 local cluster_mod = require "moonstream.cluster"
 local bus_mod = require "moonstream.cluster.bus"
+local cluster_presence = require "moonstream.cluster.presence"
 
 local M = {}
 local Server = {}
@@ -207,8 +208,17 @@ function Server:listen()
   if not self.permissions:configured() then
     log.warn("no permissions configured (config key 'permissions'): every user may do everything")
   end
+  local presence = self.presence
+  if self.cluster then -- who is online on every node (lua/moonstream/cluster/presence.lua)
+    self.cluster_presence = cluster_presence.new({
+      loop = self.loop, commands = self.cluster.commands, id = self.cluster.id, registry = self.presence,
+      announce = function(user, joined) if self.realtime then self.realtime.presence_topic:remote(user, joined) end end,
+    })
+    presence = self.cluster_presence
+    self.cluster:on_reconnect(function() self.cluster_presence:reregister() end)
+  end
   self.dispatcher = dispatch.new({
-    records = self.records, events = self.listeners, rpc = self.handlers, presence = self.presence,
+    records = self.records, events = self.listeners, rpc = self.handlers, presence = presence,
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
     on_emit = function(name, data, ctx)
       self.realtime.events:emit_from_server(name, data)
@@ -217,7 +227,7 @@ function Server:listen()
   })
   -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
   self.realtime = realtime_mod.new({
-    loop = self.loop, presence = self.presence, auth = self.auth, records = self.records,
+    loop = self.loop, presence = presence, auth = self.auth, records = self.records,
     listeners = self.listeners, handlers = self.handlers, config = cfg,
     permit = function() return self.dispatcher.permit end,
     cluster = self.cluster and {
@@ -227,7 +237,12 @@ function Server:listen()
   })
   local realtime = self.realtime
   if self.cluster then
-    self.bus = bus_mod.new(self.cluster, { loop = self.loop, realtime = realtime, listeners = self.listeners })
+    self.bus = bus_mod.new(self.cluster, {
+      loop = self.loop, realtime = realtime, listeners = self.listeners, presence = self.cluster_presence,
+    })
+    if not self.bus:wait_ready(CLUSTER_WAIT_MS) then
+      log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
+    end
   end
   self.api = httpapi.new(cfg, { dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime })
   local api = self.api
@@ -363,6 +378,7 @@ function Server:close()
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
   if self.records then self.records:drain() end
+  if self.cluster_presence then self.cluster_presence:close() end
   if self.bus then self.bus:close() end
   if self.cluster then self.cluster:close() end
   self.loop:on_iteration(nil)

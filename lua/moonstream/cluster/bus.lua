@@ -29,23 +29,41 @@ local function noop() end
 
 -- cluster: cluster/init.lua's (connections); parts: loop, realtime (the
 -- realtime server: events:deliver, record_topic:changed), listeners
--- (events.lua, Lua listeners)
+-- (events.lua, Lua listeners), presence (cluster/presence.lua: its channel)
 function M.new(cluster, parts)
   local self = setmetatable({
     cluster = cluster, realtime = parts.realtime, listeners = parts.listeners,
-    id = (core.random_bytes(8):gsub(".", function(c) return string.format("%02x", c:byte()) end)),
-    count = {}, listened = {},
+    id = cluster.id, presence = parts.presence, count = {}, listened = {},
   }, mt)
   self.changes = changes_mod.new(parts.loop, function(name, version, text, origin)
     self.realtime.record_topic:changed(name, version, text, origin)
   end)
   self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end)
+  if self.presence then self.sub:subscribe(self.presence.CHANNEL) end -- every node answers presence queries
   self:sync_listeners()
   return self
 end
 
 local function channel_of(kind, name)
   return (kind == "record" and RECORD_PREFIX or EVENT_PREFIX) .. name
+end
+
+-- Runs the loop until the subscriber is up and its first subscriptions
+-- (presence, listeners) reached Redis: a round trip on the commands
+-- connection after it, which Redis serves later. At most max_ms.
+function Bus:wait_ready(max_ms)
+  local deadline = core.now() + max_ms
+  local ponged = false
+  while core.now() < deadline do
+    if self.sub:up() then
+      if self.cluster.commands:command({ "PING" }, function() ponged = true end) then
+        while not ponged and core.now() < deadline do self.cluster.loop:run_once(10) end
+        return ponged
+      end
+    end
+    self.cluster.loop:run_once(10)
+  end
+  return false
 end
 
 -- A local client (or Lua listener) started (present) or stopped using name.
@@ -102,6 +120,7 @@ function Bus:record_changed(name, version, text, origin)
 end
 
 function Bus:_message(channel, data)
+  if self.presence and channel == self.presence.CHANNEL then return self.presence:message(data) end
   if channel:sub(1, #RECORD_PREFIX) == RECORD_PREFIX then
     local name = channel:sub(#RECORD_PREFIX + 1)
     if data == "-1" then return self.changes:change(name, nil, nil, nil) end

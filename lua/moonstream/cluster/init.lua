@@ -39,6 +39,9 @@ function M.new(loop, ccfg, opts)
   local target = assert(url_mod.parse(ccfg.redis))
   local self = setmetatable({
     loop = loop, url = ccfg.redis:gsub("//[^@/]*@", "//"), name = ccfg.name, up = {}, checked = false,
+    -- this process among the nodes (names may repeat by mistake; this cannot)
+    id = (core.random_bytes(8):gsub(".", function(c) return string.format("%02x", c:byte()) end)),
+    on_up_fns = {},
   }, mt)
   local base = {
     host = target.host, port = target.port, db = target.db, password = ccfg.password or target.password,
@@ -61,7 +64,10 @@ function M.new(loop, ccfg, opts)
   end
   self.conn = conn
   self.records_conn = conn("records")
-  self.commands = conn("commands", function() self:_check_persistence() end)
+  self.commands = conn("commands", function()
+    self:_check_persistence()
+    for _, fn in ipairs(self.on_up_fns) do fn() end
+  end)
   self.store = core.redis_records(self.records_conn, { timeout = M.COMMAND_TIMEOUT_MS })
   return self
 end
@@ -100,6 +106,12 @@ function Cluster:wait_ready(max_ms)
     self.loop:run_once(20)
   end
   return true
+end
+
+-- fn() each time the commands connection comes back after it was down
+-- (presence re-registers; subscriptions renew by themselves in redis.c).
+function Cluster:on_reconnect(fn)
+  self.on_up_fns[#self.on_up_fns + 1] = fn
 end
 
 -- A subscriber connection: on_message(channel, data) for each message of
