@@ -117,6 +117,7 @@ cluster-check: deps all
 	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS)
 	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS) --kill-node
 	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS) --kill-redis
+	python3 tests/cluster_partition.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/moonstream \
