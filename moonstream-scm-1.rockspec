@@ -39,7 +39,7 @@ build = {
             "csrc/core.c", "csrc/pcall.c", "csrc/loop.c", "csrc/http.c", "csrc/store.c",
             "csrc/presence.c", "csrc/jbuf.c", "csrc/json.c", "csrc/json_scan.c", "csrc/json_num.c",
             "csrc/json_diag.c", "csrc/json_encode.c", "csrc/json_pool.c", "csrc/httpclient.c", "csrc/ws.c", "csrc/crypto.c",
-            "csrc/records.c", "csrc/memstore.c", "csrc/engine.c", "csrc/engine_lua.c", "csrc/fastpath.c",
+            "csrc/records.c", "csrc/recmap.c", "csrc/memstore.c", "csrc/engine.c", "csrc/engine_lua.c", "csrc/fastpath.c",
             "csrc/redis.c", "csrc/redis_lua.c", "csrc/redisstore.c",
          },
          defines = { "_GNU_SOURCE" },

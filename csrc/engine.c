@@ -40,6 +40,7 @@ struct ms_batch {
     ms_engine_done_fn done;
     void *done_ud;
     size_t at;                   /* notify: the name being read */
+    int looping, answered;       /* notify: reading in notify_next's loop; the read answered */
     int tries;                   /* write: refused puts so far */
     long long next;              /* write: the version being written */
     const char *wtext;           /* write: the text being written */
@@ -285,7 +286,8 @@ static void write_put(void *ud, int status, const char *err) {
         changed(b->e, c->name, c->nlen, b->next, b->wtext, b->wlen, c->origin);
         succeed(b, MS_CHANGE_WRITE);
     } else if (status == MS_REC_MISSING) {
-        if (!msg3(b, "Record update failed. Record \"", c->name, c->nlen, "\" is being changed by others.")) b->msg.len = 0;
+        if (!msg3(b, "Record update failed. Record \"", c->name, c->nlen, "\" is being changed by others."))
+            b->msg.len = 0;
         fail(b, "RECORD_UPDATE_ERROR");
     } else {
         if (!storage_msg(b, 0, err)) b->msg.len = 0;
@@ -434,14 +436,20 @@ static void notify_got(void *ud, int status, long long version, const char *text
     const ms_name *n = &b->cmd.names[b->at];
     if (status == MS_REC_OK) changed(b->e, n->s, n->len, version, text, len, NULL);
     b->at++;
-    notify_next(b);
+    if (b->looping) b->answered = 1;  /* notify_next's loop goes on */
+    else notify_next(b);              /* a store that answered later */
 }
 
+/* A loop, not a recursion: a store that answers at once would otherwise
+ * nest one call per name (a 1 MiB body holds 200 000 of them). */
 static void notify_next(ms_batch *b) {
-    if (b->at < b->cmd.nnames) {
+    while (b->at < b->cmd.nnames) {
         const ms_name *n = &b->cmd.names[b->at];
+        b->looping = 1;
+        b->answered = 0;
         ms_engine_get(b->e, n->s, n->len, notify_got, b);
-        return;
+        b->looping = 0;
+        if (!b->answered) return;  /* notify_got goes on */
     }
     succeed(b, MS_CHANGE_NONE);
     finish(b);
@@ -495,7 +503,12 @@ void ms_batch_free(ms_batch *b) {
     free(b);
 }
 
+/* Memory a batch keeps for the next request. */
+#define BATCH_KEEP (1024 * 1024)
+
 void ms_batch_reset(ms_batch *b) {
+    if (b->out.cap > BATCH_KEEP) ms_jbuf_free(&b->out);
+    if (b->text.cap > BATCH_KEEP) ms_jbuf_free(&b->text);
     b->out.len = 0;
     b->n = 0;
     b->budget = 0;
@@ -531,8 +544,8 @@ int ms_batch_fail(ms_batch *b, const char *topic, const char *event, const char 
 }
 
 /* A result whose text could not be kept (out of memory). */
-static const char LOST[] =
-    "{\"success\":false,\"error\":\"out of memory\",\"errorTopic\":\"record\",\"errorEvent\":\"RECORD_UPDATE_ERROR\"}";
+static const char LOST[] = "{\"success\":false,\"error\":\"out of memory\",\"errorTopic\":\"record\","
+                           "\"errorEvent\":\"RECORD_UPDATE_ERROR\"}";
 
 const char ms_batch_oom[] = "{\"result\":\"FAILURE\",\"body\":[]}";
 
@@ -548,9 +561,9 @@ int ms_batch_response(ms_batch *b, ms_jbuf *o, const char *sync_err) {
         if (sync_err && r->change) {
             /* the batch's writes did not reach the disk */
             int del = r->change == MS_CHANGE_DELETE;
+            const char *event = del ? "RECORD_DELETE_ERROR" : "RECORD_UPDATE_ERROR";
             if (!storage_msg(b, del, sync_err) ||
-                !put_failure(o, r->list ? "list" : "record", del ? "RECORD_DELETE_ERROR" : "RECORD_UPDATE_ERROR", b->msg.data,
-                             b->msg.len, 0, 0, NULL, 0))
+                !put_failure(o, r->list ? "list" : "record", event, b->msg.data, b->msg.len, 0, 0, NULL, 0))
                 return 0;
         } else if (!(r->len ? ms_jbuf_put(o, b->out.data + r->off, r->len) : put(o, LOST))) {
             return 0;

@@ -198,13 +198,21 @@ static int run(lua_State *L, engine_box *eb, ms_batch *b, ms_cmd *c, int origin)
     return 2;
 }
 
-static int simple(lua_State *L, int op) {
+/* The arguments every command has: (batch|nil, topic, name). */
+static engine_box *cmd_args(lua_State *L, int op, ms_batch **b, ms_cmd *c) {
     engine_box *eb = check_engine(L);
-    ms_batch *b = arg_batch(L, eb);
-    ms_cmd c = { 0 };
-    c.op = op;
-    c.list = arg_list(L, 3);
-    c.name = luaL_checklstring(L, 4, &c.nlen);
+    *b = arg_batch(L, eb);
+    memset(c, 0, sizeof *c);
+    c->op = op;
+    c->list = arg_list(L, 3);
+    c->name = luaL_checklstring(L, 4, &c->nlen);
+    return eb;
+}
+
+static int simple(lua_State *L, int op) {
+    ms_batch *b;
+    ms_cmd c;
+    engine_box *eb = cmd_args(L, op, &b, &c);
     return run(L, eb, b, &c, op == MS_OP_DELETE ? 5 : 0);
 }
 
@@ -221,12 +229,9 @@ static int engine_delete(lua_State *L) {
 }
 
 static int engine_write(lua_State *L) {
-    engine_box *eb = check_engine(L);
-    ms_batch *b = arg_batch(L, eb);
-    ms_cmd c = { 0 };
-    c.op = MS_OP_WRITE;
-    c.list = arg_list(L, 3);
-    c.name = luaL_checklstring(L, 4, &c.nlen);
+    ms_batch *b;
+    ms_cmd c;
+    engine_box *eb = cmd_args(L, MS_OP_WRITE, &b, &c);
     c.data = luaL_optlstring(L, 5, NULL, &c.dlen);
     c.data_err = luaL_optstring(L, 6, NULL);
     if (!lua_isnoneornil(L, 7)) {
@@ -278,6 +283,9 @@ static int engine_create(lua_State *L) {
     return 1;
 }
 
+/* Memory get keeps for the next call. */
+#define GOT_KEEP (256 * 1024)
+
 typedef struct got_state {
     engine_box *eb;
     int status, copied;
@@ -316,6 +324,7 @@ static int engine_get(lua_State *L) {
     }
     lua_pushinteger(L, (lua_Integer)g.version);
     lua_pushlstring(L, text, eb->got.len);
+    if (eb->got.cap > GOT_KEEP) ms_jbuf_free(&eb->got);
     return 2;
 }
 

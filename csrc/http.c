@@ -77,6 +77,8 @@ struct http_server {
     unsigned long long fast;     /* requests answered by the fast path */
     ms_fast *fastpath;           /* NULL: every request goes to Lua */
     int fast_ref;
+    char **fast_headers;         /* name, value, ...: what the fast path's answers carry (httpapi.lua's) */
+    size_t nfast_headers;
     http_request *requests;      /* doubly linked list of live requests */
     uint16_t port;
     int listening;
@@ -152,16 +154,19 @@ static enum MHD_Result request_queue(http_request *req) {
 
 /* ---- calling Lua ---- */
 
-/* A 200 JSON answer of the fast path (it runs only while every origin is
- * allowed, hence the header). */
+static void free_fast_headers(http_server *srv);
+
+/* A 200 JSON answer of the fast path, with the headers Lua gave with it
+ * (srv:set_fast_path). */
 static void http_send_json(http_request *req, const char *body, size_t len) {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (r == NULL) {
         http_send_error(req, 500, "Internal server error.");
         return;
     }
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json; charset=utf-8");
-    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+    http_server *srv = req->srv;
+    for (size_t i = 0; i + 1 < srv->nfast_headers; i += 2)
+        MHD_add_response_header(r, srv->fast_headers[i], srv->fast_headers[i + 1]);
     request_set_response(req, 200, r);
 }
 
@@ -549,19 +554,50 @@ static int http_server_close(lua_State *L) {
     srv->fastpath = NULL;
     luaL_unref(L, LUA_REGISTRYINDEX, srv->fast_ref);
     srv->fast_ref = LUA_NOREF;
+    free_fast_headers(srv);
     return 0;
 }
 
-/* srv:set_fast_path(fp | nil): POST requests go to fp first (csrc/fastpath.c) */
+static void free_fast_headers(http_server *srv) {
+    for (size_t i = 0; i < srv->nfast_headers; i++) free(srv->fast_headers[i]);
+    free(srv->fast_headers);
+    srv->fast_headers = NULL;
+    srv->nfast_headers = 0;
+}
+
+/* Copies the table at idx (header name -> value, strings) into srv. */
+static void copy_fast_headers(lua_State *L, http_server *srv, int idx) {
+    size_t n = 0;
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {
+        luaL_argcheck(L, lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING, idx,
+                      "headers must map strings to strings");
+        n += 2;
+    }
+    if ((srv->fast_headers = calloc(n ? n : 1, sizeof *srv->fast_headers)) == NULL) luaL_error(L, "not enough memory");
+    for (lua_pushnil(L); lua_next(L, idx); lua_pop(L, 1)) {
+        char *k = strdup(lua_tostring(L, -2)), *v = strdup(lua_tostring(L, -1));
+        srv->fast_headers[srv->nfast_headers++] = k;
+        srv->fast_headers[srv->nfast_headers++] = v;
+        if (k == NULL || v == NULL) luaL_error(L, "not enough memory");  /* freed by the next call or close */
+    }
+}
+
+/* srv:set_fast_path(fp, headers | nil): POST requests go to fp first
+ * (csrc/fastpath.c); its answers carry headers (httpapi.lua's for JSON
+ * answers when every origin is allowed, the only case the fast path runs). */
 static int http_server_set_fast_path(lua_State *L) {
     http_server *srv = check_server(L, 1);
     ms_fast *f = lua_isnoneornil(L, 2) ? NULL : ms_fast_check(L, 2);
+    if (f) luaL_checktype(L, 3, LUA_TTABLE);
     luaL_unref(L, LUA_REGISTRYINDEX, srv->fast_ref);
     srv->fast_ref = LUA_NOREF;
-    srv->fastpath = f;
+    srv->fastpath = NULL;
+    free_fast_headers(srv);
     if (f) {
+        copy_fast_headers(L, srv, 3);
         lua_pushvalue(L, 2);
         srv->fast_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        srv->fastpath = f;
     }
     return 0;
 }
@@ -696,8 +732,9 @@ void ms_http_wake(void *req_cls) {
 }
 
 
-/* A request dropped by Lua without an answer would hang its client until
- * shutdown: answer it 500. (MHD_resume_connection is safe anywhere.) */
+/* req:close(), __close, __gc: a request dropped by Lua without an answer
+ * would hang its client until shutdown: answer it 500. Safe twice.
+ * (MHD_resume_connection is safe anywhere.) */
 static int request_gc(lua_State *L) {
     request_box *box = luaL_checkudata(L, 1, REQUEST_MT);
     http_request *req = box->req;
@@ -733,12 +770,14 @@ static const luaL_Reg request_meth[] = {
     {"client_address", request_client_address},
     {"respond", request_respond},
     {"upgrade", request_upgrade},
+    {"close", request_gc},
     {NULL, NULL}
 };
 
 static const luaL_Reg request_metameth[] = {
     {"__index", NULL},
     {"__gc", request_gc},
+    {"__close", request_gc},
     {NULL, NULL}
 };
 

@@ -20,13 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#define HASH_NONFATAL_OOM 1
-#include <uthash.h>
 #include <leveldb/c.h>
 
 #include "core.h"
 #include "json.h"
 #include "loop.h"
+#include "recmap.h"
 #include "records.h"
 #include "recstore.h"
 #include "store.h"
@@ -49,14 +48,6 @@ typedef struct ms_record {
     char *owned;
 } ms_record;
 
-typedef struct rec_entry {
-    char *name;
-    size_t nlen;
-    long long version;
-    char *text;          /* NULL: deleted */
-    size_t tlen;
-    UT_hash_handle hh;
-} rec_entry;
 
 typedef struct rec_waiter {
     ms_rec_durable_fn fn;  /* NULL: a Lua function, ref */
@@ -74,8 +65,8 @@ struct ms_records {
     ms_store *store;
     ms_loop *loop;               /* NULL: flush writes synchronously */
     int sync;
-    rec_entry *pending;          /* the group gathering (uthash head) */
-    rec_entry *inflight;         /* the group being written */
+    ms_recmap pending;           /* the group gathering */
+    ms_recmap inflight;          /* the group being written */
     leveldb_writebatch_t *batch, *spare, *writing;
     int dirty, flying, gone;
     rec_waiters waiters;         /* to wake after the next write */
@@ -83,56 +74,14 @@ struct ms_records {
     lua_Integer syncs;
     int on_error_ref;            /* function(err) that logs a failed write */
     ms_jbuf scratch;             /* keys and values being built */
+    /* the last get's answer, while no change came after it: a put's version
+     * check after the engine's get needs no second lookup */
+    ms_jbuf seen_name;
+    long long seen_version;      /* -1: missing */
+    int seen_valid;
 };
 
 /* ---- overlay ---- */
-
-static void entries_free(rec_entry **head) {
-    rec_entry *e, *tmp;
-    HASH_ITER(hh, *head, e, tmp) {
-        HASH_DEL(*head, e);
-        free(e->name);
-        free(e->text);
-        free(e);
-    }
-}
-
-/* Sets name's pending entry (text NULL: deleted). 0, or -1 out of memory. */
-static int overlay_set(ms_records *r, const char *name, size_t nlen, long long version,
-                       const char *text, size_t tlen) {
-    char *copy = NULL;
-    if (text != NULL) {
-        copy = malloc(tlen + 1);
-        if (copy == NULL) return -1;
-        memcpy(copy, text, tlen);
-        copy[tlen] = '\0';
-    }
-    rec_entry *e;
-    HASH_FIND(hh, r->pending, name, nlen, e);
-    if (e == NULL) {
-        e = calloc(1, sizeof *e);
-        if (e == NULL || (e->name = malloc(nlen + 1)) == NULL) {
-            free(e);
-            free(copy);
-            return -1;
-        }
-        memcpy(e->name, name, nlen);
-        e->name[nlen] = '\0';
-        e->nlen = nlen;
-        HASH_ADD_KEYPTR(hh, r->pending, e->name, e->nlen, e);
-        if (e->hh.tbl == NULL) {  /* uthash could not grow */
-            free(e->name);
-            free(e);
-            free(copy);
-            return -1;
-        }
-    }
-    free(e->text);
-    e->version = version;
-    e->text = copy;
-    e->tlen = tlen;
-    return 0;
-}
 
 /* r->scratch = "r/" .. name; 0 or -1 out of memory */
 static int build_key(ms_records *r, const char *name, size_t nlen) {
@@ -161,9 +110,8 @@ static int parse_stored(const char *v, size_t vlen, ms_record *out) {
 static int records_lookup(ms_records *r, const char *name, size_t nlen, ms_record *out, char **err) {
     *err = NULL;
     out->owned = NULL;
-    rec_entry *e;
-    HASH_FIND(hh, r->pending, name, nlen, e);
-    if (e == NULL) HASH_FIND(hh, r->inflight, name, nlen, e);
+    ms_recmap_entry *e = ms_recmap_find(&r->pending, name, nlen);
+    if (e == NULL) e = ms_recmap_find(&r->inflight, name, nlen);
     if (e != NULL) {
         if (e->text == NULL) return 0;
         out->version = e->version;
@@ -196,19 +144,21 @@ static void record_release(ms_record *rec) {
 
 static int records_queue_put(ms_records *r, const char *name, size_t nlen, long long version,
                    const char *text, size_t tlen) {
+    r->seen_valid = 0;
     char num[24];
     int n = snprintf(num, sizeof num, "%lld ", version);
     if (build_key(r, name, nlen) != 0) return -1;
     size_t klen = r->scratch.len;
     if (!ms_jbuf_put(&r->scratch, num, (size_t)n) || !ms_jbuf_put(&r->scratch, text, tlen)) return -1;
-    if (overlay_set(r, name, nlen, version, text, tlen) != 0) return -1;
+    if (ms_recmap_set(&r->pending, name, nlen, version, text, tlen) != 0) return -1;
     leveldb_writebatch_put(r->batch, r->scratch.data, klen, r->scratch.data + klen, r->scratch.len - klen);
     r->dirty = 1;
     return 0;
 }
 
 static int records_queue_remove(ms_records *r, const char *name, size_t nlen) {
-    if (build_key(r, name, nlen) != 0 || overlay_set(r, name, nlen, 0, NULL, 0) != 0) return -1;
+    r->seen_valid = 0;
+    if (build_key(r, name, nlen) != 0 || ms_recmap_set(&r->pending, name, nlen, 0, NULL, 0) != 0) return -1;
     leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
     r->dirty = 1;
     return 0;
@@ -265,16 +215,42 @@ char *ms_records_public_error(const char *err) {
 }
 
 /* Wakes a group's waiters: status 1 (on disk), 0 (failed: err), -1 (gone). */
+/* Calls the Lua function ref with (true) or (nil, err): err NULL for true. */
+typedef struct call_args {
+    int ref;
+    const char *err;
+} call_args;
+
+static int call_tramp(lua_State *L) {
+    call_args *a = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref);
+    if (a->err == NULL) {
+        lua_pushboolean(L, 1);
+        lua_call(L, 1, 0);
+    } else {
+        lua_pushnil(L);
+        lua_pushstring(L, a->err);
+        lua_call(L, 2, 0);
+    }
+    return 0;
+}
+
+/* Runs on the loop when a write returned: every push happens inside
+ * ms_pcall (call_tramp), so a memory error cannot unwind through here. */
+static void call_lua(lua_State *L, int ref, const char *err) {
+    call_args a = { ref, err };
+    if (!lua_checkstack(L, 3)) return;
+    lua_pushcfunction(L, call_tramp);
+    lua_pushlightuserdata(L, &a);
+    ms_pcall(L, 1, 0);
+}
+
 static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err) {
     lua_State *L = r->L;
     char *err = NULL;
     if (status == 0) {
-        /* the server logs the full text; clients see it without paths */
-        if (r->on_error_ref != LUA_NOREF && lua_checkstack(L, 2)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, r->on_error_ref);
-            lua_pushstring(L, raw_err);
-            ms_pcall(L, 1, 0);
-        }
+        /* the server logs the full text (on_error(nil, err)); clients see it without paths */
+        if (r->on_error_ref != LUA_NOREF) call_lua(L, r->on_error_ref, raw_err);
         err = ms_records_public_error(raw_err);
     }
     const char *perr = err ? err : "storage error";
@@ -282,18 +258,8 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
         rec_waiter *it = &w->items[i];
         if (it->fn != NULL) {
             it->fn(it->ud, status, perr);
-        } else if (status >= 0 && lua_checkstack(L, 3)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, it->ref);
-            luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
-            if (status == 1) {
-                lua_pushboolean(L, 1);
-                ms_pcall(L, 1, 0);
-            } else {
-                lua_pushnil(L);
-                lua_pushstring(L, perr);
-                ms_pcall(L, 2, 0);
-            }
         } else {
+            if (status >= 0) call_lua(L, it->ref, status == 1 ? NULL : perr);
             luaL_unref(L, LUA_REGISTRYINDEX, it->ref);
         }
     }
@@ -305,7 +271,8 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
 /* The writer thread's answer for the group in flight (on the loop thread). */
 static void on_written(void *ud, const char *err) {
     ms_records *r = ud;
-    entries_free(&r->inflight);
+    r->seen_valid = 0;  /* a failed group's changes are gone from the overlay */
+    ms_recmap_clear(&r->inflight);
     leveldb_writebatch_clear(r->writing);
     if (r->spare == NULL) r->spare = r->writing;
     else leveldb_writebatch_destroy(r->writing);
@@ -330,9 +297,10 @@ static int flush(lua_State *L, ms_records *r) {
     r->syncs++;
     r->dirty = 0;
     if (r->loop == NULL) {
+        r->seen_valid = 0;
         char *err = ms_store_write(r->store, r->batch, r->sync);
         leveldb_writebatch_clear(r->batch);
-        entries_free(&r->pending);
+        ms_recmap_clear(&r->pending);
         wake(r, &w, err == NULL ? 1 : 0, err);
         free(err);
         return 1;
@@ -340,7 +308,7 @@ static int flush(lua_State *L, ms_records *r) {
     leveldb_writebatch_t *next = r->spare ? r->spare : leveldb_writebatch_create();
     r->spare = NULL;
     r->inflight = r->pending;
-    r->pending = NULL;
+    r->pending.head = NULL;
     r->writing = r->batch;
     r->batch = next;
     r->flying = 1;
@@ -374,23 +342,32 @@ static void seam_get(void *self, const char *name, size_t nlen, ms_rec_got_fn fn
         char *pub = err ? ms_records_public_error(err) : NULL;
         fn(ud, MS_REC_FAILED, 0, NULL, 0, pub ? pub : "storage error");
         free(pub);
-    } else if (found == 0) {
-        fn(ud, MS_REC_MISSING, 0, NULL, 0, NULL);
     } else {
-        fn(ud, MS_REC_OK, rec.version, rec.text, rec.len, NULL);
-        record_release(&rec);
+        ms_records *r = self;
+        r->seen_name.len = 0;
+        r->seen_valid = ms_jbuf_put(&r->seen_name, name, nlen);
+        r->seen_version = found ? rec.version : -1;
+        if (found) fn(ud, MS_REC_OK, rec.version, rec.text, rec.len, NULL);
+        else fn(ud, MS_REC_MISSING, 0, NULL, 0, NULL);
+        if (found) record_release(&rec);
     }
     free(err);
 }
 
-/* The version check costs a lookup that the overlay or LevelDB's block cache
- * answers (the engine has just read the record): one thread owns this store,
- * so it never fails here, but the seam promises it. */
+/* The version check: one thread owns this store, so it never fails here,
+ * but the seam promises it. Right after the engine's get of the same name
+ * (the usual case) that get's answer is the current version. */
 static void seam_put(void *self, const char *name, size_t nlen, long long expect, long long version,
                      const char *text, size_t tlen, ms_rec_done_fn fn, void *ud) {
     ms_records *r = self;
     if (r->gone) {
         fn(ud, MS_REC_FAILED, CLOSED);
+        return;
+    }
+    if (r->seen_valid && nlen > 0 && r->seen_name.len == nlen && memcmp(r->seen_name.data, name, nlen) == 0) {
+        if (r->seen_version != expect) fn(ud, MS_REC_MISSING, NULL);
+        else if (records_queue_put(r, name, nlen, version, text, tlen) != 0) fn(ud, MS_REC_FAILED, "out of memory");
+        else fn(ud, MS_REC_OK, NULL);
         return;
     }
     ms_record rec;
@@ -465,7 +442,7 @@ void ms_records_seam(ms_records *r, ms_recstore *out) {
 /* ---- Lua API ---- */
 
 /* core.records(store [, loop [, opts]]) -> records
- * opts: sync (default true), on_error (function(err): a group's write failed) */
+ * opts: sync (default true), on_error (function(nil, err): a group's write failed) */
 static int records_new(lua_State *L) {
     ms_store *store = ms_store_check(L, 1);
     ms_loop *loop = lua_isnoneornil(L, 2) ? NULL : ms_loop_check(L, 2);
@@ -558,17 +535,18 @@ static int records_gc(lua_State *L) {
         ms_store *store = lua_touserdata(L, -1);
         lua_pop(L, 1);
         if (store) ms_store_write_forget(store);
-        entries_free(&r->inflight);
+        ms_recmap_clear(&r->inflight);
         if (r->writing) leveldb_writebatch_destroy(r->writing);
         wake(r, &r->flying_waiters, -1, NULL);
     }
     wake(r, &r->waiters, -1, NULL);
-    entries_free(&r->pending);
+    ms_recmap_clear(&r->pending);
     if (r->batch) leveldb_writebatch_destroy(r->batch);
     if (r->spare) leveldb_writebatch_destroy(r->spare);
     luaL_unref(L, LUA_REGISTRYINDEX, r->on_error_ref);
     r->on_error_ref = LUA_NOREF;
     ms_jbuf_free(&r->scratch);
+    ms_jbuf_free(&r->seen_name);
     return 0;
 }
 

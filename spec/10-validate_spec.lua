@@ -263,4 +263,20 @@ describe("moonstream.validate", function()
       assert.equal(jif(1, "property 'recordName' must be a non-empty string"), validate.batch(body))
     end)
   end)
+
+  describe("rules (what the C fast path reads)", function()
+    it("lists every action's properties with their kind and whether they are required", function()
+      local rules = validate.rules()
+      assert.same({
+        { name = "recordName", kind = "name", required = true },
+        { name = "data", kind = "any", required = true },
+        { name = "path", kind = "string", required = false },
+        { name = "version", kind = "version", required = false },
+      }, rules.record.write)
+      assert.same({ { name = "eventName", kind = "name", required = true }, { name = "data", kind = "any", required = false } },
+        rules.event.emit)
+      assert.same({ { name = "recordName", kind = "name", required = true } }, rules.record.head)
+      assert.same({ { name = "recordNames", kind = "names", required = true } }, rules.record.notify)
+    end)
+  end)
 end)

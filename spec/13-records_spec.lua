@@ -136,6 +136,49 @@ describe("moonstream.records", function()
     assert.is_true(cmd("read", "good").success)
   end)
 
+  it("tells the change listener every change, with the caller's origin", function()
+    local seen = {}
+    local r = records_mod.new(store, {
+      max_response = MAX,
+      on_change = function(name, version, text, origin) seen[#seen + 1] = { name, version, text, origin } end,
+    })
+    local me = {}
+    assert.is_true((r:write(nil, "record", "o", { a = 1 }, nil, nil, me)))
+    assert.is_true((r:write(nil, "record", "o", 2, "a")))
+    assert.is_true((r:delete(nil, "record", "o", me)))
+    assert.is_true((r:create("fresh")))
+    assert.same({
+      { "o", 1, '{"a":1}', me }, { "o", 2, '{"a":2}', nil }, { "o", nil, nil, me }, { "fresh", 0, "{}", nil },
+    }, seen)
+  end)
+
+  it("notifies each named record that exists, however many names there are", function()
+    local n = 0
+    local r = records_mod.new(store, { max_response = MAX, on_change = function() n = n + 1 end })
+    r:write(nil, "record", "x", { v = 1 })
+    n = 0
+    local names = {}
+    for i = 1, 200000 do names[i] = i % 2 == 0 and "x" or "missing" end
+    local ok, text = r:notify(nil, names)
+    assert.is_true(ok)
+    assert.equal('{"success":true}', text)
+    assert.equal(100000, n)
+  end)
+
+  it("bounds the record data of one batch's answer by max_response", function()
+    local r = records_mod.new(store, { max_response = 30 })
+    r:write(nil, "record", "big", { text = "0123456789" }) -- 21 bytes of JSON: one fits, two do not
+    local b = r:batch()
+    assert.is_true(r:read(b, "record", "big"))
+    assert.is_false(r:read(b, "record", "big"))
+    local answer = json.decode(b:response())
+    assert.equal("PARTIAL_SUCCESS", answer.result)
+    assert.equal('Record read failed. Record "big" does not fit in this response (maxResponseSize is 30 bytes).',
+      answer.body[2].error)
+    assert.is_true((r:read(nil, "record", "big"))) -- a single command is not bounded
+    b:close()
+  end)
+
   it("writes on the store's writer thread while the next group gathers", function()
     local loop = core.loop()
     local r = records_mod.new(store, { loop = loop, max_response = MAX })

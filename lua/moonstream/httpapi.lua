@@ -48,6 +48,12 @@ function M.new(cfg, parts)
   }, mt)
 end
 
+-- The headers of a JSON answer when every origin is allowed: the C fast
+-- path's answers carry them (server.lua gives them to srv:set_fast_path).
+function Api:json_headers()
+  return self.json_all
+end
+
 -- Headers for a response of content type ctype to a request from origin.
 function Api:_headers(ctype, origin)
   if self.allow_all then

@@ -155,7 +155,7 @@ local function load_file(path)
   return compile(result, path)
 end
 
--- opts.records: records.lua (set later with p.records = ...), for oldData,
+-- opts.records: an object with records.lua's get(name), for oldData,
 -- existence and ctx.read.
 function M.new(spec, opts)
   local self = setmetatable({ source = nil, index = nil, records = opts and opts.records }, mt)

@@ -35,7 +35,7 @@ local mt = { __index = Records }
 function M.new(store, opts)
   local durable = opts.durable or core.records(store, opts.loop, {
     sync = opts.sync ~= false,
-    on_error = function(err) log.error("storage write failed: %s", err) end,
+    on_error = function(_, err) log.error("storage write failed: %s", err) end,
   })
   return setmetatable({
     loop = opts.loop,

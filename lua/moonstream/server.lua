@@ -298,7 +298,7 @@ function Server:_fast_path()
   self.fast = fast
   self:_watch_emits()
   self:_update_fast_path()
-  self.http:set_fast_path(fast)
+  self.http:set_fast_path(fast, self.api:json_headers())
 end
 
 -- Emits reach Lua from the fast path only while a listener or a realtime
