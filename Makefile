@@ -14,7 +14,7 @@ BUSTED ?= busted
 
 MS_CFLAGS = -std=gnu11 -fPIC -Wall -Wextra -Wshadow -Wmissing-prototypes \
             -Wno-unused-parameter -I$(LUA_INCDIR) -MMD -MP
-MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lsystemd -lpthread
+MS_LIBS = -lmicrohttpd -lleveldb -lyajl -lcurl -lcrypto -lsystemd -lhiredis -lpthread
 
 SRC := $(wildcard csrc/*.c)
 OBJ := $(SRC:csrc/%.c=build/obj/%.o)
@@ -26,13 +26,13 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 # Building and running the server (make all, make run, make install):
 RUN_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev libyajl-dev \
                uthash-dev libcurl4-openssl-dev libssl-dev lua-filesystem lua-argparse \
-               lua-yaml libsystemd-dev
+               lua-yaml libsystemd-dev libhiredis-dev
 # Packing and installing the rock (make rock):
 ROCK_PACKAGES = luarocks git zip unzip
 # The tests (make test, test-asan, test-valgrind, fuzz, crash, hostile, soak);
 # Node.js and npm come through $(NODE) below:
 TEST_PACKAGES = $(ROCK_PACKAGES) lua-busted lua-cjson lua-socket curl python3 valgrind clang-14 \
-                libclang-rt-14-dev prometheus lua-luv
+                libclang-rt-14-dev prometheus lua-luv redis-server
 # The benchmarks (make bench, bench-1m, bench/fanout/run, bench/profile):
 BENCH_PACKAGES = wrk curl python3 valgrind
 
@@ -41,7 +41,7 @@ VERSION := $(shell sed -n 's/^ *VERSION = "\([^"]*\)",/\1/p' lua/moonstream/init
 ROCKSPEC = moonstream-$(VERSION)-1.rockspec
 SRC_ROCK = moonstream-$(VERSION)-1.src.rock
 
-.PHONY: all deps test-deps bench-deps node-deps run test src-rock test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak
+.PHONY: all deps test-deps bench-deps node-deps run test src-rock test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak cluster-check
 
 all: build/moonstream/core.so
 
@@ -153,6 +153,15 @@ hostile: test-deps all
 
 soak: test-deps all
 	python3 tests/soak.py --seconds $(SOAK_SECONDS)
+
+# Cluster mode: the lost-update checker (three nodes, one Redis; README "Cluster").
+CLUSTER_SECONDS ?= 30
+cluster-check: test-deps all
+	python3 tests/cluster_lost_update.py --self-test
+	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS)
+	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS) --kill-node
+	python3 tests/cluster_lost_update.py --seconds $(CLUSTER_SECONDS) --kill-redis
+	python3 tests/cluster_partition.py
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_VERSION)/moonstream \

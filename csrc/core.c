@@ -19,5 +19,7 @@ LUALIB_API int luaopen_moonstream_core(lua_State *L) {
     ms_metrics_open(L);
     ms_notify_open(L);
     ms_workers_open(L);
+    ms_redis_open(L);
+    ms_redisstore_open(L);
     return 1;
 }

@@ -23,6 +23,8 @@ void ms_fastpath_open(lua_State *L);
 void ms_metrics_open(lua_State *L);
 void ms_notify_open(lua_State *L);
 void ms_workers_open(lua_State *L);
+void ms_redis_open(lua_State *L);
+void ms_redisstore_open(lua_State *L);
 
 /* Calls the function at the top of the stack (below its nargs arguments) with
  * lua_pcall and a traceback handler. On error the message (with traceback) goes

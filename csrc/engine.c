@@ -103,6 +103,16 @@ int ms_engine_immediate(const ms_engine *e) {
     return e->durable.ops->immediate && e->memory.ops->immediate;
 }
 
+int ms_engine_can_settle(const ms_engine *e) {
+    return (e->durable.ops->immediate || e->durable.ops->settle) &&
+           (e->memory.ops->immediate || e->memory.ops->settle);
+}
+
+void ms_engine_settle(ms_engine *e) {
+    if (e->durable.ops->settle) e->durable.ops->settle(e->durable.self);
+    if (e->memory.ops->settle) e->memory.ops->settle(e->memory.self);
+}
+
 int ms_engine_has_pending(const ms_engine *e) {
     return e->durable.ops->has_pending(e->durable.self);
 }

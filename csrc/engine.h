@@ -67,6 +67,11 @@ void ms_engine_on_change(ms_engine *e, ms_engine_change_fn fn, void *ud);
 /* 1 when every store answers before its call returns (callers that cannot
  * wait yet check this). */
 int ms_engine_immediate(const ms_engine *e);
+/* 1 when every store answers at once or can settle (recstore.h). */
+int ms_engine_can_settle(const ms_engine *e);
+/* Runs the stores' I/O until every command and get begun so far is done
+ * (bounded by each store's timeout). */
+void ms_engine_settle(ms_engine *e);
 /* The durability signal of the durable store (see recstore.h). */
 int ms_engine_has_pending(const ms_engine *e);
 int ms_engine_after_flush(ms_engine *e, ms_rec_durable_fn fn, void *ud);

@@ -1,6 +1,6 @@
 /* engine_lua: the record engine (engine.c) as Lua sees it.
  *
- *   core.engine(records, { max_response = N, exclusions = { prefix, ... },
+ *   core.engine(records | redis_records, { max_response = N, exclusions = { prefix, ... },
  *                          on_change = function(name, version|nil, text|nil, origin) })
  *   e:read(batch|nil, topic, name)            e:head(batch|nil, topic, name)
  *   e:write(batch|nil, topic, name, data_text|nil, data_err|nil, version|nil, patch|nil, origin)
@@ -15,15 +15,18 @@
  *
  * Lua is called from inside the engine (the patch, the change listener)
  * only through ms_pcall and a C trampoline, so nothing raises across the
- * engine or a store. The stores today answer at once (core.engine refuses
- * others): these calls return the result; a store that answers later needs
- * a continuation here, which the engine itself already supports. */
+ * engine or a store. These calls return the result: LevelDB and memory
+ * answer at once, and a store that answers later (Redis, redisstore.c) is
+ * settled before the call returns (it runs its own connection's I/O only,
+ * bounded by its timeout). A continuation here would let the loop serve
+ * meanwhile; the engine itself already supports one. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core.h"
 #include "engine.h"
 #include "records.h"
+#include "redisstore.h"
 
 #define ENGINE_MT "moonstream.Engine"
 #define BATCH_MT "moonstream.RecordBatch"
@@ -180,6 +183,7 @@ static int run(lua_State *L, engine_box *eb, ms_batch *b, ms_cmd *c, int origin)
     int done = 0;
     eb->busy = 1;
     ms_engine_run(eb->e, b, c, set_done, &done);
+    if (!done) ms_engine_settle(eb->e);
     eb->busy = 0;
     lua_pushnil(L);
     lua_rawseti(L, hooks, HOOK_ORIGIN);
@@ -306,6 +310,7 @@ static int engine_get(lua_State *L) {
     got_state g = { eb, -2, 0, 0 };
     eb->busy = 1;
     ms_engine_get(eb->e, name, nlen, got, &g);
+    if (g.status == -2) ms_engine_settle(eb->e);
     eb->busy = 0;
     if (g.status == -2) return luaL_error(L, "the record store answered later (not supported by this binding)");
     if (!g.copied) return luaL_error(L, "not enough memory");
@@ -358,9 +363,9 @@ static void read_opts(lua_State *L, engine_box *eb) {
     luaL_argcheck(L, max > 0, 2, "opts.max_response must be positive");
     lua_pop(L, 1);
     ms_recstore durable;
-    ms_records_seam(ms_records_check(L, 1), &durable);
+    if (ms_redisstore_test(L, 1, &durable) == NULL) ms_records_seam(ms_records_check(L, 1), &durable);
     if ((eb->e = ms_engine_new(durable, (size_t)max)) == NULL) luaL_error(L, "not enough memory");
-    if (!ms_engine_immediate(eb->e)) luaL_error(L, "this binding needs stores that answer at once");
+    if (!ms_engine_can_settle(eb->e)) luaL_error(L, "this binding needs stores that answer at once or settle");
     if (lua_getfield(L, 2, "exclusions") == LUA_TTABLE) {
         for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
             size_t plen;
@@ -383,7 +388,8 @@ static void read_opts(lua_State *L, engine_box *eb) {
 }
 
 static int engine_new(lua_State *L) {
-    ms_records_check(L, 1);
+    ms_recstore probe;
+    if (ms_redisstore_test(L, 1, &probe) == NULL) ms_records_check(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
     engine_box *eb = lua_newuserdatauv(L, sizeof *eb, 1);

@@ -65,7 +65,7 @@ static int mem_iterate(void *self, const char *prefix, size_t plen, ms_rec_each_
 }
 
 static const ms_recstore_ops mem_ops = {
-    mem_get, mem_put, mem_remove, mem_after_flush, mem_has_pending, mem_iterate, 1
+    mem_get, mem_put, mem_remove, mem_after_flush, mem_has_pending, mem_iterate, 1, NULL
 };
 
 void ms_memstore_seam(ms_memstore *m, ms_recstore *out) {

@@ -436,7 +436,7 @@ static int seam_iterate(void *self, const char *prefix, size_t plen, ms_rec_each
 }
 
 static const ms_recstore_ops seam_ops = {
-    seam_get, seam_put, seam_remove, seam_after_flush, seam_has_pending, seam_iterate, 1
+    seam_get, seam_put, seam_remove, seam_after_flush, seam_has_pending, seam_iterate, 1, NULL
 };
 
 void ms_records_seam(ms_records *r, ms_recstore *out) {

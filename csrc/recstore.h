@@ -46,6 +46,11 @@ typedef struct ms_recstore_ops {
     /* durable records only; 0, or -1 with *err (malloc'd) */
     int (*iterate)(void *self, const char *prefix, size_t plen, ms_rec_each_fn fn, void *ud, char **err);
     int immediate;  /* 1: every callback runs before its call returns */
+    /* A store that answers later (immediate 0): runs its own I/O until every
+     * callback of the calls made so far has run, bounded by its timeout (then
+     * they fail). For callers that cannot wait for the loop yet
+     * (engine_lua.c). NULL for immediate stores. */
+    void (*settle)(void *self);
 } ms_recstore_ops;
 
 typedef struct ms_recstore {

@@ -48,6 +48,8 @@ local function build_parser()
   start:option("--host", "Address to bind (overrides the config's host).")
   start:option("--port", "Port to listen on, 0 for any free port (overrides the config's port).")
     :convert(integer("--port"))
+  start:option("--cluster-name", "This node's name in the cluster (overrides cluster.name), so that nodes can "
+    .. "share one configuration file.")
 
   local check = p:command("check", "Validate a configuration and the permission, RPC handler, event listener "
     .. "and users files it names, without starting (like nginx -t). Exits 0 when it would start.")
@@ -101,7 +103,9 @@ local function start(a)
   local server = require "moonstream.server"
   local cfg, err = load_config(a.path)
   if not cfg then return fail(err) end
-  cfg, err = config.apply_overrides(cfg, { host = a.host, port = a.port })
+  cfg, err = config.apply_overrides(cfg, {
+    host = a.host, port = a.port, cluster = a.cluster_name and { name = a.cluster_name } or nil,
+  })
   if not cfg then return fail(err) end
   local srv
   srv, err = server.new(cfg, true)

@@ -603,6 +603,12 @@ local check_monitoring = optional_section("monitoring", {
   { key = "allowOpenPermissions", check = check_boolean },
 }, { "url", "headerKey", "headerValue" }, function(out, k) return k ~= "url" and out.allowOpenPermissions end)
 
+local function check_redis_url(v)
+  local ok, why = require("moonstream.cluster.url").parse(v)
+  if ok then return v end
+  return nil, why
+end
+
 -- The schema, in the order keys are checked and errors reported.
 local SCHEMA = {
   { key = "host", check = check_nonempty_string },
@@ -663,6 +669,12 @@ local SCHEMA = {
   { key = "connectionLimitPerIp", check = integer_in(0, 1000000, "an integer from 0 to 1000000") },
   { key = "connectionMemoryLimit", check = integer_in(4096, 16777216, "an integer from 4096 to 16777216") },
   { key = "fastPath", check = check_boolean },
+  -- cluster mode (README "Cluster"): nil = one node on LevelDB
+  { key = "cluster", fields = {
+    { key = "redis", check = check_redis_url },
+    { key = "name", check = check_nonempty_string },
+    { key = "password", check = check_nonempty_string },
+  } },
 }
 
 -- Lookups by key, and the names an unknown key is compared with: a section's
@@ -720,6 +732,10 @@ local function merge_field(cfg, field, v, ctx)
     return e
   end
   local section = cfg[field.key]
+  if section == nil then -- a section without defaults (cluster)
+    section = {}
+    cfg[field.key] = section
+  end
   for _, sub_field in ipairs(field.fields) do
     local sv = rawget(v, sub_field.key)
     if sv ~= nil then
@@ -734,6 +750,9 @@ end
 
 -- Rules that involve more than one key, on the merged configuration.
 local function check_combined(cfg)
+  if cfg.cluster and cfg.cluster.redis == nil then
+    return failure({ "cluster", "redis" }, "is required when 'cluster' is set (redis://host:port/db)")
+  end
   if cfg.allowAllOrigins == false and cfg.origins == nil then
     return failure({ "origins" }, "must be given when 'allowAllOrigins' is false", { "allowAllOrigins" })
   end

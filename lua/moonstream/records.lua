@@ -29,9 +29,11 @@ local mt = { __index = Records }
 -- exclusion_prefixes (names kept in memory only), loop (write on the store's
 -- writer thread; without it flush writes at once), on_change
 -- (function(name, version|nil, text|nil, origin): every change, whoever made
--- it; version nil: deleted; origin: what the command's caller passed).
+-- it; version nil: deleted; origin: what the command's caller passed),
+-- durable (the cluster's Redis store, core.redis_records, instead of
+-- LevelDB records over store).
 function M.new(store, opts)
-  local durable = core.records(store, opts.loop, {
+  local durable = opts.durable or core.records(store, opts.loop, {
     sync = opts.sync ~= false,
     on_error = function(_, err) log.error("storage write failed: %s", err) end,
   })

@@ -28,12 +28,16 @@ local json = require "moonstream.json"
 local metrics = require "moonstream.metrics"
 local monitoring = require "moonstream.monitoring"
 local validate = require "moonstream.validate"
+local cluster_mod = require "moonstream.cluster"
+local bus_mod = require "moonstream.cluster.bus"
+local cluster_presence = require "moonstream.cluster.presence"
 
 local M = {}
 local Server = {}
 local mt = { __index = Server }
 
 local DRAIN_TIMEOUT_MS = 10000
+local CLUSTER_WAIT_MS = 5000 -- at start, for Redis; then the node serves anyway
 
 -- Context API every RPC handler and listener gets (ctx.records, ctx.emit...).
 local function handler_api(self)
@@ -85,7 +89,10 @@ function M.new(cfg, validated)
   self.presence = core.presence()
   local api = handler_api(self)
   -- the fast path asks Lua about emits only while someone listens
-  self.listeners = events_mod.new(api, function() self:_watch_emits() end)
+  self.listeners = events_mod.new(api, function()
+    self:_watch_emits()
+    if self.bus then self.bus:sync_listeners() end -- cluster: listened names are interest
+  end)
   -- an RPC no Lua handler answers goes to realtime client providers
   self.handlers = rpc_mod.new(self.loop, {
     response_timeout = cfg.rpc.responseTimeout, api = api,
@@ -181,15 +188,29 @@ function Server:listen()
     return nil, "cannot open storage.path '" .. cfg.storage.path .. "': " .. err
   end
   self.store = store
+  if cfg.cluster then -- records live in Redis (lua/moonstream/cluster)
+    self.cluster = cluster_mod.new(self.loop, cfg.cluster)
+    local ready, why = self.cluster:wait_ready(CLUSTER_WAIT_MS)
+    if not ready then
+      log.warn("cluster: Redis %s is not reachable yet (%s): requests that need it fail until it is",
+        self.cluster.url, why)
+    end
+  end
   self.records = records_mod.new(store, {
+    durable = self.cluster and self.cluster:record_store(),
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
     max_response = cfg.maxResponseSize,
     -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's)
     on_change = function(name, version, text, origin)
+      if self.bus then return self.bus:record_changed(name, version, text, origin) end -- cluster: in version order
       if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
     end,
   })
-  self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL, workers = self.workers })
+  if self.cluster then
+    self.tokens = tokens_mod.new(self.cluster:kv(), { ttl = cfg.tokenTTL })
+  else
+    self.tokens = tokens_mod.new(store, { ttl = cfg.tokenTTL, workers = self.workers })
+  end
   local _, sweep_err = self.tokens:sweep()
   if sweep_err then -- e.g. a full disk: expired tokens are refused anyway, so start
     log.warn("could not remove expired tokens: %s", records_mod.public_error(sweep_err))
@@ -198,18 +219,42 @@ function Server:listen()
   if not self.permissions:configured() then
     log.warn("no permissions configured (config key 'permissions'): every user may do everything")
   end
+  local presence = self.presence
+  if self.cluster then -- who is online on every node (lua/moonstream/cluster/presence.lua)
+    self.cluster_presence = cluster_presence.new({
+      loop = self.loop, commands = self.cluster.commands, id = self.cluster.id, registry = self.presence,
+      announce = function(user, joined) if self.realtime then self.realtime.presence_topic:remote(user, joined) end end,
+    })
+    presence = self.cluster_presence
+    self.cluster:on_reconnect(function() self.cluster_presence:reregister() end)
+  end
   self.dispatcher = dispatch.new({
-    records = self.records, events = self.listeners, rpc = self.handlers, presence = self.presence,
+    records = self.records, events = self.listeners, rpc = self.handlers, presence = presence,
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
-    on_emit = function(name, data) self.realtime.events:emit_from_server(name, data) end,
+    on_emit = function(name, data, ctx)
+      self.realtime.events:emit_from_server(name, data)
+      if self.bus then self.bus:publish_value(name, data, ctx and ctx.user) end -- cluster: the other nodes
+    end,
   })
   -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
   self.realtime = realtime_mod.new({
-    loop = self.loop, presence = self.presence, auth = self.auth, records = self.records,
+    loop = self.loop, presence = presence, auth = self.auth, records = self.records,
     listeners = self.listeners, handlers = self.handlers, config = cfg,
     permit = function() return self.dispatcher.permit end,
+    cluster = self.cluster and {
+      interest = function(kind, name, present) self.bus:interest(kind, name, present) end,
+      publish_event = function(name, text, user) self.bus:publish_event(name, text, user) end,
+    },
   })
   local realtime = self.realtime
+  if self.cluster then
+    self.bus = bus_mod.new(self.cluster, {
+      loop = self.loop, realtime = realtime, listeners = self.listeners, presence = self.cluster_presence,
+    })
+    if not self.bus:wait_ready(CLUSTER_WAIT_MS) then
+      log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
+    end
+  end
   local get_handlers, endpoints = self:_operator_endpoints()
   self.api = httpapi.new(cfg, {
     dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime, get_handlers = get_handlers,
@@ -224,6 +269,7 @@ function Server:listen()
     handler = function(req) return api:handle(req) end,
   })
   if not http then
+    if self.cluster then self.cluster:close(); self.cluster = nil end
     store:close()
     self.store = nil
     return nil, err
@@ -238,7 +284,12 @@ function Server:listen()
   self.url = "http://" .. (cfg.host:find(":", 1, true) and "[" .. cfg.host .. "]" or cfg.host) .. ":" .. http:port()
   local exposed = M.exposure_warning(cfg)
   if exposed then log.warn("%s", exposed) end
-  log.event("info", "moonstream listening on " .. self.url, { storage = cfg.storage.path })
+  if self.cluster then
+    self.cluster.name = self.cluster.name or (cfg.host .. ":" .. http:port())
+    log.event("info", "moonstream listening on " .. self.url, { cluster_node = self.cluster.name, redis = self.cluster.url })
+  else
+    log.event("info", "moonstream listening on " .. self.url, { storage = cfg.storage.path })
+  end
   self:_notify("READY=1\nSTATUS=listening on " .. self.url)
   return true
 end
@@ -379,6 +430,9 @@ function Server:close()
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
   if self.records then self.records:drain() end
+  if self.cluster_presence then self.cluster_presence:close() end
+  if self.bus then self.bus:close() end
+  if self.cluster then self.cluster:close() end
   self.loop:on_iteration(nil)
   self.auth:close()
   self.workers:close() -- finishes queued hashes and token writes, before the store closes

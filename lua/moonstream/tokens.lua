@@ -4,7 +4,8 @@
 -- serverData) and its expiry; entries live under their own key prefix "t/",
 -- apart from records ("r/"), and are written with sync (on the worker pool's
 -- threads: the loop never waits for the disk), so a token the client got
--- survives a crash and a restart.
+-- survives a crash and a restart. In cluster mode the store is Redis
+-- (cluster/kv.lua, the same calls), shared by every node.
 --
 --   tokens.new(store, { ttl = ms, now = fn, workers = pool })   -> tokens
 --   tokens:issue(user, token, done)  done(token) | done(nil, err) once stored
@@ -45,7 +46,7 @@ end
 function M.new(store, opts)
   return setmetatable({
     store = store,
-    workers = opts.workers, -- core.workers: needed by issue
+    workers = opts.workers, -- core.workers: LevelDB writes off the loop; nil: the store's own put
     ttl = opts.ttl,
     now = opts.now or function() return core.now() end,
     wall = opts.wall or function() return os.time() * 1000 end,
@@ -75,7 +76,13 @@ function Tokens:issue(user, token, done)
   end
   local text, err = entry(self, user)
   if not text then return done(nil, "cannot store the token: " .. tostring(err)) end
-  local ok, perr = self.workers:put(self.store, KEY_PREFIX .. M.hash(token), text, function(stored, werr)
+  local key = KEY_PREFIX .. M.hash(token)
+  if not self.workers then -- a store that answers itself (the cluster's Redis, cluster/kv.lua)
+    local ok, perr = self.store:put(key, text, true)
+    if ok then done(token) else done(nil, perr) end
+    return
+  end
+  local ok, perr = self.workers:put(self.store, key, text, function(stored, werr)
     if stored then done(token) else done(nil, werr) end
   end)
   if not ok then done(nil, perr) end
@@ -123,6 +130,7 @@ end
 local function remove_where(self, drop)
   local doomed = {}
   local step, it, _, closer = self.store:iterate(KEY_PREFIX)
+  if not step then return nil, it end -- the cluster's store (cluster/kv.lua): Redis failed
   for k, v in step, it do
     local t = parse(v)
     if t == nil or drop(t) then doomed[#doomed + 1] = k end

@@ -15,7 +15,10 @@ local Events = {}
 local mt = { __index = Events }
 
 function M.new(rt)
-  local self = setmetatable({ rt = rt, subs = registry.new() }, mt)
+  local cluster = rt.cluster
+  local self = setmetatable({ rt = rt, subs = registry.new(nil, cluster and function(name, present)
+    cluster.interest("event", name, present)
+  end) }, mt)
   self.listen = listen.new(rt, EVENT, EA, self.subs, "event")
   return self
 end
@@ -75,6 +78,7 @@ function Events:emit(c, msg)
   local ok, denial = rt:permit(c, "event", "emit", name, { data = value })
   if not ok then return deny(c, msg, name, nil, denial) end
   self:deliver(name, text, value, c, c)
+  if rt.cluster then rt.cluster.publish_event(name, text, c.user) end
   if rt.listeners then
     rt.listeners:emit(name, value, { user = c.user })
   end

@@ -54,6 +54,9 @@ M.payload = payload
 --   permit (function() -> the dispatcher's permit function or nil),
 --   config (validated config: realtime.*, rpc.*, listen.*, maxMessageSize)
 --   codecs (optional { json = codec, binary = codec }, each with encode/decode)
+--   cluster (optional, cluster mode: interest(kind, name, present) hears which
+--   event and record names local clients use; publish_event(name, text, user)
+--   takes client emits to the other nodes)
 function M.new(parts)
   local cfg = parts.config
   local rcfg = cfg.realtime
@@ -64,6 +67,7 @@ function M.new(parts)
     records = parts.records,
     listeners = parts.listeners,
     handlers = parts.handlers,
+    cluster = parts.cluster,
     permit_fn = parts.permit or function() return nil end,
     heartbeat_interval = rcfg.heartbeatInterval,
     auth_timeout = rcfg.unauthenticatedClientTimeout, -- false: none

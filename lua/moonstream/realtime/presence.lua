@@ -27,6 +27,15 @@ function Presence:_announce(id, all_action, one_action, except)
   rt:broadcast(self.subs:subscribers(id), { topic = PRESENCE, action = one_action, name = id }, except)
 end
 
+-- A user came online (joined) or went offline on another node (cluster mode).
+function Presence:remote(id, joined)
+  if joined then
+    self:_announce(id, PA.PRESENCE_JOIN_ALL, PA.PRESENCE_JOIN, nil)
+  else
+    self:_announce(id, PA.PRESENCE_LEAVE_ALL, PA.PRESENCE_LEAVE, nil)
+  end
+end
+
 -- c has just logged in.
 function Presence:login(c)
   local id = c.user and c.user.id

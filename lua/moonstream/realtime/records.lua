@@ -28,7 +28,10 @@ local mt = { __index = Records }
 local names_of = names.names_of
 
 function M.new(rt)
-  local self = setmetatable({ rt = rt, store = rt.records, subs = registry.new() }, mt)
+  local cluster = rt.cluster
+  local self = setmetatable({ rt = rt, store = rt.records, subs = registry.new(nil, cluster and function(name, present)
+    cluster.interest("record", name, present)
+  end) }, mt)
   self.listen = listen.new(rt, RECORD, RA, self.subs, "record")
   return self
 end

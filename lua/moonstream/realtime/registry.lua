@@ -10,9 +10,12 @@ local mt = { __index = Registry }
 
 -- on_used (optional): called with true when the first name gets a
 -- subscriber and with false when the last one goes (the HTTP fast path
--- asks Lua about emits only while someone is subscribed).
-function M.new(on_used)
-  return setmetatable({ by_name = {}, by_conn = {}, on_used = on_used }, mt)
+-- asks Lua about emits only while someone is subscribed). on_name
+-- (optional): called with (name, true) when a name gets its first
+-- subscriber and (name, false) when it loses its last (the cluster
+-- subscribes to the names its clients use).
+function M.new(on_used, on_name)
+  return setmetatable({ by_name = {}, by_conn = {}, on_used = on_used, on_name = on_name }, mt)
 end
 
 local function used(self, was_empty)
@@ -30,6 +33,7 @@ function Registry:add(name, conn)
     set = {}
     self.by_name[name] = set
     if was_empty then used(self, true) end
+    if self.on_name then self.on_name(name, true) end
   elseif set[conn] then
     return false
   end
@@ -43,6 +47,10 @@ function Registry:add(name, conn)
   return true, first
 end
 
+function Registry:_gone(name)
+  if self.on_name then self.on_name(name, false) end
+end
+
 -- Removes conn from name. Returns false when it was not there, else true and
 -- whether name has no subscriber left.
 function Registry:remove(name, conn)
@@ -50,7 +58,7 @@ function Registry:remove(name, conn)
   if not set or not set[conn] then return false end
   set[conn] = nil
   local last = next(set) == nil
-  if last then self.by_name[name] = nil; used(self, false) end
+  if last then self.by_name[name] = nil; used(self, false); self:_gone(name) end
   local names = self.by_conn[conn]
   names[name] = nil
   if next(names) == nil then self.by_conn[conn] = nil end
@@ -66,7 +74,7 @@ function Registry:remove_conn(conn, on_removed)
     local set = self.by_name[name]
     set[conn] = nil
     local last = next(set) == nil
-    if last then self.by_name[name] = nil; used(self, false) end
+    if last then self.by_name[name] = nil; used(self, false); self:_gone(name) end
     if on_removed then on_removed(name, last) end
   end
 end
@@ -77,6 +85,7 @@ function Registry:remove_name(name)
   if not set then return nil end
   self.by_name[name] = nil
   used(self, false)
+  self:_gone(name)
   for conn in next, set do
     local names = self.by_conn[conn]
     names[name] = nil

@@ -1,0 +1,148 @@
+-- The cluster's messages between nodes, over Redis pub/sub, by interest: a
+-- node SUBSCRIBEs only to the channels of the event and record names its
+-- realtime clients and Lua listeners use (as Centrifugo does), never to a
+-- channel carrying everything.
+--
+--   events   "ms:c:e:<name>"  "<node id>\n<user id as JSON>\n<data JSON or empty>"
+--            published by the node that got the emit (HTTP, a realtime
+--            client, ctx.emit), which has already delivered it to its own
+--            subscribers: a node skips its own messages, so each emit reaches
+--            every subscriber once.
+--   records  "ms:c:r:<name>"  "<version> <text>" or "-1" (deleted), published
+--            by the store's put script (csrc/redisstore.c) in the order Redis
+--            applied the writes; changes.lua puts them and the node's own
+--            changes in version order, once.
+local core = require "moonstream.core"
+local json = require "moonstream.json"
+local log = require "moonstream.log"
+local changes_mod = require "moonstream.cluster.changes"
+
+local M = {}
+local Bus = {}
+local mt = { __index = Bus }
+
+local EVENT_PREFIX = "ms:c:e:"
+local RECORD_PREFIX = core.redis_record_channel_prefix
+M.EVENT_PREFIX = EVENT_PREFIX
+
+local function noop() end
+
+-- cluster: cluster/init.lua's (connections); parts: loop, realtime (the
+-- realtime server: events:deliver, record_topic:changed), listeners
+-- (events.lua, Lua listeners), presence (cluster/presence.lua: its channel)
+function M.new(cluster, parts)
+  local self = setmetatable({
+    cluster = cluster, realtime = parts.realtime, listeners = parts.listeners,
+    id = cluster.id, presence = parts.presence, count = {}, listened = {},
+  }, mt)
+  self.changes = changes_mod.new(parts.loop, function(name, version, text, origin)
+    self.realtime.record_topic:changed(name, version, text, origin)
+  end)
+  self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end)
+  if self.presence then self.sub:subscribe(self.presence.CHANNEL) end -- every node answers presence queries
+  self:sync_listeners()
+  return self
+end
+
+local function channel_of(kind, name)
+  return (kind == "record" and RECORD_PREFIX or EVENT_PREFIX) .. name
+end
+
+-- Runs the loop until the subscriber is up and its first subscriptions
+-- (presence, listeners) reached Redis: a round trip on the commands
+-- connection after it, which Redis serves later. At most max_ms.
+function Bus:wait_ready(max_ms)
+  local deadline = core.now() + max_ms
+  local ponged = false
+  while core.now() < deadline do
+    if self.sub:up() then
+      if self.cluster.commands:command({ "PING" }, function() ponged = true end) then
+        while not ponged and core.now() < deadline do self.cluster.loop:run_once(10) end
+        return ponged
+      end
+    end
+    self.cluster.loop:run_once(10)
+  end
+  return false
+end
+
+-- A local client (or Lua listener) started (present) or stopped using name.
+function Bus:interest(kind, name, present)
+  local channel = channel_of(kind, name)
+  local n = (self.count[channel] or 0) + (present and 1 or -1)
+  if n <= 0 then
+    self.count[channel] = nil
+    self.sub:unsubscribe(channel)
+    if kind == "record" then self.changes:forget(name) end
+  else
+    self.count[channel] = n
+    if n == 1 and present then
+      if kind == "record" then self.changes:watch(name) end
+      self.sub:subscribe(channel)
+    end
+  end
+end
+
+-- Lua listeners' names count as interest too (events.lua's on_change).
+function Bus:sync_listeners()
+  local now = self.listeners and self.listeners.listeners or {}
+  for name in pairs(self.listened) do
+    if not now[name] then self.listened[name] = nil; self:interest("event", name, false) end
+  end
+  for name in pairs(now) do
+    if not self.listened[name] then self.listened[name] = true; self:interest("event", name, true) end
+  end
+end
+
+-- An emit made on this node (already delivered here): to the other nodes.
+-- text: the data as JSON text, or nil; user: { id } of the emitter or nil.
+function Bus:publish_event(name, text, user)
+  local uid = user and user.id
+  local payload = self.id .. "\n" .. (json.encode(uid == nil and json.null or uid) or "null") .. "\n" .. (text or "")
+  local ok, err = self.cluster.commands:command({ "PUBLISH", EVENT_PREFIX .. name, payload }, noop)
+  if not ok then log.warn("cluster: event '%s' not sent to the other nodes: %s", name, err) end
+end
+
+-- The same for a Lua value (POST /api, ctx.emit).
+function Bus:publish_value(name, data, user)
+  local text
+  if data ~= nil then
+    local err
+    text, err = json.encode(data)
+    if not text then return log.warn("cluster: event '%s' not sent to the other nodes: %s", name, err) end
+  end
+  self:publish_event(name, text, user)
+end
+
+-- A record changed through this node's engine.
+function Bus:record_changed(name, version, text, origin)
+  self.changes:change(name, version, text, origin)
+end
+
+function Bus:_message(channel, data)
+  if self.presence and channel == self.presence.CHANNEL then return self.presence:message(data) end
+  if channel:sub(1, #RECORD_PREFIX) == RECORD_PREFIX then
+    local name = channel:sub(#RECORD_PREFIX + 1)
+    if data == "-1" then return self.changes:change(name, nil, nil, nil) end
+    local version, text = data:match("^(%d+) (.*)$")
+    if version then self.changes:change(name, math.tointeger(tonumber(version)), text, nil) end
+    return
+  end
+  local name = channel:sub(#EVENT_PREFIX + 1)
+  local from, uid, text = data:match("^([^\n]*)\n([^\n]*)\n(.*)$")
+  if not from or from == self.id then return end
+  if text == "" then text = nil end
+  self.realtime.events:deliver(name, text, nil, nil, nil)
+  if self.listeners and self.listeners.listeners[name] then
+    local value = text and json.decode(text)
+    local id = json.decode(uid)
+    self.listeners:emit(name, value, { user = { id = id ~= json.null and id or nil } })
+  end
+end
+
+function Bus:close()
+  self.changes:close()
+  self.sub:close()
+end
+
+return M
