@@ -3,7 +3,8 @@
  *
  * Why not wslay (which this used before): its context embeds fixed 4 KiB
  * input and output buffers, 8.8 KB per connection even when idle, twice the
- * whole per-client budget (issue 14: <= 4 KB per idle authenticated client).
+ * whole per-client budget (4 KB per idle authenticated client; bench/RESULTS.md
+ * "WebSocket scale").
  * Here an idle connection holds only struct ms_ws: the message being
  * reassembled and the bytes the socket did not take are allocated while they
  * exist and freed when done. And once MHD has sent the 101 we keep a dup of

@@ -1,6 +1,6 @@
 -- Reconnect resync (SUBSCRIBEANDHEAD and the record actions the client
 -- sends), notify of records no longer stored, and the unauthenticated-client
--- timer after a refused login: issue 15 items 1, 3 and 4, with the real
+-- timer after a refused login, with the real
 -- @deepstream/client (spec/support/rt_scenarios.lua) in both transports.
 local H = require "support.helpers"
 local E = require "support.rt_env"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lost-update checker for the cluster mode (issue 11).
+"""Lost-update checker for the cluster mode (README "Cluster").
 
 Starts a real redis-server (free port, temporary dir, appendonly yes,
 appendfsync always) and three moonstream nodes sharing one config file

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Partition test for the cluster mode (issue 11; needs root for `ip netns`).
+"""Partition test for the cluster mode (README "Cluster"; needs root for `ip netns`).
 
 A node runs in its own network namespace, joined to the host by a veth pair
 (10.211.N.1 host side, 10.211.N.2 node side); Redis listens on the host side.
