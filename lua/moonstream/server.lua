@@ -86,8 +86,10 @@ function M.new(cfg, validated)
     max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
   })
   if not self.auth then return nil, err end
-  self.permissions, err = permissions_mod.new(cfg.permissions)
-  if not self.permissions then return nil, "config key 'permissions': " .. err end
+  self.permissions, err = permissions_mod.new(cfg.permissions or cfg.permission)
+  if not self.permissions then
+    return nil, string.format("config key '%s': %s", cfg.permission and "permission" or "permissions", err)
+  end
 
   local handlers
   handlers, err = scripts.load_spec(cfg.rpc.handlers, "rpc handler")
