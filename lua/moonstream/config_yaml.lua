@@ -254,13 +254,12 @@ local function walk_permission(st, v, path)
     if not PERMISSION_OPTIONS[k] then
       return st.fail({ "permission", "options", k }, "is not an option of deepstream's Valve permissions")
     end
-    if k == "permissions" and file_ref(x) then
-      options.path = file_ref(x)
-    elseif k == "permissions" and type(x) == "string" then
-      options.path = x
-    else
-      options[k] = x
+    local to = k
+    if k == "permissions" and (file_ref(x) or type(x) == "string") then
+      to, x = "path", file_ref(x) or x
     end
+    options[to] = x
+    st.origin["permission.options." .. to] = { "permission", "options", k }
   end
   st.out.permission = { type = "config", options = options }
   st.origin.permission = path

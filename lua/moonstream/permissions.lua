@@ -301,7 +301,10 @@ end
 local function evaluate_valve(self, ctx, c, topic, rule_type, action, name, vars, extra)
   local captures = {}
   for i, v in ipairs(c.vars) do captures[i] = vars[v] end
-  local path = topic == "record" and extra and extra.path ~= nil and extra.path ~= "" and extra.path or nil
+  -- as deepstream, only a realtime PATCH shows the rule the merged record;
+  -- a create-and-patch (POST /api, setData with a path) shows the new value
+  local path = topic == "record" and extra and extra.patch and extra.path ~= nil and extra.path ~= "" and extra.path
+    or nil
   local ok, err = valve.run(c, {
     user = ctx and ctx.user, name = name, vars = captures, section = topic, rule_type = rule_type,
     action = action, data = extra and extra.data, path = path, now = os.time() * 1000,
@@ -372,7 +375,8 @@ function Permissions:permit()
       end
       return true
     end
-    return self:check(ctx, topic, action, name, cmd and { data = cmd.data, path = cmd.path })
+    return self:check(ctx, topic, action, name, cmd and { data = cmd.data, path = cmd.path,
+      patch = ctx and ctx.realtime and cmd.patch })
   end
 end
 

@@ -5,7 +5,8 @@
 -- it (the variables below and the whitelisted methods), never Lua's globals.
 --
 -- The language: literals (numbers, '...'/"..." strings, true, false, null,
--- undefined, NaN, Infinity, regular expressions /.../flags, [array, literals]);
+-- undefined, NaN, Infinity, regular expressions /.../flags, [array, literals],
+-- { object: literals });
 -- the variables user, data, oldData, now, action, name, the path's $variables
 -- and _('record name'); member access a.b and a[b]; calls of _ and of the
 -- methods startsWith, endsWith, includes, indexOf, match, toUpperCase,
@@ -120,9 +121,12 @@ local grammar = P({
     + mark * Cp() * P("[") * ws * V("Expr") * sym("]") / function(pos, e) return { k = "index", pos = pos, key = e } end
     + mark * Cp() * P("(") * ws * Ct((V("Expr") * (sym(",") * V("Expr")) ^ 0) ^ -1) * sym(")")
       / function(pos, args) args.k, args.pos = "args", pos; return args end,
+  Prop = Ct(mark * (name + quoted("'") + quoted('"')) * ws * sym(":") * V("Expr")),
   Primary = mark * (number + str + regex) * ws
     + mark * Cp() * P("[") * ws * Ct((V("Expr") * (sym(",") * V("Expr")) ^ 0 * sym(",") ^ -1) ^ -1) * sym("]")
       / function(pos, items) return { k = "array", pos = pos, items = items } end
+    + mark * Cp() * P("{") * ws * Ct((V("Prop") * (sym(",") * V("Prop")) ^ 0 * sym(",") ^ -1) ^ -1) * sym("}")
+      / function(pos, props) return { k = "object", pos = pos, props = props } end
     + mark * P("(") * ws * V("Expr") * sym(")")
     + mark * Cp() * name * ws / function(pos, n) return { k = "id", pos = pos, name = n } end,
 })
@@ -183,20 +187,21 @@ end
 
 local function compile_call(n, st)
   local callee, argn = n.callee, {}
+  local is_xref = callee.k == "id" and callee.name == "_"
+  local method = callee.k == "member" and callee[2].k == "lit" and type(callee[2].v) == "string" and callee[2].v
+  if not is_xref and not (method and METHOD[method]) then
+    local shown = method or (callee.k == "id" and callee.name) or "this expression"
+    fail(callee.k == "member" and callee[2].pos or callee.pos, format("function %s is not supported", shown))
+  end
   for i, a in ipairs(n.args) do argn[i] = compile_node(a, st) end
   local a1, a2 = argn[1] or function() end, argn[2] or function() end
   local function rest(env) for i = 3, #argn do argn[i](env) end end
-  if callee.k == "id" and callee.name == "_" then
+  if is_xref then
     return function(env)
       local v = a1(env)
       a2(env); rest(env)
       return env.xref(v)
     end
-  end
-  local method = callee.k == "member" and callee[2].k == "lit" and type(callee[2].v) == "string" and callee[2].v
-  if not method or not METHOD[method] then
-    local shown = method or (callee.k == "id" and callee.name) or "this expression"
-    fail(callee.k == "member" and callee[2].pos or callee.pos, format("function %s is not supported", shown))
   end
   local obj = compile_node(callee[1], st)
   return function(env)
@@ -229,6 +234,14 @@ function compile_node(n, st)
         out[i] = v
       end
       return setmetatable(out, require("moonstream.json").array_mt)
+    end
+  elseif k == "object" then
+    local keys, values = {}, {}
+    for i, prop in ipairs(n.props) do keys[i], values[i] = prop[1], compile_node(prop[2], st) end
+    return function(env)
+      local out = {}
+      for i, key in ipairs(keys) do out[key] = values[i](env) end
+      return out
     end
   elseif k == "member" then
     local obj, key = compile_node(n[1], st), compile_node(n[2], st)
@@ -288,9 +301,10 @@ function M.compile(source, section, rule_type, variables)
     local at = math.max(ast and stop or 1, farthest)
     local new_at = source:sub(1, at - 1):match("()%f[%w_$]new%s*$")
     if new_at then return nil, "the new keyword is not supported", new_at end
+    local fn_at = source:find("%f[%w_$]function%f[^%w_$]") or source:find("=>", 1, true)
+    if fn_at then return nil, "user functions are not supported", fn_at end
     if at > #source then return nil, "unexpected end of the expression", at end
-    local token = source:match("^[%w_$]+", at) or source:match("^=>", at) or source:sub(at, at)
-    if token == "=>" or token == "function" then return nil, "user functions are not supported", at end
+    local token = source:match("^[%w_$]+", at) or source:sub(at, at)
     return nil, format("unexpected '%s'", token), at
   end
   local st = { section = section, type = rule_type, variables = variables or {}, uses = {} }
