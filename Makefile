@@ -25,7 +25,7 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 DEB_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev \
                libyajl-dev uthash-dev libcurl4-openssl-dev lua-busted luarocks \
                lua-filesystem lua-yaml lua-socket libssl-dev libwslay-dev curl python3 valgrind \
-               wrk clang libclang-rt-14-dev
+               wrk clang libclang-rt-14-dev lua-lpeg lua-rex-pcre2
 
 .PHONY: all deps node-deps run test test-asan test-valgrind install rock clean bench bench-1m fuzz crash hostile soak
 

@@ -17,6 +17,8 @@ JSON and presence. RPC handlers and event listeners are plain Lua files.
 dependencies = {
    "lua >= 5.4",
    "luafilesystem",
+   "lpeg",            -- Valve rule grammar (Debian lua-lpeg)
+   "lrexlib-pcre2",   -- Valve rules' match() (Debian lua-rex-pcre2)
 }
 test_dependencies = {
    "busted",
@@ -52,6 +54,11 @@ build = {
       ["moonstream.auth.webhook"] = "lua/moonstream/auth/webhook.lua",
       ["moonstream.control"] = "lua/moonstream/control.lua",
       ["moonstream.permissions"] = "lua/moonstream/permissions.lua",
+      ["moonstream.valve"] = "lua/moonstream/valve/init.lua",
+      ["moonstream.valve.rule"] = "lua/moonstream/valve/rule.lua",
+      ["moonstream.valve.js"] = "lua/moonstream/valve/js.lua",
+      ["moonstream.yamldoc"] = "lua/moonstream/yamldoc.lua",
+      ["moonstream.config_yaml"] = "lua/moonstream/config_yaml.lua",
       ["moonstream.tokens"] = "lua/moonstream/tokens.lua",
       ["moonstream.cli"] = "lua/moonstream/cli.lua",
       ["moonstream.config"] = "lua/moonstream/config.lua",

@@ -204,8 +204,10 @@ function M.run(c, req)
   if req.section == "record" and req.rule_type == "write" and req.path then action = codes.patch end
   if req.section == "presence" and req.name == "" then action = codes[(req.action or "") .. "_all"] or action end
   local env = {
-    -- deepstream: every user but the anonymous "open" one is authenticated
-    user = { isAuthenticated = user.id ~= nil and user.id ~= "open", id = user.id, data = user.data },
+    -- deepstream: every user but the anonymous "open" one is authenticated;
+    -- a user without serverData has data null
+    user = { isAuthenticated = user.id ~= nil and user.id ~= "open", id = user.id,
+             data = user.data == nil and null or user.data },
     now = req.now, action = action, name = req.name, vars = req.vars,
   }
   env.xref = function(v)
