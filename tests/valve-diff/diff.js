@@ -229,8 +229,10 @@ async function post (base, user, cmd) {
   if (r.success) return { decision: 'allow', detail: 'success' }
   // deepstream 7.0.2 answers some denials with the action's number: record 115/114, event 104/103,
   // rpc 107/106, presence 102/101 (MESSAGE_DENIED / MESSAGE_PERMISSION_ERROR)
-  if (['MESSAGE_DENIED', 'MESSAGE_PERMISSION_ERROR', 115, 114, 104, 103, 107, 106, 102, 101].includes(r.errorEvent) ||
-    /^(115|114|104|103|107|106|102|101)$/.test(String(r.errorEvent))) {
+  const numbered = { record: ['115', '114'], list: ['115', '114'], event: ['104', '103'], rpc: ['107', '106'],
+    presence: ['102', '101'] }[cmd.topic] || []
+  if (r.errorEvent === 'MESSAGE_DENIED' || r.errorEvent === 'MESSAGE_PERMISSION_ERROR' ||
+    numbered.includes(String(r.errorEvent))) {
     return { decision: 'deny', detail: r.errorEvent }
   }
   return { decision: 'allow', detail: r.errorEvent || r.error }
