@@ -58,7 +58,7 @@ describe("deepstream's default conf/ folder", function()
 
   it("starts `moonstream start config.yml` from a copy and serves with its permissions", function()
     -- run from the folder: storage ./data lands in the temp copy
-    local cmd = "cd '" .. dir .. "' && sh -c 'echo $$; exec env -u LD_PRELOAD lua5.4 " .. lfs.currentdir()
+    local cmd = "cd '" .. dir .. "' && sh -c 'echo $$; exec env -u LD_PRELOAD -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 lua5.4 " .. lfs.currentdir()
       .. "/bin/moonstream start config.yml --port 0' 2>&1"
     local pipe = assert(io.popen(cmd, "r"))
     local pid = assert(tonumber(pipe:read("l")))
