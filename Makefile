@@ -26,7 +26,8 @@ SANITIZE = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 # Building and running the server (make all, make run, make install):
 RUN_PACKAGES = build-essential lua5.4 liblua5.4-dev libmicrohttpd-dev libleveldb-dev libyajl-dev \
                uthash-dev libcurl4-openssl-dev libssl-dev lua-filesystem lua-argparse \
-               lua-yaml libsystemd-dev libhiredis-dev
+               lua-yaml libsystemd-dev libhiredis-dev \
+               lua-lpeg lua-rex-pcre2
 # Packing and installing the rock (make rock):
 ROCK_PACKAGES = luarocks git zip unzip
 # The tests (make test, test-asan, test-valgrind, fuzz, crash, hostile, soak);

@@ -22,6 +22,8 @@ dependencies = {
    "luafilesystem",
    "argparse",      -- the command line
    "lyaml",         -- deepstream's users.yml files (loaded only when one is used)
+   "lpeg",            -- Valve rule grammar (Debian lua-lpeg)
+   "lrexlib-pcre2",   -- Valve rules' match() (Debian lua-rex-pcre2)
 }
 test_dependencies = {
    "busted",
@@ -72,6 +74,11 @@ build = {
       ["moonstream.cluster.presence"] = "lua/moonstream/cluster/presence.lua",
       ["moonstream.cluster.changes"] = "lua/moonstream/cluster/changes.lua",
       ["moonstream.permissions"] = "lua/moonstream/permissions.lua",
+      ["moonstream.valve"] = "lua/moonstream/valve/init.lua",
+      ["moonstream.valve.rule"] = "lua/moonstream/valve/rule.lua",
+      ["moonstream.valve.js"] = "lua/moonstream/valve/js.lua",
+      ["moonstream.yamldoc"] = "lua/moonstream/yamldoc.lua",
+      ["moonstream.config_yaml"] = "lua/moonstream/config_yaml.lua",
       ["moonstream.tokens"] = "lua/moonstream/tokens.lua",
       ["moonstream.cli"] = "lua/moonstream/cli.lua",
       ["moonstream.config"] = "lua/moonstream/config.lua",

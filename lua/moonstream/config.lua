@@ -7,6 +7,8 @@
 --   defaults()                    -> a fresh table of the embedded defaults
 --   validate(t [, source])        -> cfg | nil, err   defaults merged with t
 --   load(path)                    -> cfg | nil, err   runs the file, then validate
+--                                    (a .yml/.yaml path: deepstream's config.yml,
+--                                    mapped by config_yaml.lua, then validate)
 --   apply_overrides(cfg, o)       -> cfg | nil, err   CLI options (--host, --port)
 --   resolve_path(dir, p)          -> p, relative to dir unless absolute
 --
@@ -544,6 +546,47 @@ local function check_auth(v)
   return out
 end
 
+-- deepstream's permission section: { type = "config", options = { path (a
+-- Valve file) | permissions (its rules as a table), maxRuleIterations,
+-- cacheEvacuationInterval } } or { type = "none" }. The rules are compiled by
+-- permissions.lua when the server is made.
+local PERMISSION_OPTIONS = {
+  path = true, permissions = true, maxRuleIterations = true, cacheEvacuationInterval = true,
+}
+local function check_permission(v, ctx)
+  local shape = 'must be { type = "config", options = { path = "permissions.yml" } } or { type = "none" }'
+  if type(v) ~= "table" then return nil, format("%s (got %s)", shape, describe(v)) end
+  for k in pairs(v) do
+    if k ~= "type" and k ~= "options" then return nil, "unknown key (type, options)", { k } end
+  end
+  if v.type == "none" then return { type = "none" } end
+  if v.type ~= "config" then return nil, format("must be 'config' or 'none' (got %s)", describe_value(v.type)), { "type" } end
+  local o = v.options
+  if type(o) ~= "table" then return nil, format("must be a table (got %s)", describe(o)), { "options" } end
+  local out = {}
+  for k, x in pairs(o) do
+    if not PERMISSION_OPTIONS[k] then
+      return nil, "unknown key (path, permissions, maxRuleIterations, cacheEvacuationInterval)", { "options", k }
+    end
+    local value, err = x, nil
+    if k == "path" then
+      value, err = check_nonempty_string(x)
+      if value then value, err = existing(ctx, value, check_file) end
+    elseif k == "permissions" then
+      if type(x) ~= "table" then err = format("must be a table of Valve rules (got %s)", describe(x)) end
+      value = deep_copy(x)
+    else
+      value, err = check_positive(x)
+    end
+    if err then return nil, err, { "options", k } end
+    out[k] = value
+  end
+  if (out.path == nil) == (out.permissions == nil) then
+    return nil, "needs either path (a Valve file) or permissions (the rules)", { "options" }
+  end
+  return { type = "config", options = out }
+end
+
 local function check_permissions(v, ctx)
   if type(v) == "table" then
     return deep_copy(v)
@@ -642,6 +685,7 @@ local SCHEMA = {
   { key = "maxAuthAttempts", check = check_positive },
   { key = "authAttemptsWindow", check = check_positive },
   { key = "permissions", check = check_permissions },
+  { key = "permission", check = check_permission },
   { key = "events", fields = {
     { key = "listeners", check = check_listeners },
   } },
@@ -752,6 +796,9 @@ end
 local function check_combined(cfg)
   if cfg.cluster and cfg.cluster.redis == nil then
     return failure({ "cluster", "redis" }, "is required when 'cluster' is set (redis://host:port/db)")
+  end
+  if cfg.permissions ~= nil and cfg.permission ~= nil then
+    return failure({ "permission" }, "and 'permissions' cannot both be given")
   end
   if cfg.allowAllOrigins == false and cfg.origins == nil then
     return failure({ "origins" }, "must be given when 'allowAllOrigins' is false", { "allowAllOrigins" })
@@ -989,7 +1036,9 @@ end
 
 -- Validation
 
-local function validate(user, source, text)
+-- locate: nil (a Lua file: the line is found in text) or function(e) -> the
+-- message (config.yml: config_yaml.lua names the deepstream key and line).
+local function validate(user, source, text, locate)
   if type(user) ~= "table" then
     local msg = format("the configuration must be a table (got %s)", describe(user))
     return nil, source and format("%s: %s", source, msg) or msg
@@ -1010,6 +1059,7 @@ local function validate(user, source, text)
   end
   e = e or check_combined(cfg)
   if e then
+    if locate then return nil, locate(e) end
     return nil, located(e, source, text)
   end
   cfg.configDir = ctx.dir
@@ -1089,6 +1139,11 @@ end
 function M.load(path)
   if type(path) ~= "string" then
     error(format("bad argument #1 to 'load' (string expected, got %s)", type(path)), 2)
+  end
+  if find(path, "%.ya?ml$") then -- deepstream's config.yml
+    return require("moonstream.config_yaml").load(path, function(user, source, locate)
+      return validate(user, source, nil, locate)
+    end)
   end
   local f, err = io_open(path, "rb")
   if not f then

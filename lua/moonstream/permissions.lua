@@ -32,7 +32,16 @@
 -- A write to a record that does not exist needs `create` and then `write`;
 -- to one that exists, `write` only. Lists use the record rules.
 --
---   permissions.new(spec, opts)   spec: a file path, a table, or nil (allow all)
+-- The same rules can come from deepstream's Valve files (permissions.yml or
+-- .json: moonstream.valve compiles them into this index; a Valve rule runs as
+-- deepstream runs it, see valve.run). Either way every decision, for POST /api
+-- and every realtime action, is made by check() below.
+--
+--   permissions.new(spec, opts)   spec: a file path (.lua, or a Valve .yml,
+--                                 .yaml, .json), a table of Lua rules,
+--                                 deepstream's { type = "config", options =
+--                                 { path | permissions, maxRuleIterations } }
+--                                 or { type = "none" }, or nil (allow all)
 --   p:check(ctx, topic, action, name, extra) -> allowed, denied_action, errored
 --   p:permit()        -> function(ctx, topic, action, name, cmd) for dispatch.lua
 --   p:reload()        -> true | nil, err   (a file only; on error the old rules stay)
@@ -40,6 +49,14 @@ local config = require "moonstream.config"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local paths = require "moonstream.paths"
+-- moonstream.valve (and the lpeg, lrexlib-pcre2 and lyaml rocks it needs)
+-- is loaded when a Valve file is used: Lua rule files work without them.
+local valve = setmetatable({}, { __index = function(t, k)
+  local ok, mod = pcall(require, "moonstream.valve")
+  if not ok then error("Valve permissions need the lpeg, lrexlib-pcre2 and lyaml rocks: " .. tostring(mod), 0) end
+  setmetatable(t, { __index = mod })
+  return mod[k]
+end })
 
 local type, pairs, ipairs, pcall, tostring = type, pairs, ipairs, pcall, tostring
 local format, gsub, match, sort, concat = string.format, string.gsub, string.match, table.sort, table.concat
@@ -155,20 +172,34 @@ local function load_file(path)
   return compile(result, path)
 end
 
+-- How the rules of spec are (re)loaded: a function() -> index | nil, err,
+-- the file it reads (nil: a table, not reloaded) and the Valve iteration limit.
+local function loader_of(spec)
+  if type(spec) == "string" then
+    if spec:find("%.ya?ml$") or spec:find("%.json$") then return function() return valve.load(spec) end, spec end
+    return function() return load_file(spec) end, spec
+  end
+  if type(spec) == "table" and spec.type == "none" then return nil end
+  if type(spec) == "table" and spec.type == "config" then
+    local options = spec.options or {}
+    local max = options.maxRuleIterations
+    if options.path then return function() return valve.load(options.path) end, options.path, max end
+    return function() return valve.load("permission.options.permissions", options.permissions) end, nil, max
+  end
+  return function() return compile(spec, nil) end
+end
+
 -- opts.records: an object with records.lua's get(name), for oldData,
 -- existence and ctx.read.
 function M.new(spec, opts)
-  local self = setmetatable({ source = nil, index = nil, records = opts and opts.records }, mt)
+  local self = setmetatable({ source = nil, index = nil, records = opts and opts.records, cache = {}, cached = 0 },
+    mt)
   if spec == nil then return self end
-  local index, err
-  if type(spec) == "string" then
-    self.source = spec
-    index, err = load_file(spec)
-  else
-    index, err = compile(spec, nil)
-  end
+  local loader, source, max = loader_of(spec)
+  if not loader then return self end
+  local index, err = loader()
   if not index then return nil, err end
-  self.index = index
+  self.loader, self.source, self.max_iterations, self.index = loader, source, max, index
   return self
 end
 
@@ -179,12 +210,12 @@ end
 -- Reloads the file; a broken new file keeps the old rules.
 function Permissions:reload()
   if not self.source then return true end
-  local index, err = load_file(self.source)
+  local index, err = self.loader()
   if not index then
     log.error("permissions not reloaded, the old rules stay: %s", err)
     return nil, err
   end
-  self.index = index
+  self.index, self.cache, self.cached = index, {}, 0
   log.info("permissions reloaded from %s", self.source)
   return true
 end
@@ -247,14 +278,65 @@ local function rule_context(self, ctx, topic, rule_type, name, vars, extra)
   end })
 end
 
--- One rule type for one name: allowed, errored.
-local function evaluate(self, ctx, topic, rule_type, name, extra)
+-- The winning candidate for (topic, rule type, name), cached per name as
+-- deepstream caches it (the whole cache is dropped when it reaches MAX_CACHED
+-- names, and on reload). A miss is cached too.
+local MAX_CACHED = 10000
+local NONE = {}
+local function cached_rule(self, topic, rule_type, name)
+  local key = topic .. "\0" .. rule_type
+  local by_name = self.cache[key]
+  local hit = by_name and by_name[name]
+  if hit then
+    if hit == NONE then return nil end
+    return hit[1], hit[2]
+  end
   local list = self.index[topic] and self.index[topic][rule_type]
-  if not list then return false end
-  local c, vars = find_rule(list, name)
+  local c, vars
+  if list then c, vars = find_rule(list, name) end
+  if self.cached >= MAX_CACHED then self.cache, self.cached, by_name = {}, 0, nil end
+  if not by_name then
+    by_name = {}
+    self.cache[key] = by_name
+  end
+  by_name[name] = c and { c, vars } or NONE
+  self.cached = self.cached + 1
+  return c, vars
+end
+
+-- A Valve rule, run as deepstream runs it (valve.run): allowed, errored.
+local function evaluate_valve(self, ctx, c, topic, rule_type, action, name, vars, extra)
+  local captures = {}
+  for i, v in ipairs(c.vars) do captures[i] = vars[v] end
+  -- as deepstream, only a realtime PATCH shows the rule the merged record;
+  -- a create-and-patch (POST /api, setData with a path) shows the new value
+  local path = topic == "record" and extra and extra.patch and extra.path ~= nil and extra.path ~= "" and extra.path
+    or nil
+  local ok, err = valve.run(c, {
+    user = ctx and ctx.user, name = name, vars = captures, section = topic, rule_type = rule_type,
+    action = action, data = extra and extra.data, path = path, now = os.time() * 1000,
+    max_iterations = self.max_iterations,
+    read = function(other) return stored(self, other) end,
+    patched = function(current)
+      local tokens = paths.parse(path)
+      if not tokens then return nil end
+      return (paths.set(decode(json.encode(current)), tokens, extra.data))
+    end,
+  })
+  if err then
+    log.warn("permission rule %s[%q].%s for '%s': %s", topic, c.pattern, rule_type, name, err)
+    return false, true
+  end
+  return ok
+end
+
+-- One rule type for one name: allowed, errored.
+local function evaluate(self, ctx, topic, rule_type, name, extra, action)
+  local c, vars = cached_rule(self, topic, rule_type, name)
   if not c then return false end
   local rule = c.rule
   if rule == true or rule == false then return rule end
+  if c.valve then return evaluate_valve(self, ctx, c, topic, rule_type, action, name, vars, extra) end
   local ok, result = pcall(rule, rule_context(self, ctx, topic, rule_type, name, vars, extra))
   if not ok then
     local info = debug.getinfo(rule, "S")
@@ -279,11 +361,11 @@ function Permissions:check(ctx, topic, action, name, extra)
   if topic == "record" and rule_type == "write" then
     local _, exists = stored(self, name)
     if not exists then
-      local ok, errored = evaluate(self, ctx, topic, "create", name, extra)
+      local ok, errored = evaluate(self, ctx, topic, "create", name, extra, action)
       if not ok then return false, "create", errored end
     end
   end
-  local ok, errored = evaluate(self, ctx, topic, rule_type, name, extra)
+  local ok, errored = evaluate(self, ctx, topic, rule_type, name, extra, action)
   if ok then return true end
   return false, action, errored
 end
@@ -300,7 +382,8 @@ function Permissions:permit()
       end
       return true
     end
-    return self:check(ctx, topic, action, name, cmd and { data = cmd.data, path = cmd.path })
+    return self:check(ctx, topic, action, name, cmd and { data = cmd.data, path = cmd.path,
+      patch = ctx and ctx.realtime and cmd.patch })
   end
 end
 

@@ -105,11 +105,13 @@ function M.new(cfg, validated)
     max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
   })
   if not self.auth then return nil, err end
-  -- rules read records (oldData, ctx.read) once the store is open
-  self.permissions, err = permissions_mod.new(cfg.permissions, {
+  -- rules read records (oldData, ctx.read, Valve's _()) once the store is open
+  self.permissions, err = permissions_mod.new(cfg.permissions or cfg.permission, {
     records = { get = function(_, name) return self.records:get(name) end },
   })
-  if not self.permissions then return nil, "config key 'permissions': " .. err end
+  if not self.permissions then
+    return nil, string.format("config key '%s': %s", cfg.permission and "permission" or "permissions", err)
+  end
 
   local handlers
   handlers, err = scripts.load_spec(cfg.rpc.handlers, "rpc handler")

@@ -31,8 +31,6 @@ local mt = { __index = File }
 M.DEFAULTS = { hash = "sha256", iterations = 100000, keyLength = 32 }
 
 local MAX_FILE_BYTES = 16 * 1024 * 1024
-local MAX_NODES = 1000000
-local MAX_DEPTH = 64
 local SALT_BYTES = 16
 
 local function base64_key_length(key_length)
@@ -69,28 +67,6 @@ function M.verify(password, stored, settings)
   return matches(pbkdf2(password, salt, settings.iterations, settings.keyLength, settings.hash), expected, well_formed)
 end
 
--- YAML (lyaml) values as moonstream's JSON values: sequences become arrays,
--- YAML null json.null; bounded in depth and node count (aliases are shared
--- tables, so a "billion laughs" file stops at the node limit).
-local function from_yaml(v, null, budget, depth)
-  if v == null then return json.null end
-  if type(v) ~= "table" then return v end
-  if depth > MAX_DEPTH then error("nested deeper than " .. MAX_DEPTH, 0) end
-  local n = 0
-  for _ in next, v do
-    n = n + 1
-    budget.left = budget.left - 1
-    if budget.left < 0 then error("more than " .. MAX_NODES .. " values", 0) end
-  end
-  local out = {}
-  if n > 0 and #v == n then
-    for i = 1, n do out[i] = from_yaml(v[i], null, budget, depth + 1) end
-    return json.array(out)
-  end
-  for k, x in pairs(v) do out[k] = from_yaml(x, null, budget, depth + 1) end
-  return out
-end
-
 local function read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
@@ -106,17 +82,16 @@ local function load_users(path)
   local text, err = read_file(path)
   if not text then return nil, "cannot read users file: " .. err end
   if path:match("%.ya?ml$") then
-    -- lyaml is needed only for YAML users files: without it, an error, not a raise
-    local found, lyaml = pcall(require, "lyaml")
+    -- lyaml is needed only for YAML users files: without it, an error, not a
+    -- raise. yamldoc keeps an empty list `[]` an array (lyaml makes it {}),
+    -- which Valve rules see in user.data (bounded in size and depth as below)
+    local found, yamldoc = pcall(require, "moonstream.yamldoc")
     if not found then
       return nil, format("users file '%s' needs the lyaml rock (Debian: lua-yaml), which is not installed", path)
     end
-    local ok, doc = pcall(lyaml.load, text)
-    if not ok then return nil, format("users file '%s' is not valid YAML: %s", path, tostring(doc)) end
-    local converted
-    ok, converted = pcall(from_yaml, doc, lyaml.null, { left = MAX_NODES }, 0)
-    if not ok then return nil, format("users file '%s': %s", path, converted) end
-    return converted
+    local doc, yerr = yamldoc.parse(text, format("users file '%s'", path))
+    if doc == nil then return nil, yerr end
+    return doc
   elseif path:match("%.json$") then
     local doc, jerr = json.decode(text)
     if jerr then return nil, format("users file '%s' is not valid JSON: %s", path, jerr) end

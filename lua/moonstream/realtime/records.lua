@@ -253,7 +253,8 @@ function Records:write(c, msg)
   end
   local path = nil
   if PATH_ACTIONS[action] and type(msg.path) == "string" and msg.path ~= "" then path = msg.path end
-  local ok, denial = rt:permit(c, "record", "write", name, { data = value, path = path })
+  -- patch: a PATCH of a subscribed record (Valve rules see the merged record)
+  local ok, denial = rt:permit(c, "record", "write", name, { data = value, path = path, patch = action == RA.PATCH })
   if not ok then
     return c:send(error_reply(msg, denial, name, true))
   end
