@@ -2,7 +2,7 @@
 -- process: --help for every command, exit status 2 for usage errors and 1
 -- for run-time failures, `check` on good and broken configurations, and
 -- `start -c` serving a request.
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 
 -- Runs bin/moonstream with a shell-quoted argument string; returns its
 -- output (stdout and stderr) and exit status. LD_PRELOAD (ASan runs) is not
@@ -167,16 +167,8 @@ return {
   it("start -c config.lua serves, and exits 0 on SIGTERM", function()
     local dir = H.tmpdir()
     write(dir .. "/config.lua", 'return { logLevel = "info", storage = { path = "data" } }\n')
-    local cmd = "sh -c 'echo $$; exec env -u LD_PRELOAD lua5.4 bin/moonstream start -c " .. dir
-      .. "/config.lua --port 0' 2>&1; echo \"exit=$?\""
-    local pipe = assert(io.popen(cmd, "r"))
-    local pid = assert(tonumber(pipe:read("l")), "no pid")
-    local port
-    for line in pipe:lines() do
-      port = line:match("listening on http://127%.0%.0%.1:(%d+)")
-      if port then break end
-    end
-    assert(port, "the server did not start")
+    local srv = H.spawn_cli("-c " .. dir .. "/config.lua", { exit_status = true })
+    local pipe, pid, port = srv.pipe, srv.pid, srv.port
     local curl = assert(io.popen("env -u LD_PRELOAD curl -s -m 10 http://127.0.0.1:" .. port .. "/api -H 'Content-Type: application/json'"
       .. [[ -d '{"body":[{"topic":"record","action":"write","recordName":"cli","data":{"v":1}},]]
       .. [[{"topic":"record","action":"read","recordName":"cli"}]}']]))

@@ -2,7 +2,7 @@
 -- missing optional rock is an error from moonstream.new (not a raise), and
 -- the source rock that `make src-rock` packs from the committed sources
 -- installs into an empty tree offline and its `moonstream start` serves.
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local lfs = require "lfs"
 local moonstream = require "moonstream"
 

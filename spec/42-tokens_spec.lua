@@ -6,20 +6,10 @@ local json = require "moonstream.json"
 local tokens_mod = require "moonstream.tokens"
 local control = require "moonstream.control"
 local H = require "spec.support.helpers"
+local AUTH, login, emit_with = H.TOKEN_AUTH, H.login_token, H.emit_with
 
-local function login(t, auth_data)
-  local res = t:request({ path = "/api/auth", body = json.encode(auth_data) })
-  assert.equal(200, res.status, res.body)
-  return json.decode(res.body).token
-end
 
-local function emit_with(t, token)
-  return t:request({ body = json.encode({ token = token, body = { { topic = "event", action = "emit", eventName = "e" } } }) })
-end
 
--- An auth that needs credentials (a Lua function accepting any username), so
--- tokens are what lets a request in.
-local AUTH = { { type = "lua", options = { fn = function(a) return type(a.username) == "string", a.username end } } }
 
 local function stored_tokens(store)
   local out = {}

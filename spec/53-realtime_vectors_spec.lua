@@ -96,21 +96,8 @@ local function normalize(m)
   return out
 end
 
--- JSON text with object keys sorted, so equal messages print the same.
-local function canonical(v)
-  if type(v) ~= "table" or v == json.null then return json.encode(v) end
-  if json.is_array(v) then
-    local parts = {}
-    for i = 1, #v do parts[i] = canonical(v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. canonical(v[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
+
+local canonical = H.canonical_json
 
 local function replay(spec)
   local file, is_binary = spec.file, spec.binary

@@ -2,7 +2,7 @@
 -- sends), notify of records no longer stored, and the unauthenticated-client
 -- timer after a refused login, with the real
 -- @deepstream/client (spec/support/rt_scenarios.lua) in both transports.
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local E = require "support.rt_env"
 local S = require "support.rt_scenarios"
 

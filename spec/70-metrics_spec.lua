@@ -1,7 +1,7 @@
 -- The Prometheus endpoint (metrics.lua, csrc/metrics.c): what it counts,
 -- who may read it, that Debian's promtool accepts the text, and that a real
 -- Prometheus server scrapes it and sees a counter grow.
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local json = require "moonstream.json"
 local socket = require "socket"
 

@@ -3,7 +3,7 @@
 local log = require "moonstream.log"
 local config = require "moonstream.config"
 local json = require "moonstream.json"
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 
 -- Lines logged while fn runs, with the given format and level.
 local function capture(fmt, level, fn)

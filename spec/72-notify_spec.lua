@@ -2,7 +2,7 @@
 -- datagram socket named by $NOTIFY_SOCKET once it listens, and STOPPING=1
 -- when SIGTERM starts the shutdown. The socket here is a real AF_UNIX
 -- datagram socket (luasocket's socket.unix.dgram), as systemd's is.
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local socket = require "socket"
 local unix = require "socket.unix"
 local core = require "moonstream.core"

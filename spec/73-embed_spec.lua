@@ -6,7 +6,7 @@
 local uv = require "luv"
 local moonstream = require "moonstream"
 local json = require "moonstream.json"
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 
 local DEADLINE_MS = 30000
 

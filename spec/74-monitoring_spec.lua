@@ -1,7 +1,7 @@
 -- deepstream's HTTP monitoring endpoint (monitoring.lua): the JSON its
 -- `http` monitoring plugin answers, counts since the previous read, and its
 -- header guard (a missing or wrong header gets the 404 of an unknown path).
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local json = require "moonstream.json"
 local config = require "moonstream.config"
 

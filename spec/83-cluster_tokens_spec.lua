@@ -5,19 +5,11 @@
 local json = require "moonstream.json"
 local tokens_mod = require "moonstream.tokens"
 local H = require "spec.support.helpers"
+local AUTH, login, emit_with = H.TOKEN_AUTH, H.login_token, H.emit_with
 local C = require "spec.support.cluster"
 
-local AUTH = { { type = "lua", options = { fn = function(a) return type(a.username) == "string", a.username end } } }
 
-local function login(t, username)
-  local res = t:request({ path = "/api/auth", body = json.encode({ username = username }) })
-  assert.equal(200, res.status, res.body)
-  return json.decode(res.body).token
-end
 
-local function emit_with(t, token)
-  return t:request({ body = json.encode({ token = token, body = { { topic = "event", action = "emit", eventName = "e" } } }) })
-end
 
 describe("tokens in cluster mode", function()
   local redis
@@ -27,7 +19,7 @@ describe("tokens in cluster mode", function()
   it("are valid on every node, and revoked on every node", function()
     local cfg = { cluster = { redis = redis.url }, auth = AUTH }
     local a, b = H.start(cfg), H.start(cfg)
-    local ann1, ann2, bob = login(a, "ann"), login(a, "ann"), login(b, "bob")
+    local ann1, ann2, bob = login(a, { username = "ann" }), login(a, { username = "ann" }), login(b, { username = "bob" })
     assert.equal(1, redis:command({ "EXISTS", "ms:k:" .. tokens_mod.KEY_PREFIX .. tokens_mod.hash(ann1) }))
     assert.equal(0, redis:command({ "EXISTS", "ms:k:" .. tokens_mod.KEY_PREFIX .. ann1 }), "never the token itself")
     assert.equal(200, emit_with(b, ann1).status)
@@ -47,7 +39,7 @@ describe("tokens in cluster mode", function()
   it("are refused while Redis is down, and work again when it is back", function()
     local own = C.redis()
     local t = H.start({ cluster = { redis = own.url }, auth = AUTH })
-    local token = login(t, "ann")
+    local token = login(t, { username = "ann" })
     own:kill9()
     assert.equal(401, emit_with(t, token).status)
     own:restart()

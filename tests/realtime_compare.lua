@@ -15,7 +15,7 @@ package.cpath = "build/?.so;" .. package.cpath
 
 local socket = require "socket"
 local json = require "moonstream.json"
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 local D = require "support.rt_driver"
 local E = require "support.rt_env"
 local S = require "support.rt_scenarios"
@@ -124,21 +124,8 @@ local function moonstream_env(sc)
   return env
 end
 
--- JSON with object keys sorted, so equal messages print alike.
-local function canonical(v)
-  if type(v) ~= "table" or v == json.null then return json.encode(v) end
-  if json.is_array(v) or (#v > 0 and next(v, #v) == nil) then
-    local parts = {}
-    for i = 1, #v do parts[i] = canonical(v[i]) end
-    return "[" .. table.concat(parts, ",") .. "]"
-  end
-  local keys = {}
-  for k in pairs(v) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. canonical(v[k]) end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
+
+local canonical = H.canonical_json
 
 -- Frames as comparable lines: client, direction, message; values that differ
 -- per run or per server port (RPC correlation ids, the client's url) replaced.

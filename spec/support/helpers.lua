@@ -102,10 +102,13 @@ function T:stop()
   H.rmdir(self.dir)
 end
 
--- Starts bin/moonstream on port 0; the log line with the URL is the readiness
--- signal. LD_PRELOAD (ASan runs) is not passed on.
-function H.spawn_cli(config_path)
-  local cmd = "sh -c 'echo $$; exec env -u LD_PRELOAD lua5.4 bin/moonstream start " .. config_path .. " --port 0' 2>&1"
+-- Starts bin/moonstream on port 0 (args: what follows `start`, e.g. the
+-- config path); the log line with the URL is the readiness signal.
+-- LD_PRELOAD (ASan runs) is not passed on. opts.exit_status: the output ends
+-- with "exit=N", the command's exit status.
+function H.spawn_cli(args, opts)
+  local cmd = "sh -c 'echo $$; exec env -u LD_PRELOAD lua5.4 bin/moonstream start " .. args .. " --port 0' 2>&1"
+  if opts and opts.exit_status then cmd = cmd .. "; echo \"exit=$?\"" end
   local pipe = assert(io.popen(cmd, "r"))
   local pid = assert(tonumber(pipe:read("l")), "no pid")
   local port
@@ -169,6 +172,39 @@ function H.realtime_client(t, path)
 end
 
 -- Writes text to path (a fresh file); returns the path.
+-- JSON text with object keys sorted, so equal messages print the same (a
+-- plain Lua sequence counts as an array).
+function H.canonical_json(v)
+  local json = require "moonstream.json"
+  if type(v) ~= "table" or v == json.null then return json.encode(v) end
+  if json.is_array(v) or (#v > 0 and next(v, #v) == nil) then
+    local parts = {}
+    for i = 1, #v do parts[i] = H.canonical_json(v[i]) end
+    return "[" .. table.concat(parts, ",") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = {}
+  for i, k in ipairs(keys) do parts[i] = json.encode(k) .. ":" .. H.canonical_json(v[k]) end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+-- Token specs: an auth that needs credentials (a Lua function accepting any
+-- username), a login that returns the token, and an emit carrying a token.
+H.TOKEN_AUTH = { { type = "lua", options = { fn = function(a) return type(a.username) == "string", a.username end } } }
+
+function H.login_token(t, auth_data)
+  local res = t:request({ path = "/api/auth", body = require("moonstream.json").encode(auth_data) })
+  assert(res.status == 200, "login answered " .. tostring(res.status) .. ": " .. tostring(res.body))
+  return require("moonstream.json").decode(res.body).token
+end
+
+function H.emit_with(t, token)
+  return t:request({ body = require("moonstream.json").encode({ token = token,
+    body = { { topic = "event", action = "emit", eventName = "e" } } }) })
+end
+
 function H.write_file(path, text)
   local f = assert(io.open(path, "wb"))
   f:write(text)

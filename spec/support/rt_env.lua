@@ -11,7 +11,7 @@
 --   env.stop()
 local socket = require "socket"
 local json = require "moonstream.json"
-local H = require "support.helpers"
+local H = require "spec.support.helpers"
 
 local M = {}
 
