@@ -11,7 +11,7 @@
  * With a batch a command's result joins it and the call returns ok; without,
  * the call returns ok and the result's JSON text. topic is "record" or
  * "list". patch(text|nil) -> new_text | nil, "whole" | "corrupt" | "invalid", message
- * makes a path write's text (lua/moonstream/records.lua).
+ * makes a path write's text (lua/moonstream/record_engine.lua).
  *
  * Lua is called from inside the engine (the patch, the change listener)
  * only through ms_pcall and a C trampoline, so nothing raises across the

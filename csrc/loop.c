@@ -1,6 +1,6 @@
 /* The event loop: epoll for file descriptors, a binary heap of timers,
  * signalfd for SIGINT/SIGTERM/SIGHUP, and an "after each iteration" hook that
- * the server uses to flush the records' group commit (records.lua). All of it
+ * the server uses to flush the records' group commit (record_engine.lua). All of it
  * runs on the thread that owns the lua_State; callbacks run on the main Lua
  * thread (LUA_RIDX_MAINTHREAD), never on whichever coroutine created the loop. */
 #include <errno.h>

@@ -1,14 +1,14 @@
--- moonstream.records: the record engine's commands (csrc/engine.c), the
+-- moonstream.record_engine: the record engine's commands (csrc/engine.c), the
 -- pending overlay and group commit on a real LevelDB (csrc/records.c), and
 -- storage failures through a store that fails on purpose.
 local core = require "moonstream.core"
 local json = require "moonstream.json"
-local records_mod = require "moonstream.records"
+local records_mod = require "moonstream.record_engine"
 local H = require "spec.support.helpers"
 
 local MAX = 16777216
 
-describe("moonstream.records", function()
+describe("moonstream.record_engine", function()
   local dir, store, records
 
   before_each(function()

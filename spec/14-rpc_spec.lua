@@ -1,9 +1,9 @@
--- moonstream.rpc: Lua handlers run in coroutines, answer at once or later.
+-- moonstream.rpc_handlers: Lua handlers run in coroutines, answer at once or later.
 local core = require "moonstream.core"
-local rpc_mod = require "moonstream.rpc"
+local rpc_mod = require "moonstream.rpc_handlers"
 local log = require "moonstream.log"
 
-describe("moonstream.rpc", function()
+describe("moonstream.rpc_handlers", function()
   local loop, rpc
 
   before_each(function()

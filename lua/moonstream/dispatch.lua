@@ -2,7 +2,7 @@
 -- ones before it. Most commands finish at once; an
 -- RPC handler may wait, and then the batch goes on when it answers. The
 -- response is sent when every command has a result and the batch's writes
--- are durable (group commit, see records.lua), or when requestTimeout passes.
+-- are durable (group commit, see record_engine.lua), or when requestTimeout passes.
 --
 -- Results join a batch of the record engine (csrc/engine.c) in order: record
 -- and list commands run there, and the engine writes the answer (its overall
@@ -18,7 +18,7 @@ local encode = json.encode
 
 local TIMEOUT = "Request exceeded timeout before a response was received."
 
--- parts: records (records.lua), events, rpc, presence, loop, request_timeout (ms),
+-- parts: records (record_engine.lua), events, rpc, presence, loop, request_timeout (ms),
 -- permit (optional function(ctx, topic, action, name, cmd) -> true | false, denied_action)
 -- on_emit (optional function(name, data, ctx): realtime subscribers)
 function M.new(parts)

@@ -9,7 +9,7 @@
 -- from the serving server at scrape time.
 --
 --   metrics.login(endpoint, result)       auth.lua: "http"|"api"|"websocket", "success"|"failure"|"limited"
---   metrics.rpc(result)                   rpc.lua, realtime/rpc.lua: a result table or a label
+--   metrics.rpc(result)                   rpc_handlers.lua, realtime/rpc_topic.lua: a result table or a label
 --   metrics.commands(commands, batch, n)    dispatch.lua: a batch answered by the Lua path
 --   metrics.ws_opened(transport), metrics.ws_received(msg), metrics.ws_sent(msg [, count])
 --   metrics.handler(cfg.metrics, parts)   -> function(req) answering a scrape

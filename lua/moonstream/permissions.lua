@@ -189,7 +189,7 @@ local function loader_of(spec)
   return function() return compile(spec, nil) end
 end
 
--- opts.records: an object with records.lua's get(name), for oldData,
+-- opts.records: an object with record_engine.lua's get(name), for oldData,
 -- existence and ctx.read.
 function M.new(spec, opts)
   local self = setmetatable({ source = nil, index = nil, records = opts and opts.records, cache = {}, cached = 0 },

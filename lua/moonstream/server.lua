@@ -13,9 +13,9 @@
 local core = require "moonstream.core"
 local config = require "moonstream.config"
 local log = require "moonstream.log"
-local records_mod = require "moonstream.records"
-local events_mod = require "moonstream.events"
-local rpc_mod = require "moonstream.rpc"
+local record_engine = require "moonstream.record_engine"
+local lua_listeners = require "moonstream.lua_listeners"
+local rpc_handlers = require "moonstream.rpc_handlers"
 local dispatch = require "moonstream.dispatch"
 local auth_mod = require "moonstream.auth"
 local tokens_mod = require "moonstream.tokens"
@@ -89,12 +89,12 @@ function M.new(cfg, validated)
   self.presence = core.presence()
   local api = handler_api(self)
   -- the fast path asks Lua about emits only while someone listens
-  self.listeners = events_mod.new(api, function()
+  self.listeners = lua_listeners.new(api, function()
     self:_watch_emits()
     if self.bus then self.bus:sync_listeners() end -- cluster: listened names are interest
   end)
   -- an RPC no Lua handler answers goes to realtime client providers
-  self.handlers = rpc_mod.new(self.loop, {
+  self.handlers = rpc_handlers.new(self.loop, {
     response_timeout = cfg.rpc.responseTimeout, api = api,
     fallback = function(name, data, _, done) return self.realtime.rpc:make_from_server(name, data, done) end,
   })
@@ -198,7 +198,7 @@ function Server:listen()
         self.cluster.url, why)
     end
   end
-  self.records = records_mod.new(store, {
+  self.records = record_engine.new(store, {
     durable = self.cluster and self.cluster:record_store(),
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
     max_response = cfg.maxResponseSize,
@@ -215,7 +215,7 @@ function Server:listen()
   end
   local _, sweep_err = self.tokens:sweep()
   if sweep_err then -- e.g. a full disk: expired tokens are refused anyway, so start
-    log.warn("could not remove expired tokens: %s", records_mod.public_error(sweep_err))
+    log.warn("could not remove expired tokens: %s", record_engine.public_error(sweep_err))
   end
   self.auth:set_tokens(self.tokens)
   if not self.permissions:configured() then

@@ -7,7 +7,7 @@
 --   ok == true   accepted, id (a non-empty string) is the user id;
 --   ok == false  refused;
 --   ok == nil    not recognised: the next strategy decides.
--- It runs like an RPC handler (rpc.lua): in a coroutine, so ctx.await and
+-- It runs like an RPC handler (rpc_handlers.lua): in a coroutine, so ctx.await and
 -- ctx.sleep wait without blocking the server, ctx.records reads records, and
 -- it is refused when it takes longer than rpc.responseTimeout. A function
 -- that raises refuses; the error goes to the log with its file and line.

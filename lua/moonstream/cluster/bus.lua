@@ -29,7 +29,7 @@ local function noop() end
 
 -- cluster: cluster/init.lua's (connections); parts: loop, realtime (the
 -- realtime server: events:deliver, record_topic:changed), listeners
--- (events.lua, Lua listeners), presence (cluster/presence.lua: its channel)
+-- (lua_listeners.lua), presence (cluster/presence.lua: its channel)
 function M.new(cluster, parts)
   local self = setmetatable({
     cluster = cluster, realtime = parts.realtime, listeners = parts.listeners,
@@ -83,7 +83,7 @@ function Bus:interest(kind, name, present)
   end
 end
 
--- Lua listeners' names count as interest too (events.lua's on_change).
+-- Lua listeners' names count as interest too (lua_listeners.lua's on_change).
 function Bus:sync_listeners()
   local now = self.listeners and self.listeners.listeners or {}
   for name in pairs(self.listened) do

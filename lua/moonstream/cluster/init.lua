@@ -125,7 +125,7 @@ function Cluster:kv()
   return kv_mod.new(self.commands, M.COMMAND_TIMEOUT_MS)
 end
 
--- The record store for records.lua (the engine's durable store).
+-- The record store for record_engine.lua (the engine's durable store).
 function Cluster:record_store()
   return self.store
 end

@@ -7,7 +7,7 @@
 --
 -- This module owns the connection lifecycle (challenge, login, heartbeats,
 -- timeouts, slow consumers) and routes authenticated messages to one module
--- per topic: events.lua (with listen.lua), records.lua, rpc.lua, presence.lua.
+-- per topic: event_topic.lua (with listen.lua), record_topic.lua, rpc_topic.lua, presence.lua.
 --
 --   local rt = realtime.new(parts)       -- parts: see M.new
 --   rt:accept(ws_conn, "json" | "binary")
@@ -49,8 +49,8 @@ M.payload = payload
 -- The server
 
 -- parts:
---   loop, presence (core registry), auth (auth.lua: login), records (records.lua),
---   listeners (events.lua, Lua listeners), handlers (rpc.lua, Lua handlers),
+--   loop, presence (core registry), auth (auth.lua: login), records (record_engine.lua),
+--   listeners (lua_listeners.lua), handlers (rpc_handlers.lua),
 --   permit (function() -> the dispatcher's permit function or nil),
 --   config (validated config: realtime.*, rpc.*, listen.*, maxMessageSize)
 --   codecs (optional { json = codec, binary = codec }, each with encode/decode)
@@ -92,9 +92,9 @@ function M.new(parts)
     log.warn("listen.rematchInterval of 1000 ms or less: listen providers are not asked again (as deepstream)")
   end
   self.presence_topic = require("moonstream.realtime.presence").new(self)
-  self.events = require("moonstream.realtime.events").new(self)
-  self.record_topic = require("moonstream.realtime.records").new(self)
-  self.rpc = require("moonstream.realtime.rpc").new(self)
+  self.events = require("moonstream.realtime.event_topic").new(self)
+  self.record_topic = require("moonstream.realtime.record_topic").new(self)
+  self.rpc = require("moonstream.realtime.rpc_topic").new(self)
   self.routes = {
     [T.EVENT] = self.events,
     [T.RECORD] = self.record_topic,

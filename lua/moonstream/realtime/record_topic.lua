@@ -5,7 +5,7 @@
 -- answer either (CREATE, SUBSCRIBECREATEANDUPDATE, HEAD_BULK, DELETE_BULK)
 -- are ignored, as there.
 --
--- Writes go through the record engine (records.lua, csrc/engine.c), the same
+-- Writes go through the record engine (record_engine.lua, csrc/engine.c), the same
 -- storage and version rules as POST /api. Subscribers learn about every
 -- change from the engine's change listener (changed), whoever made it: a
 -- client's write carries its origin and is forwarded as the client sent it

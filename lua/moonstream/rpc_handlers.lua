@@ -146,7 +146,7 @@ end
 function Rpc:_make(name, data, ctx_fields, done)
   local fn = self.handlers[name]
   if not fn then
-    -- realtime clients that provide the name (realtime/rpc.lua); false: none does
+    -- realtime clients that provide the name (realtime/rpc_topic.lua); false: none does
     if self.fallback then
       local result = self.fallback(name, data, ctx_fields, done)
       if result ~= false then return result end

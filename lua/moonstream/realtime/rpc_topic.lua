@@ -75,7 +75,7 @@ end
 function Rpc:_reply(call, action, text)
   local requester = call.requester
   if requester then
-    metrics.rpc(action) -- a client's call to a client provider (HTTP calls count in rpc.lua)
+    metrics.rpc(action) -- a client's call to a client provider (HTTP calls count in rpc_handlers.lua)
     if requester.open then
       requester:send({ topic = RPC, action = action, name = call.name, correlationId = call.id, data = text })
     end
@@ -145,8 +145,8 @@ function Rpc:_start(name, id, text, requester, done)
   return call
 end
 
--- POST /api (rpc.lua's fallback when no Lua handler has the name): returns
--- false when no client provides it (rpc.lua answers NO_RPC_PROVIDER), else
+-- POST /api (rpc_handlers.lua's fallback when no Lua handler has the name): returns
+-- false when no client provides it (rpc_handlers.lua answers NO_RPC_PROVIDER), else
 -- nil and calls done(result) later.
 function Rpc:make_from_server(name, data, done)
   if not self.providers:subscribers(name) then return false end
