@@ -3,8 +3,8 @@
 local log = require "moonstream.log"
 
 local M = {}
-local Events = {}
-local mt = { __index = Events }
+local LuaListeners = {}
+local mt = { __index = LuaListeners }
 
 -- api: functions every listener context can use (ctx.records, ctx.log...);
 -- on_change: function() called whenever a listener is added or removed
@@ -13,7 +13,7 @@ function M.new(api, on_change)
 end
 
 -- Adds fn(data, ctx) for the event `name`; returns a function that removes it.
-function Events:on(name, fn)
+function LuaListeners:on(name, fn)
   if type(name) ~= "string" or name == "" then error("event name must be a non-empty string", 2) end
   if type(fn) ~= "function" then error("listener must be a function", 2) end
   local list = self.listeners[name]
@@ -31,7 +31,7 @@ end
 
 -- True when some listener exists (the HTTP fast path calls Lua for emits
 -- only then; on_change, given to new, hears of every change).
-function Events:any()
+function LuaListeners:any()
   return next(self.listeners) ~= nil
 end
 
@@ -41,7 +41,7 @@ end
 
 -- Delivers an event to its listeners, in the order they were added.
 -- from: { user = { id, data } } of the emitter.
-function Events:emit(name, data, from)
+function LuaListeners:emit(name, data, from)
   local list = self.listeners[name]
   if not list then return end
   local ctx = setmetatable({ user = from and from.user, name = name }, self.api_mt)

@@ -1,4 +1,4 @@
--- Records: the Lua face of the record engine (csrc/engine.c) and of the
+-- RecordEngine: the Lua face of the record engine (csrc/engine.c) and of the
 -- LevelDB store under it (csrc/records.c).
 --
 -- The engine owns every record rule (versions, texts, bounds, result shapes,
@@ -21,8 +21,8 @@ local encode, decode = json.encode, json.decode
 local type, tonumber, tostring, math_type = type, tonumber, tostring, math.type
 
 local M = {}
-local Records = {}
-local mt = { __index = Records }
+local RecordEngine = {}
+local mt = { __index = RecordEngine }
 
 -- store: the open core store. opts: max_response (bytes of record data one
 -- POST /api answer may carry: maxResponseSize), sync (default true),
@@ -48,7 +48,7 @@ end
 
 -- Current state of a record: version, json_text; nil when it does not exist;
 -- nil, nil, err when the store failed or the entry is corrupt.
-function Records:get(name)
+function RecordEngine:get(name)
   return self.engine:get(name)
 end
 
@@ -102,7 +102,7 @@ end
 -- (integer >= -1; nil or -1 = forced). batch: the dispatcher's (the result
 -- joins it; returns ok), or nil (returns ok, result_text). Durable at the
 -- next flush.
-function Records:write(batch, topic, name, data, path, version, origin)
+function RecordEngine:write(batch, topic, name, data, path, version, origin)
   local text, err
   if data ~= nil then text, err = encode(data) end
   local patch = path ~= nil and path ~= "" and patcher(path, data) or nil
@@ -110,42 +110,42 @@ function Records:write(batch, topic, name, data, path, version, origin)
 end
 
 -- read, head, delete, notify: as write (see csrc/engine_lua.c).
-function Records:read(batch, topic, name) return self.engine:read(batch, topic, name) end
-function Records:head(batch, topic, name) return self.engine:head(batch, topic, name) end
-function Records:delete(batch, topic, name, origin) return self.engine:delete(batch, topic, name, origin) end
-function Records:notify(batch, names) return self.engine:notify(batch, names) end
+function RecordEngine:read(batch, topic, name) return self.engine:read(batch, topic, name) end
+function RecordEngine:head(batch, topic, name) return self.engine:head(batch, topic, name) end
+function RecordEngine:delete(batch, topic, name, origin) return self.engine:delete(batch, topic, name, origin) end
+function RecordEngine:notify(batch, names) return self.engine:notify(batch, names) end
 
 -- Creates name at version 0 with {} when it is missing (a realtime subscription).
-function Records:create(name) return self.engine:create(name) end
+function RecordEngine:create(name) return self.engine:create(name) end
 
 -- A batch for one POST /api request (csrc/engine_lua.c).
-function Records:batch() return self.engine:batch() end
+function RecordEngine:batch() return self.engine:batch() end
 
 -- True when writes are not on disk yet (gathering or being written).
-function Records:has_pending()
+function RecordEngine:has_pending()
   return self.core:has_pending()
 end
 
 -- Calls fn(ok, err) once the pending writes are on disk (or failed; err is
 -- then the client-safe text).
-function Records:after_flush(fn)
+function RecordEngine:after_flush(fn)
   self.core:after_flush(fn)
 end
 
 -- Groups written so far (for specs and stats).
-function Records:syncs()
+function RecordEngine:syncs()
   return self.core:syncs()
 end
 
 -- Writes the pending group with one sync (see the top). Called by the loop
 -- around every wait; cheap when nothing is pending. Returns true when it did
 -- something (then the loop takes another turn before sleeping).
-function Records:flush()
+function RecordEngine:flush()
   return self.core:flush()
 end
 
 -- Runs the loop until every write is on disk (shutdown). Bounded.
-function Records:drain(max_ms)
+function RecordEngine:drain(max_ms)
   local c = self.core
   if not self.loop then return c:flush() end
   local deadline = self.loop:now() + (max_ms or 10000)

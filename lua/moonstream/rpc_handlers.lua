@@ -14,8 +14,8 @@ local log = require "moonstream.log"
 local metrics = require "moonstream.metrics"
 
 local M = {}
-local Rpc = {}
-local mt = { __index = Rpc }
+local RpcHandlers = {}
+local mt = { __index = RpcHandlers }
 
 local create, resume, status, running, yield =
   coroutine.create, coroutine.resume, coroutine.status, coroutine.running, coroutine.yield
@@ -73,17 +73,17 @@ function M.new(loop, opts)
   return self
 end
 
-function Rpc:register(name, fn)
+function RpcHandlers:register(name, fn)
   if type(name) ~= "string" or name == "" then error("rpc name must be a non-empty string", 2) end
   if type(fn) ~= "function" then error("rpc handler must be a function", 2) end
   self.handlers[name] = fn
 end
 
-function Rpc:unregister(name)
+function RpcHandlers:unregister(name)
   self.handlers[name] = nil
 end
 
-function Rpc:has(name)
+function RpcHandlers:has(name)
   return self.handlers[name] ~= nil
 end
 
@@ -122,7 +122,7 @@ local function finish(call, result)
 end
 
 -- Resumes a waiting handler with the values its await produced.
-function Rpc:_continue(call, ...)
+function RpcHandlers:_continue(call, ...)
   if call.finished then return end
   local r = pack(resume(call.co, ...))
   if status(call.co) == "dead" or not r[1] then
@@ -134,7 +134,7 @@ end
 -- finishes without waiting; otherwise returns nil and calls done(result)
 -- later (exactly once). ctx_fields: user, and anything else for ctx.
 -- Either way the outcome is counted once (moonstream_rpcs_total).
-function Rpc:make(name, data, ctx_fields, done)
+function RpcHandlers:make(name, data, ctx_fields, done)
   local result = self:_make(name, data, ctx_fields, function(res)
     metrics.rpc(res)
     if done then done(res) end
@@ -143,7 +143,7 @@ function Rpc:make(name, data, ctx_fields, done)
   return result
 end
 
-function Rpc:_make(name, data, ctx_fields, done)
+function RpcHandlers:_make(name, data, ctx_fields, done)
   local fn = self.handlers[name]
   if not fn then
     -- realtime clients that provide the name (realtime/rpc_topic.lua); false: none does
@@ -165,7 +165,7 @@ end
 -- turns the coroutine's outcome into the result; on_timeout() gives the
 -- result when it takes too long. Returns the result at once, or nil and calls
 -- done(result) later (exactly once).
-function Rpc:run(name, fn, arg, ctx_fields, convert, on_timeout, done)
+function RpcHandlers:run(name, fn, arg, ctx_fields, convert, on_timeout, done)
   local ctx = setmetatable(ctx_fields or {}, self.api_mt)
   ctx.name = name
   local co = create(fn)

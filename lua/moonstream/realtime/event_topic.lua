@@ -11,8 +11,8 @@ local T, A = names.T, names.A
 local EVENT, EA = T.EVENT, A.EVENT
 
 local M = {}
-local Events = {}
-local mt = { __index = Events }
+local EventTopic = {}
+local mt = { __index = EventTopic }
 
 function M.new(rt)
   local cluster = rt.cluster
@@ -30,7 +30,7 @@ end
 
 local names_of = names.names_of
 
-function Events:subscribe(c, msg)
+function EventTopic:subscribe(c, msg)
   local rt, subs, listener = self.rt, self.subs, self.listen
   local any = false
   for _, name in ipairs(names_of(msg)) do
@@ -52,7 +52,7 @@ function Events:subscribe(c, msg)
   if any then c:send({ topic = EVENT, action = msg.action, correlationId = msg.correlationId, isAck = true }) end
 end
 
-function Events:unsubscribe(c, msg)
+function EventTopic:unsubscribe(c, msg)
   local subs, listener = self.subs, self.listen
   for _, name in ipairs(names_of(msg)) do
     local removed, last = subs:remove(name, c)
@@ -64,11 +64,11 @@ end
 -- Delivers an event to the WebSocket subscribers (except `except`). text: the
 -- payload as JSON text or nil. (Lua listeners hear emits through
 -- dispatch.lua's emit; value and from are not used here.)
-function Events:deliver(name, text, value, from, except)
+function EventTopic:deliver(name, text, value, from, except)
   self.rt:broadcast(self.subs:subscribers(name), { topic = EVENT, action = EA.EMIT, name = name, data = text }, except)
 end
 
-function Events:emit(c, msg)
+function EventTopic:emit(c, msg)
   local rt, name = self.rt, msg.name
   if type(name) ~= "string" or name == "" then return end
   local valid, value, text = rt.payload(msg)
@@ -85,7 +85,7 @@ function Events:emit(c, msg)
 end
 
 -- An emit from POST /api (or a Lua handler's ctx.emit): every subscriber.
-function Events:emit_from_server(name, data)
+function EventTopic:emit_from_server(name, data)
   -- most HTTP emits have no WebSocket subscriber: skip encoding for nobody
   if self.subs:subscribers(name) == nil then return true end
   local text
@@ -98,7 +98,7 @@ function Events:emit_from_server(name, data)
   return true
 end
 
-function Events:handle(c, msg)
+function EventTopic:handle(c, msg)
   local action = msg.action
   if action == EA.EMIT then return self:emit(c, msg)
   elseif action == EA.SUBSCRIBE then return self:subscribe(c, msg)
@@ -107,7 +107,7 @@ function Events:handle(c, msg)
   return self.listen:handle(c, msg)
 end
 
-function Events:disconnect(c)
+function EventTopic:disconnect(c)
   self.listen:connection_closed(self.subs, c)
 end
 

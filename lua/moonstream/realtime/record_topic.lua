@@ -22,8 +22,8 @@ local T, A = names.T, names.A
 local RECORD, RA = T.RECORD, A.RECORD
 
 local M = {}
-local Records = {}
-local mt = { __index = Records }
+local RecordTopic = {}
+local mt = { __index = RecordTopic }
 
 local names_of = names.names_of
 
@@ -49,7 +49,7 @@ end
 
 -- A record changed in the store (version nil: deleted). w: the origin of a
 -- client's write or delete (see write and delete below), else nil.
-function Records:changed(name, version, text, w)
+function RecordTopic:changed(name, version, text, w)
   local rt = self.rt
   local from = w and w.c or nil
   if version == nil then
@@ -76,7 +76,7 @@ function Records:changed(name, version, text, w)
   rt:broadcast(set, out, from)
 end
 
-function Records:_read_response(c, name)
+function RecordTopic:_read_response(c, name)
   local version, text, err = self.store:get(name)
   if err then
     return c:send({ topic = RECORD, action = RA.RECORD_LOAD_ERROR, name = name, isError = true })
@@ -86,7 +86,7 @@ end
 
 -- Subscribes c to name: MULTIPLE_SUBSCRIPTIONS when it already is (as
 -- deepstream's subscription registry answers). Returns whether it was added.
-function Records:_subscribe(c, msg, name)
+function RecordTopic:_subscribe(c, msg, name)
   local added, first = self.subs:add(name, c)
   if not added then
     c:send({ topic = RECORD, action = RA.MULTIPLE_SUBSCRIPTIONS, originalAction = msg.action, name = name })
@@ -98,7 +98,7 @@ end
 
 -- The names of a bulk message that c may `rule` (read, notify); each other
 -- name gets its own denial.
-function Records:_permitted(c, msg, rule)
+function RecordTopic:_permitted(c, msg, rule)
   local out = json.array()
   for _, name in ipairs(names_of(msg)) do
     if type(name) == "string" and name ~= "" then
@@ -118,7 +118,7 @@ end
 -- 0) and SUBSCRIBEANDREAD (the client's recordReadOnlyMode: a missing record
 -- is not created, its READ_RESPONSE has version -1 and {}). The ack (an
 -- echo) comes first.
-function Records:subscribe_read(c, msg)
+function RecordTopic:subscribe_read(c, msg)
   local rt, store = self.rt, self.store
   local create = msg.action == RA.SUBSCRIBECREATEANDREAD
   c:send({ topic = RECORD, action = msg.action, names = msg.names, correlationId = msg.correlationId, isAck = true })
@@ -150,7 +150,7 @@ end
 -- stored records, the subscriptions and their ack, then a HEAD_RESPONSE
 -- (version -1) per record that is not stored. The client then reconciles
 -- each record with what it holds (reading it, READ, when it must).
-function Records:subscribe_head(c, msg)
+function RecordTopic:subscribe_head(c, msg)
   local names = self:_permitted(c, msg, "read")
   if #names == 0 then return end
   local store = self.store
@@ -177,7 +177,7 @@ function Records:subscribe_head(c, msg)
 end
 
 -- SUBSCRIBE: subscriptions alone, then the ack.
-function Records:subscribe(c, msg)
+function RecordTopic:subscribe(c, msg)
   local names = self:_permitted(c, msg, "read")
   if #names == 0 then return end
   for _, name in ipairs(names) do self:_subscribe(c, msg, name) end
@@ -188,14 +188,14 @@ end
 -- server's back; the engine's notify tells their subscribers the stored
 -- state (see changed: an UPDATE, or DELETED when no longer stored), then the
 -- sender gets the ack, an echo of the names it may notify.
-function Records:notify_request(c, msg)
+function RecordTopic:notify_request(c, msg)
   local names = self:_permitted(c, msg, "notify")
   if #names == 0 then return end
   self.store:notify(nil, names)
   c:send({ topic = RECORD, action = msg.action, names = names, correlationId = msg.correlationId, isAck = true })
 end
 
-function Records:unsubscribe(c, msg)
+function RecordTopic:unsubscribe(c, msg)
   for _, name in ipairs(names_of(msg)) do
     local removed, last = self.subs:remove(name, c)
     if removed and last then self.listen:unsubscribed(name) end
@@ -204,7 +204,7 @@ function Records:unsubscribe(c, msg)
 end
 
 -- The name of a record the client may read, or nil (a denial was sent).
-function Records:_readable(c, msg)
+function RecordTopic:_readable(c, msg)
   local name = msg.name
   if type(name) ~= "string" then return nil end
   local ok, denial = self.rt:permit(c, "record", "read", name, nil)
@@ -215,7 +215,7 @@ function Records:_readable(c, msg)
   return name
 end
 
-function Records:read(c, msg)
+function RecordTopic:read(c, msg)
   local name = self:_readable(c, msg)
   if not name then return end
   local version, _, err = self.store:get(name)
@@ -225,7 +225,7 @@ function Records:read(c, msg)
   self:_read_response(c, name)
 end
 
-function Records:head(c, msg)
+function RecordTopic:head(c, msg)
   local name = self:_readable(c, msg)
   if not name then return end
   local version, _, err = self.store:get(name)
@@ -244,7 +244,7 @@ local function echo_invalid(c, msg, value)
 end
 
 -- UPDATE, PATCH, ERASE, CREATEANDUPDATE, CREATEANDPATCH.
-function Records:write(c, msg)
+function RecordTopic:write(c, msg)
   local rt, store, action, name = self.rt, self.store, msg.action, msg.name
   if type(name) ~= "string" or name == "" then return end
   local valid, value, text = rt.payload(msg)
@@ -308,7 +308,7 @@ function Records:write(c, msg)
   end
 end
 
-function Records:delete(c, msg)
+function RecordTopic:delete(c, msg)
   local rt, store, name = self.rt, self.store, msg.name
   if type(name) ~= "string" or name == "" then return end
   local ok, denial = rt:permit(c, "record", "delete", name, nil)
@@ -325,7 +325,7 @@ function Records:delete(c, msg)
   end)
 end
 
-function Records:handle(c, msg)
+function RecordTopic:handle(c, msg)
   local action = msg.action
   if action == RA.SUBSCRIBECREATEANDREAD or action == RA.SUBSCRIBEANDREAD then
     return self:subscribe_read(c, msg)
@@ -343,7 +343,7 @@ function Records:handle(c, msg)
   return self.listen:handle(c, msg)
 end
 
-function Records:disconnect(c)
+function RecordTopic:disconnect(c)
   self.listen:connection_closed(self.subs, c)
 end
 

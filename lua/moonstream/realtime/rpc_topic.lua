@@ -17,8 +17,8 @@ local RPC, RA = T.RPC, A.RPC
 local random = math.random
 
 local M = {}
-local Rpc = {}
-local mt = { __index = Rpc }
+local RpcTopic = {}
+local mt = { __index = RpcTopic }
 
 local names_of = names.names_of
 
@@ -62,7 +62,7 @@ local function index_remove(index, c, id)
 end
 
 -- Ends a call: cancels its timers and forgets it.
-function Rpc:_finish(call)
+function RpcTopic:_finish(call)
   if call.finished then return end
   call.finished = true
   if call.accept_timer then call.accept_timer:cancel(); call.accept_timer = nil end
@@ -72,7 +72,7 @@ function Rpc:_finish(call)
 end
 
 -- Sends `action` (with optional payload text) to whoever made the call.
-function Rpc:_reply(call, action, text)
+function RpcTopic:_reply(call, action, text)
   local requester = call.requester
   if requester then
     metrics.rpc(action) -- a client's call to a client provider (HTTP calls count in rpc_handlers.lua)
@@ -95,7 +95,7 @@ function Rpc:_reply(call, action, text)
 end
 
 -- Offers the call to a provider not tried yet, or ends it with NO_RPC_PROVIDER.
-function Rpc:_route(call)
+function RpcTopic:_route(call)
   if call.provider then
     index_remove(self.by_provider, call.provider, call.id)
     call.provider = nil
@@ -131,7 +131,7 @@ end
 
 -- Starts a call to client providers. requester: a connection, or nil with
 -- done(result) for POST /api.
-function Rpc:_start(name, id, text, requester, done)
+function RpcTopic:_start(name, id, text, requester, done)
   local rt = self.rt
   local call = { name = name, id = id, text = text, requester = requester, done = done, tried = {} }
   if requester then index_add(self.by_requester, requester, id, call) end
@@ -148,7 +148,7 @@ end
 -- POST /api (rpc_handlers.lua's fallback when no Lua handler has the name): returns
 -- false when no client provides it (rpc_handlers.lua answers NO_RPC_PROVIDER), else
 -- nil and calls done(result) later.
-function Rpc:make_from_server(name, data, done)
+function RpcTopic:make_from_server(name, data, done)
   if not self.providers:subscribers(name) then return false end
   local text
   if data ~= nil then
@@ -162,7 +162,7 @@ function Rpc:make_from_server(name, data, done)
 end
 
 -- A client's REQUEST: a Lua handler first, else client providers.
-function Rpc:request(c, msg)
+function RpcTopic:request(c, msg)
   local rt, name, id = self.rt, msg.name, msg.correlationId
   if type(name) ~= "string" or name == "" or type(id) ~= "string" then return end
   local valid, value, text = rt.payload(msg)
@@ -202,7 +202,7 @@ function Rpc:request(c, msg)
 end
 
 -- ACCEPT, REJECT, RESPONSE, REQUEST_ERROR from a provider.
-function Rpc:from_provider(c, msg)
+function RpcTopic:from_provider(c, msg)
   local id, action = msg.correlationId, msg.action
   local mine = self.by_provider[c]
   local call = type(id) == "string" and mine and mine[id]
@@ -227,7 +227,7 @@ function Rpc:from_provider(c, msg)
   self:_finish(call)
 end
 
-function Rpc:provide(c, msg)
+function RpcTopic:provide(c, msg)
   local rt, any = self.rt, false
   for _, name in ipairs(names_of(msg)) do
     if type(name) == "string" and name ~= "" then
@@ -251,7 +251,7 @@ function Rpc:provide(c, msg)
   end
 end
 
-function Rpc:handle(c, msg)
+function RpcTopic:handle(c, msg)
   local action = msg.action
   if action == RA.REQUEST then return self:request(c, msg)
   elseif action == RA.PROVIDE or action == RA.UNPROVIDE then return self:provide(c, msg)
@@ -262,7 +262,7 @@ end
 
 -- A closing provider counts as a REJECT for its calls; a closing requester's
 -- calls run on, their answers dropped.
-function Rpc:disconnect(c)
+function RpcTopic:disconnect(c)
   self.providers:remove_conn(c)
   local mine = self.by_requester[c]
   self.by_requester[c] = nil
