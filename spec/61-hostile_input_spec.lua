@@ -8,7 +8,7 @@
 --
 -- Bounded and reproducible: MOONSTREAM_FUZZ_SEED (default 6) and
 -- MOONSTREAM_FUZZ_REQUESTS (default 1500) pick the run; a longer one:
---   MOONSTREAM_FUZZ_REQUESTS=50000 busted spec/60-hostile_input_spec.lua
+--   MOONSTREAM_FUZZ_REQUESTS=50000 busted spec/61-hostile_input_spec.lua
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local H = require "spec.support.helpers"

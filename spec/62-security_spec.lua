@@ -3,7 +3,7 @@
 -- the server's own failures answered without file names or tracebacks.
 -- (Hashing, constant-time compares, rate limits and secret-free logs are in
 -- spec/40-auth_spec.lua and spec/42-tokens_spec.lua; record key spaces,
--- RPC texts and storage error texts in spec/60-hostile_input_spec.lua and
+-- RPC texts and storage error texts in spec/61-hostile_input_spec.lua and
 -- spec/60-disk_spec.lua.)
 local core = require "moonstream.core"
 local json = require "moonstream.json"
