@@ -571,11 +571,12 @@ describe("realtime server", function()
   end)
 
   describe("permissions", function()
-    it("denies WebSocket actions the permission hook refuses", function()
-      start()
-      t.server.dispatcher.permit = function(_, _, _, name)
-        return not (type(name) == "string" and name:find("^forbidden"))
-      end
+    it("denies WebSocket actions the permission rules refuse", function()
+      start({ permissions = {
+        event = { ["*"] = { publish = true, subscribe = true }, ["forbidden/*"] = { publish = false, subscribe = false } },
+        record = { ["*"] = { create = true, write = true, read = true }, ["forbidden/*"] = { create = false, write = false } },
+        rpc = { ["*"] = { request = true, provide = true }, ["forbidden-rpc"] = { request = false } },
+      } })
       local a = connect(t)
       a.login("ann")
       a.send({ topic = 4, action = 3, names = { "forbidden/x" }, correlationId = "0" })

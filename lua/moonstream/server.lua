@@ -177,8 +177,37 @@ function Server:accepting()
 end
 
 -- Opens the store and starts listening. Returns true | nil, err.
+-- The parts are built in the order they need each other: storage (the
+-- record engine, tokens), presence, the realtime server, the cluster bus,
+-- the dispatcher, then the HTTP daemon and the fast path in front of it.
 function Server:listen()
   if self.state ~= "new" then error("server already started", 2) end
+  local ok, err = self:_open_storage()
+  if not ok then return nil, err end
+  self:_assemble()
+  ok, err = self:_serve_http()
+  if not ok then return nil, err end
+  self.state = "running"
+  local cfg = self.config
+  -- only a server that handles SIGHUP advertises its pid, before it says it listens
+  if self.handles_signals then control.write_pid(cfg.storage.path) end
+  local port = self.http:port()
+  self.url = "http://" .. (cfg.host:find(":", 1, true) and "[" .. cfg.host .. "]" or cfg.host) .. ":" .. port
+  local exposed = M.exposure_warning(cfg)
+  if exposed then log.warn("%s", exposed) end
+  if self.cluster then
+    self.cluster.name = self.cluster.name or (cfg.host .. ":" .. port)
+    log.event("info", "moonstream listening on " .. self.url, { cluster_node = self.cluster.name, redis = self.cluster.url })
+  else
+    log.event("info", "moonstream listening on " .. self.url, { storage = cfg.storage.path })
+  end
+  self:_notify("READY=1\nSTATUS=listening on " .. self.url)
+  return true
+end
+
+-- The store (LevelDB; in cluster mode Redis holds the records and tokens),
+-- the record engine over it and the tokens. Returns true | nil, err.
+function Server:_open_storage()
   local cfg = self.config
   local store, err = core.store_open(cfg.storage.path, {
     cache_size = cfg.storage.cacheSize, write_buffer_size = cfg.storage.writeBufferSize,
@@ -202,7 +231,8 @@ function Server:listen()
     durable = self.cluster and self.cluster:record_store(),
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
     max_response = cfg.maxResponseSize,
-    -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's)
+    -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's);
+    -- the realtime server reads and writes through this engine, so it is built after it
     on_change = function(name, version, text, origin)
       if self.bus then return self.bus:record_changed(name, version, text, origin) end -- cluster: in version order
       if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
@@ -218,52 +248,77 @@ function Server:listen()
     log.warn("could not remove expired tokens: %s", record_engine.public_error(sweep_err))
   end
   self.auth:set_tokens(self.tokens)
+  return true
+end
+
+-- Who is online: this process's registry, or in cluster mode every node's
+-- (lua/moonstream/cluster/presence.lua), which announces remote joins and
+-- leaves to the realtime server built after it.
+function Server:_presence()
+  if not self.cluster then return self.presence end
+  self.cluster_presence = cluster_presence.new({
+    loop = self.loop, commands = self.cluster.commands, id = self.cluster.id, registry = self.presence,
+    announce = function(user, joined) if self.realtime then self.realtime.presence_topic:remote(user, joined) end end,
+  })
+  self.cluster:on_reconnect(function() self.cluster_presence:reregister() end)
+  return self.cluster_presence
+end
+
+-- The realtime server, the cluster bus and the dispatcher. One permission
+-- check serves HTTP commands and realtime actions; an emit (POST /api, the
+-- fast path, ctx.emit) reaches Lua listeners, realtime subscribers and, in
+-- cluster mode, the other nodes.
+function Server:_assemble()
+  local cfg = self.config
   if not self.permissions:configured() then
     log.warn("no permissions configured (config key 'permissions'): every user may do everything")
   end
-  local presence = self.presence
-  if self.cluster then -- who is online on every node (lua/moonstream/cluster/presence.lua)
-    self.cluster_presence = cluster_presence.new({
-      loop = self.loop, commands = self.cluster.commands, id = self.cluster.id, registry = self.presence,
-      announce = function(user, joined) if self.realtime then self.realtime.presence_topic:remote(user, joined) end end,
-    })
-    presence = self.cluster_presence
-    self.cluster:on_reconnect(function() self.cluster_presence:reregister() end)
-  end
-  self.dispatcher = dispatch.new({
-    records = self.records, events = self.listeners, rpc = self.handlers, presence = presence,
-    loop = self.loop, request_timeout = cfg.requestTimeout, permit = self.permissions:permit(),
-    on_emit = function(name, data, ctx)
-      self.realtime.events:emit_from_server(name, data)
-      if self.bus then self.bus:publish_value(name, data, ctx and ctx.user) end -- cluster: the other nodes
-    end,
-  })
-  -- realtime clients (WebSocket): HTTP emits, record changes and RPCs reach them
-  self.realtime = realtime_mod.new({
+  local permit = self.permissions:permit()
+  local presence = self:_presence()
+  local realtime = realtime_mod.new({
     loop = self.loop, presence = presence, auth = self.auth, records = self.records,
-    listeners = self.listeners, handlers = self.handlers, config = cfg,
-    permit = function() return self.dispatcher.permit end,
+    listeners = self.listeners, handlers = self.handlers, config = cfg, permit = permit,
+    events_used = function() self:_watch_emits() end,
+    -- the bus and the realtime server talk both ways: the bus is built next
     cluster = self.cluster and {
       interest = function(kind, name, present) self.bus:interest(kind, name, present) end,
       publish_event = function(name, text, user) self.bus:publish_event(name, text, user) end,
     },
   })
-  local realtime = self.realtime
+  self.realtime = realtime
+  local bus
   if self.cluster then
-    self.bus = bus_mod.new(self.cluster, {
+    bus = bus_mod.new(self.cluster, {
       loop = self.loop, realtime = realtime, listeners = self.listeners, presence = self.cluster_presence,
     })
-    if not self.bus:wait_ready(CLUSTER_WAIT_MS) then
+    self.bus = bus
+    if not bus:wait_ready(CLUSTER_WAIT_MS) then
       log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
     end
   end
-  local get_handlers, endpoints = self:_operator_endpoints()
-  self.api = httpapi.new(cfg, {
-    dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = realtime, get_handlers = get_handlers,
+  local events = realtime.events
+  self.dispatcher = dispatch.new({
+    records = self.records, events = self.listeners, rpc = self.handlers, presence = presence,
+    loop = self.loop, request_timeout = cfg.requestTimeout, permit = permit,
+    on_emit = function(name, data, ctx)
+      events:emit_from_server(name, data)
+      if bus then bus:publish_value(name, data, ctx and ctx.user) end -- cluster: the other nodes
+    end,
   })
-  local api = self.api
-  local http
-  http, err = core.http_server(self.loop, {
+end
+
+-- The HTTP daemon (POST /api, /api/auth, the WebSocket upgrade, the operator
+-- endpoints), the fast path and the group commit on every loop iteration.
+-- Returns true | nil, err (then the storage is closed again).
+function Server:_serve_http()
+  local cfg = self.config
+  local get_handlers, endpoints = self:_operator_endpoints()
+  local api = httpapi.new(cfg, {
+    dispatcher = self.dispatcher, auth = self.auth, server = self, realtime = self.realtime,
+    get_handlers = get_handlers,
+  })
+  self.api = api
+  local http, err = core.http_server(self.loop, {
     endpoints = endpoints,
     host = cfg.host, port = cfg.port, max_body = cfg.maxMessageSize,
     connection_limit = cfg.connectionLimit, connection_timeout = cfg.connectionTimeout,
@@ -272,7 +327,7 @@ function Server:listen()
   })
   if not http then
     if self.cluster then self.cluster:close(); self.cluster = nil end
-    store:close()
+    self.store:close()
     self.store = nil
     return nil, err
   end
@@ -280,19 +335,6 @@ function Server:listen()
   if cfg.fastPath then self:_fast_path() end
   local records = self.records
   self.loop:on_iteration(function() return records:flush() end)
-  self.state = "running"
-  -- only a server that handles SIGHUP advertises its pid, before it says it listens
-  if self.handles_signals then control.write_pid(cfg.storage.path) end
-  self.url = "http://" .. (cfg.host:find(":", 1, true) and "[" .. cfg.host .. "]" or cfg.host) .. ":" .. http:port()
-  local exposed = M.exposure_warning(cfg)
-  if exposed then log.warn("%s", exposed) end
-  if self.cluster then
-    self.cluster.name = self.cluster.name or (cfg.host .. ":" .. http:port())
-    log.event("info", "moonstream listening on " .. self.url, { cluster_node = self.cluster.name, redis = self.cluster.url })
-  else
-    log.event("info", "moonstream listening on " .. self.url, { storage = cfg.storage.path })
-  end
-  self:_notify("READY=1\nSTATUS=listening on " .. self.url)
   return true
 end
 
@@ -345,8 +387,6 @@ function Server:_fast_path()
       dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous() })
     end,
   })
-  local subs = self.realtime and self.realtime.events.subs
-  if subs then subs.on_used = function() self:_watch_emits() end end
   self.fast = fast
   self:_watch_emits()
   self:_update_fast_path()

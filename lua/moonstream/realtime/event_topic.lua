@@ -16,7 +16,7 @@ local mt = { __index = EventTopic }
 
 function M.new(rt)
   local cluster = rt.cluster
-  local self = setmetatable({ rt = rt, subs = registry.new(nil, cluster and function(name, present)
+  local self = setmetatable({ rt = rt, subs = registry.new(rt.events_used, cluster and function(name, present)
     cluster.interest("event", name, present)
   end) }, mt)
   self.listen = listen.new(rt, EVENT, EA, self.subs, "event")

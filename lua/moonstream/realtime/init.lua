@@ -51,7 +51,10 @@ M.payload = payload
 -- parts:
 --   loop, presence (core registry), auth (auth.lua: login), records (record_engine.lua),
 --   listeners (lua_listeners.lua), handlers (rpc_handlers.lua),
---   permit (function() -> the dispatcher's permit function or nil),
+--   permit (optional: the permission check the dispatcher runs too,
+--   function(ctx, topic, action, name, cmd); nil: everything is allowed),
+--   events_used (optional function(used): called with true when the first
+--   event name gets a subscriber and false when the last one goes),
 --   config (validated config: realtime.*, rpc.*, listen.*, maxMessageSize)
 --   codecs (optional { json = codec, binary = codec }, each with encode/decode)
 --   cluster (optional, cluster mode: interest(kind, name, present) hears which
@@ -68,7 +71,8 @@ function M.new(parts)
     listeners = parts.listeners,
     handlers = parts.handlers,
     cluster = parts.cluster,
-    permit_fn = parts.permit or function() return nil end,
+    permit_rules = parts.permit,
+    events_used = parts.events_used,
     heartbeat_interval = rcfg.heartbeatInterval,
     auth_timeout = rcfg.unauthenticatedClientTimeout, -- false: none
     max_auth_attempts = rcfg.maxAuthAttempts,
@@ -112,7 +116,7 @@ end
 -- to answer with: MESSAGE_DENIED, or MESSAGE_PERMISSION_ERROR when a rule
 -- failed to run.
 function Realtime:permit(c, topic, action, name, cmd)
-  local permit = self.permit_fn()
+  local permit = self.permit_rules
   if not permit then return true end
   local ok, allowed, _, errored = pcall(permit, { user = c.user, realtime = true }, topic, action, name, cmd)
   if not ok then
