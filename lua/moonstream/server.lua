@@ -196,8 +196,8 @@ function Server:listen()
   local exposed = M.exposure_warning(cfg)
   if exposed then log.warn("%s", exposed) end
   if self.cluster then
-    self.cluster.name = self.cluster.name or (cfg.host .. ":" .. port)
-    log.event("info", "moonstream listening on " .. self.url, { cluster_node = self.cluster.name, redis = self.cluster.url })
+    local node = self.cluster.name or (cfg.host .. ":" .. port)
+    log.event("info", "moonstream listening on " .. self.url, { cluster_node = node, redis = self.cluster.url })
   else
     log.event("info", "moonstream listening on " .. self.url, { storage = cfg.storage.path })
   end

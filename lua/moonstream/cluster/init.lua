@@ -33,9 +33,9 @@ function M.persistence_warning(appendonly, appendfsync)
     tostring(appendonly), tostring(appendfsync))
 end
 
--- loop: the server's; ccfg: the validated `cluster` section; opts.port: the
--- node's HTTP port (for the default name host:port).
-function M.new(loop, ccfg, opts)
+-- loop: the server's; ccfg: the validated `cluster` section (name: the
+-- node's name in the logs, nil for the server's host:port).
+function M.new(loop, ccfg)
   local target = assert(url_mod.parse(ccfg.redis))
   local self = setmetatable({
     loop = loop, url = ccfg.redis:gsub("//[^@/]*@", "//"), name = ccfg.name, up = {}, checked = false,
