@@ -16,6 +16,8 @@
  *     callback(res) with res = { status, body, headers }, or callback(nil, err).
  *   client:pending() -> n          client:close()   (also __gc, __close)
  *   handle:cancel() -> boolean     handle:active() -> boolean
+ *   handle:close()   cancels it if in flight and frees it; using it again
+ *                    raises (also __gc, __close)
  * A client with transfers in flight is kept alive by them (like the loop's
  * armed timers), so dropping it does not cancel them; close() does.
  */
@@ -68,6 +70,7 @@ struct hc_transfer {
     size_t received;          /* header + body bytes, checked against max_response */
     size_t max_response;
     int too_large;
+    int closed;               /* handle:close() ran: any further use raises */
     int callback_ref;         /* registry refs, owned by the client while in flight */
     int handle_ref;
     hc_transfer *prev, *next;
@@ -418,7 +421,9 @@ static hc_client *check_client(lua_State *L, int idx) {
 }
 
 static hc_transfer *check_request(lua_State *L, int idx) {
-    return luaL_checkudata(L, idx, HC_REQUEST_MT);
+    hc_transfer *t = luaL_checkudata(L, idx, HC_REQUEST_MT);
+    if (t->closed) luaL_error(L, "attempt to use a closed http request");
+    return t;
 }
 
 /* Cancels every transfer (no callbacks), then frees curl, the watched fds and
@@ -769,18 +774,21 @@ static int hc_request_active(lua_State *L) {
     return 1;
 }
 
-/* __gc: an in-flight handle is only collected when the state closes (the
- * client holds it until then); a failed setup may leave curl memory behind. */
-static int hc_request_gc(lua_State *L) {
-    hc_transfer *t = check_request(L, 1);
+/* handle:close(), __close, __gc: cancels an in-flight request (no callback)
+ * and frees what curl holds for it; safe twice, never raises. __gc meets an
+ * in-flight handle only when the state closes (the client holds it until
+ * then); a failed setup may leave curl memory behind. */
+static int hc_request_close(lua_State *L) {
+    hc_transfer *t = luaL_checkudata(L, 1, HC_REQUEST_MT);
     hc_transfer_detach(L, t);
     hc_transfer_free(t);
+    t->closed = 1;
     return 0;
 }
 
 static int hc_request_tostring(lua_State *L) {
-    hc_transfer *t = check_request(L, 1);
-    lua_pushfstring(L, HC_REQUEST_MT " (%s)", t->client ? "active" : "done");
+    hc_transfer *t = luaL_checkudata(L, 1, HC_REQUEST_MT);
+    lua_pushfstring(L, HC_REQUEST_MT " (%s)", t->closed ? "closed" : t->client ? "active" : "done");
     return 1;
 }
 
@@ -802,12 +810,14 @@ static const luaL_Reg hc_client_metameth[] = {
 static const luaL_Reg hc_request_meth[] = {
     {"cancel", hc_request_cancel},
     {"active", hc_request_active},
+    {"close", hc_request_close},
     {NULL, NULL}
 };
 
 static const luaL_Reg hc_request_metameth[] = {
     {"__index", NULL},
-    {"__gc", hc_request_gc},
+    {"__gc", hc_request_close},
+    {"__close", hc_request_close},
     {"__tostring", hc_request_tostring},
     {NULL, NULL}
 };

@@ -27,6 +27,7 @@ typedef struct loop_timer {
     size_t heap_index;    /* position in loop->heap while armed */
     int self_ref;         /* registry ref to the userdata while armed, else LUA_NOREF */
     ms_loop *loop;        /* NULL once fired, cancelled, or the loop closed */
+    int closed;           /* timer:close() ran: any further use raises */
 } loop_timer;
 
 typedef struct loop_watch {
@@ -126,7 +127,9 @@ ms_loop *ms_loop_check(lua_State *L, int idx) {
 }
 
 static loop_timer *check_timer(lua_State *L, int idx) {
-    return luaL_checkudata(L, idx, TIMER_MT);
+    loop_timer *t = luaL_checkudata(L, idx, TIMER_MT);
+    if (t->closed) luaL_error(L, "attempt to use a closed timer");
+    return t;
 }
 
 /* ---- C API for fd owners ---- */
@@ -288,7 +291,8 @@ static int loop_signals_lua(lua_State *L) {
 
 /* loop:timer(ms, fn) -> timer: calls fn() once after ms milliseconds (0 = on
  * the next iteration). timer:cancel() disarms it; a fired or cancelled timer
- * is inert. The loop keeps an armed timer alive, so callers may drop it. */
+ * is inert. timer:close() (and __close) disarms it for good: using it again
+ * raises. The loop keeps an armed timer alive, so callers may drop it. */
 static void loop_host_timer_sooner(ms_loop *loop, double ms);
 
 static int loop_timer_lua(lua_State *L) {
@@ -305,6 +309,7 @@ static int loop_timer_lua(lua_State *L) {
     loop_timer *t = lua_newuserdatauv(L, sizeof *t, 1);
     t->loop = NULL;
     t->self_ref = LUA_NOREF;
+    t->closed = 0;
     luaL_setmetatable(L, TIMER_MT);
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, -2, 1);
@@ -328,6 +333,21 @@ static int timer_cancel(lua_State *L) {
 
 static int timer_active(lua_State *L) {
     lua_pushboolean(L, check_timer(L, 1)->loop != NULL);
+    return 1;
+}
+
+/* timer:close(), __close, __gc: disarms the timer; safe twice, never raises.
+ * (__gc only meets a disarmed timer, or any timer while the state closes.) */
+static int timer_close(lua_State *L) {
+    loop_timer *t = luaL_checkudata(L, 1, TIMER_MT);
+    timer_disarm(L, t);
+    t->closed = 1;
+    return 0;
+}
+
+static int timer_tostring(lua_State *L) {
+    loop_timer *t = luaL_checkudata(L, 1, TIMER_MT);
+    lua_pushfstring(L, TIMER_MT " (%s)", t->closed ? "closed" : t->loop ? "armed" : "inert");
     return 1;
 }
 
@@ -599,11 +619,15 @@ static const luaL_Reg loop_metameth[] = {
 static const luaL_Reg timer_meth[] = {
     {"cancel", timer_cancel},
     {"active", timer_active},
+    {"close", timer_close},
     {NULL, NULL}
 };
 
 static const luaL_Reg timer_metameth[] = {
     {"__index", NULL},
+    {"__gc", timer_close},
+    {"__close", timer_close},
+    {"__tostring", timer_tostring},
     {NULL, NULL}
 };
 

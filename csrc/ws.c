@@ -1078,6 +1078,13 @@ static int ws_gc(lua_State *L) {
     return 0;
 }
 
+/* __close: a to-be-closed WebSocket starts a normal close handshake (1000)
+ * when its scope ends; the error object, if any, is no close code. */
+static int ws_close_tbc(lua_State *L) {
+    lua_settop(L, 1);
+    return ws_close_lua(L);
+}
+
 static const luaL_Reg ws_meth[] = {
     {"send_text", ws_send_text},
     {"send_binary", ws_send_binary},
@@ -1095,6 +1102,7 @@ static const luaL_Reg ws_meth[] = {
 static const luaL_Reg ws_metameth[] = {
     {"__index", NULL},
     {"__gc", ws_gc},
+    {"__close", ws_close_tbc},
     {"__tostring", ws_tostring},
     {NULL, NULL}
 };

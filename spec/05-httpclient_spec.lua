@@ -248,6 +248,49 @@ describe("moonstream.core http client", function()
     assert.are.equal(0, cancelled_calls)
   end)
 
+  it("closes a request: in flight it is cancelled without a callback, twice is harmless, using it raises", function()
+    local calls = 0
+    local handle = client:request({ url = url("/slow?ms=200") }, function() calls = calls + 1 end)
+    for _ = 1, 3 do loop:run_once(20) end  -- let it connect and send
+    assert.are.equal(1, client:pending())
+    handle:close()
+    handle:close()
+    assert.are.equal(0, client:pending())
+    assert.matches("closed", tostring(handle))
+    assert.has.error(function() handle:cancel() end, "attempt to use a closed http request")
+    assert.has.error(function() handle:active() end, "attempt to use a closed http request")
+    -- a request started after it, to the same endpoint, finishes after it would have
+    local res, err = fetch({ url = url("/slow?ms=250") })
+    assert.is_nil(err)
+    assert.are.equal(200, res.status)
+    assert.are.equal(0, calls)
+  end)
+
+  it("closes a to-be-closed request when its scope ends, and a finished one too", function()
+    local calls = 0
+    do
+      local handle <close> = client:request({ url = url("/slow?ms=200") }, function() calls = calls + 1 end)
+      assert.is_true(handle:active())
+    end
+    assert.are.equal(0, client:pending())
+    local got
+    local finished = client:request({ url = url("/echo") }, function(res) got = res end)
+    run_until(loop, function() return got ~= nil end)
+    assert.are.equal(200, got.status)
+    assert.is_false(finished:active())
+    finished:close()
+    assert.has.error(function() finished:active() end, "attempt to use a closed http request")
+    -- the callback may close its own handle
+    local own, closed_inside
+    own = client:request({ url = url("/echo") }, function()
+      own:close()
+      closed_inside = tostring(own)
+    end)
+    run_until(loop, function() return closed_inside ~= nil end)
+    assert.matches("closed", closed_inside)
+    assert.are.equal(0, calls)
+  end)
+
   it("fails with \"response too large\" above max_response", function()
     local small = assert(core.http_client(loop, { max_response = 4096 }))
     local res, err = fetch({ url = url("/big?n=1000") }, small)

@@ -45,6 +45,54 @@ describe("moonstream.core loop", function()
     assert.is_false(fired)
   end)
 
+  -- A later timer firing shows that an earlier due time has passed.
+  local function run_past(ms)
+    local done = false
+    loop:timer(ms, function() done = true end)
+    run_until(function() return done end)
+  end
+
+  it("closes a timer for good: it never fires, closing twice is harmless, using it raises", function()
+    local fired = false
+    local t = loop:timer(5, function() fired = true end)
+    assert.matches("armed", tostring(t))
+    t:close()
+    t:close()
+    assert.matches("closed", tostring(t))
+    assert.has_error(function() t:cancel() end, "attempt to use a closed timer")
+    assert.has_error(function() t:active() end, "attempt to use a closed timer")
+    run_past(20)
+    assert.is_false(fired)
+  end)
+
+  it("closes a to-be-closed timer when its scope ends, also through an error", function()
+    local fired, kept = 0, nil
+    do
+      local t <close> = loop:timer(5, function() fired = fired + 1 end)
+      kept = t
+    end
+    local ok, err = pcall(function()
+      local t <close> = loop:timer(5, function() fired = fired + 1 end)
+      error("left by an error")
+    end)
+    assert.is_false(ok)
+    assert.matches("left by an error", err)
+    run_past(20)
+    assert.equal(0, fired)
+    assert.has_error(function() kept:active() end, "attempt to use a closed timer")
+  end)
+
+  it("lets a timer close itself while it fires, and closes one whose loop is closed", function()
+    local t
+    t = loop:timer(0, function() t:close() end)
+    run_until(function() return tostring(t):find("closed") ~= nil end)
+    local other = loop:timer(50, function() end)
+    loop:close()
+    other:close()
+    assert.has_error(function() other:cancel() end, "attempt to use a closed timer")
+    loop = core.loop()
+  end)
+
   it("does not starve fds when a timer re-arms itself at 0 ms", function()
     local count = 0
     local function again()

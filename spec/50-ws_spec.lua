@@ -240,6 +240,20 @@ describe("WebSocket transport", function()
       assert.are.same({ "close", 4000, "" }, find("close"))
     end)
 
+    it("starts a normal close (1000) when a to-be-closed WebSocket leaves its scope through an error", function()
+      on_message = function(_, _, w)
+        pcall(function()
+          local scoped <close> = w
+          error("handler bug")
+        end)
+      end
+      local c = WS.connect(loop, port, "/ws")
+      c:send_text("x")
+      local f = assert(c:read_frame())
+      assert.are.same({ OP.CLOSE, 1000 }, { f.opcode, f.code })
+      assert.are.equal("closing", conns[1]:state())
+    end)
+
     it("drops a client that never answers the server's close after close_timeout", function()
       opts.close_timeout = 100
       on_message = function(_, _, w) w:close(1000) end
