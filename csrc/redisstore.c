@@ -361,61 +361,6 @@ static int rstore_syncs(lua_State *L) {
     return 1;
 }
 
-typedef struct collect_state {
-    lua_State *L;
-    int n;
-    const char *name, *text;
-    size_t nlen, len;
-    long long version;
-} collect_state;
-
-static int collect_tramp(lua_State *L) {
-    collect_state *c = lua_touserdata(L, 1);
-    lua_createtable(L, 3, 0);
-    lua_pushlstring(L, c->name, c->nlen);
-    lua_rawseti(L, -2, 1);
-    lua_pushinteger(L, (lua_Integer)c->version);
-    lua_rawseti(L, -2, 2);
-    lua_pushlstring(L, c->text, c->len);
-    lua_rawseti(L, -2, 3);
-    lua_rawseti(L, 2, ++c->n);
-    return 0;
-}
-
-/* Runs inside the connection's callbacks: Lua only through ms_pcall. */
-static int collect(void *ud, const char *name, size_t nlen, long long version, const char *text, size_t len) {
-    collect_state *c = ud;
-    lua_State *L = c->L;
-    c->name = name;
-    c->nlen = nlen;
-    c->version = version;
-    c->text = text;
-    c->len = len;
-    if (!lua_checkstack(L, 4)) return 0;
-    lua_pushcfunction(L, collect_tramp);
-    lua_pushlightuserdata(L, c);
-    lua_pushvalue(L, -3);  /* the result table */
-    return ms_pcall(L, 2, 0);
-}
-
-/* each(prefix) -> { { name, version, text }, ... } | nil, err. Runs Lua
- * inside the store's callbacks: called from Lua, never from the loop. */
-static int rstore_each(lua_State *L) {
-    ms_redisstore *s = check(L);
-    size_t plen;
-    const char *prefix = luaL_optlstring(L, 2, "", &plen);
-    lua_newtable(L);
-    collect_state c = { L, 0, NULL, NULL, 0, 0, 0 };
-    char *err = NULL;
-    if (rs_iterate(s, prefix, plen, collect, &c, &err) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, err ? err : "storage error");
-        free(err);
-        return 2;
-    }
-    return 1;
-}
-
 static int rstore_close(lua_State *L) {
     ms_redisstore *s = luaL_checkudata(L, 1, RSTORE_MT);
     if (s->closed) return 0;
@@ -433,7 +378,6 @@ static const luaL_Reg rstore_meth[] = {
     {"waiting", rstore_false},
     {"in_flight", rstore_false},
     {"syncs", rstore_syncs},
-    {"each", rstore_each},
     {"close", rstore_close},
     {NULL, NULL}
 };

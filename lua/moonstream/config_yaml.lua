@@ -136,7 +136,6 @@ local SPEC = {
   plugins = ignore("moonstream loads no plugins (RPC handlers and event listeners are Lua files)", {}),
   moonstream = { kind = "native" },
 }
-M.SPEC = SPEC
 
 -- auth strategies: deepstream type -> moonstream type and the options kept.
 local AUTH = {

@@ -28,7 +28,7 @@ local M = {}
 
 local MAX_INDEX = 100000
 local MAX_TOKENS = 64
-M.MAX_INDEX, M.MAX_TOKENS = MAX_INDEX, MAX_TOKENS
+M.MAX_TOKENS = MAX_TOKENS
 
 -- The same few paths arrive again and again. Bounded in entries and in the
 -- length of the paths kept, so the cache cannot grow with hostile input.

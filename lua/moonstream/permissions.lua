@@ -66,12 +66,14 @@ local M = {}
 local Permissions = {}
 local mt = { __index = Permissions }
 
+-- Topic -> its rule types; Valve's files (moonstream.valve) know the same ones.
 local RULE_TYPES = {
   record = { "create", "write", "read", "delete", "notify", "listen" },
   event = { "publish", "subscribe", "listen" },
   rpc = { "request", "provide" },
   presence = { "allow" },
 }
+M.RULE_TYPES = RULE_TYPES
 
 -- Command and realtime actions -> the rule type they need.
 local ACTION_RULE = {

@@ -23,7 +23,6 @@ local mt = { __index = Bus }
 
 local EVENT_PREFIX = "ms:c:e:"
 local RECORD_PREFIX = core.redis_record_channel_prefix
-M.EVENT_PREFIX = EVENT_PREFIX
 
 local function noop() end
 

@@ -28,15 +28,10 @@ local M = {}
 local MAX_FILE_BYTES = 16 * 1024 * 1024
 M.DEFAULT_MAX_RULE_ITERATIONS = 3
 
--- deepstream's schema: section -> rule types, in its order.
+-- deepstream's schema: its sections in its order; their rule types are the
+-- ones Lua permission rules have (permissions.lua).
 local SECTIONS = { "record", "event", "rpc", "presence" }
-local RULE_TYPES = {
-  record = { "write", "read", "create", "delete", "listen", "notify" },
-  event = { "publish", "subscribe", "listen" },
-  rpc = { "provide", "request" },
-  presence = { "allow" },
-}
-M.SECTIONS, M.RULE_TYPES = SECTIONS, RULE_TYPES
+local RULE_TYPES = require("moonstream.permissions").RULE_TYPES
 
 -- The deepstream message action a rule sees as `action` (its protocol numbers,
 -- lua/moonstream/realtime/message.lua), by section and moonstream action.
@@ -47,7 +42,6 @@ local ACTION_CODES = {
   rpc = { make = 2, request = 2, provide = 8 },
   presence = { query = 4, query_all = 2, subscribe = 10, subscribe_all = 12, allow = 4 },
 }
-M.ACTION_CODES = ACTION_CODES
 
 local function keys_in_order(meta, t)
   local m = meta and meta[t]
@@ -79,7 +73,6 @@ local function compile_path(path)
   out = gsub(out, "%z", "([^/]+)")
   return "^" .. out .. "$", vars
 end
-M.compile_path = compile_path
 
 -- deepstream's path checks; returns an error text or nil.
 local function path_error(path)
@@ -170,10 +163,6 @@ function M.load(source, rules)
   local doc, meta = yamldoc.parse(text, source)
   if doc == nil then return nil, meta end
   return build(doc, meta, source)
-end
-
-function M.is_valve_file(path)
-  return type(path) == "string" and (find(path, "%.ya?ml$") or find(path, "%.json$")) ~= nil
 end
 
 -- Running a rule -------------------------------------------------------------

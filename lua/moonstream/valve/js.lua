@@ -27,14 +27,12 @@ M.JsError = JsError
 local function throw(name, message)
   error(setmetatable({ name = name, message = message }, JsError), 0)
 end
-M.throw = throw
 
 -- Values that are not JSON: the `_` function and regular expressions.
 local Function = { kind = "function" }
 M.Function = Function
 local RegExp = {}
 RegExp.__index = RegExp
-M.RegExp = RegExp
 
 local function is_array(v)
   local mt = getmetatable(v)
@@ -86,7 +84,6 @@ local function number_to_string(x)
   if k == 1 then return sign .. digits .. "e" .. es end
   return sign .. sub(digits, 1, 1) .. "." .. sub(digits, 2) .. "e" .. es
 end
-M.number_to_string = number_to_string
 
 local to_string
 
@@ -148,7 +145,6 @@ local function to_number(v)
   if t == "string" then return string_to_number(v) end
   return to_number(to_primitive(v))
 end
-M.to_number = to_number
 
 -- ===
 function M.strict_eq(a, b)
