@@ -211,7 +211,9 @@ static size_t public_error_into(const char *err, char *out) {
     return (size_t)(o - out);
 }
 
-char *ms_records_public_error(const char *err) {
+/* A storage error as clients may see it: without the file paths LevelDB
+ * puts in its messages. malloc'd (NULL when out of memory). */
+static char *records_public_error(const char *err) {
     char *out = malloc(strlen(err) + 1);
     if (out) public_error_into(err, out);
     return out;
@@ -254,7 +256,7 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
     if (status == 0) {
         /* the server logs the full text (on_error(nil, err)); clients see it without paths */
         if (r->on_error_ref != LUA_NOREF) call_lua(L, r->on_error_ref, raw_err);
-        err = ms_records_public_error(raw_err);
+        err = records_public_error(raw_err);
     }
     const char *perr = err ? err : "storage error";
     for (size_t i = 0; i < w->n; i++) {
@@ -344,7 +346,7 @@ static void seam_get(void *self, const char *name, size_t nlen, ms_rec_got_fn fn
     int found = records_lookup(self, name, nlen, &rec, &err);
     if (found < 0) {
         /* clients see the text without LevelDB's file paths */
-        char *pub = err ? ms_records_public_error(err) : NULL;
+        char *pub = err ? records_public_error(err) : NULL;
         fn(ud, MS_REC_FAILED, 0, NULL, 0, pub ? pub : "storage error");
         free(pub);
     } else {
@@ -381,7 +383,7 @@ static void seam_put(void *self, const char *name, size_t nlen, long long expect
     long long have = found > 0 ? rec.version : -1;
     if (found > 0) record_release(&rec);
     if (found < 0) {
-        char *pub = err ? ms_records_public_error(err) : NULL;
+        char *pub = err ? records_public_error(err) : NULL;
         fn(ud, MS_REC_FAILED, pub ? pub : "storage error");
         free(pub);
     } else if (have != expect) fn(ud, MS_REC_MISSING, NULL);

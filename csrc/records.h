@@ -14,8 +14,4 @@ ms_records *ms_records_check(lua_State *L, int idx);
 /* The seam over r (valid while r is alive). */
 void ms_records_seam(ms_records *r, ms_recstore *out);
 
-/* A storage error as clients may see it: without the file paths LevelDB
- * puts in its messages. malloc'd (NULL when out of memory). */
-char *ms_records_public_error(const char *err);
-
 #endif

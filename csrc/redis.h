@@ -61,8 +61,6 @@ void ms_redis_settle(ms_redis *r, double timeout_ms);
 int ms_redis_subscribe(ms_redis *r, const char *channel, size_t len);
 int ms_redis_unsubscribe(ms_redis *r, const char *channel, size_t len);
 
-/* The connection userdata at idx (raises if it is not a live one). */
-ms_redis *ms_redis_check(lua_State *L, int idx);
 /* Its slot, which turns NULL when the connection is closed: a holder (the
  * record store) checks it before each use. */
 ms_redis *const *ms_redis_slot_check(lua_State *L, int idx);

@@ -33,7 +33,8 @@ typedef struct lua_cmd {
     int fn_ref;
 } lua_cmd;
 
-ms_redis *ms_redis_check(lua_State *L, int idx) {
+/* The connection userdata at idx (raises if it is not a live one). */
+static ms_redis *redis_check(lua_State *L, int idx) {
     redis_box *b = luaL_checkudata(L, idx, REDIS_MT);
     if (b->r == NULL) luaL_error(L, "attempt to use a closed Redis connection");
     return b->r;
@@ -153,7 +154,7 @@ static void on_message(void *ud, const char *ch, size_t clen, const char *data, 
 
 static int redis_command(lua_State *L) {
     redis_box *b = luaL_checkudata(L, 1, REDIS_MT);
-    ms_redis *r = ms_redis_check(L, 1);
+    ms_redis *r = redis_check(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checktype(L, 3, LUA_TFUNCTION);
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
@@ -185,7 +186,7 @@ static int redis_command(lua_State *L) {
 
 static int redis_sub(lua_State *L, int on) {
     redis_box *b = luaL_checkudata(L, 1, REDIS_MT);
-    ms_redis *r = ms_redis_check(L, 1);
+    ms_redis *r = redis_check(L, 1);
     if (b->message_ref == LUA_NOREF) return luaL_error(L, "not a subscriber connection (no on_message)");
     size_t len;
     const char *ch = luaL_checklstring(L, 2, &len);
@@ -203,7 +204,7 @@ static int redis_unsubscribe(lua_State *L) {
 }
 
 static int redis_up(lua_State *L) {
-    ms_redis *r = ms_redis_check(L, 1);
+    ms_redis *r = redis_check(L, 1);
     lua_pushboolean(L, ms_redis_up(r));
     if (ms_redis_up(r)) return 1;
     lua_pushstring(L, ms_redis_error(r));
@@ -211,12 +212,12 @@ static int redis_up(lua_State *L) {
 }
 
 static int redis_waiting(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)ms_redis_waiting(ms_redis_check(L, 1)));
+    lua_pushinteger(L, (lua_Integer)ms_redis_waiting(redis_check(L, 1)));
     return 1;
 }
 
 static int redis_settle(lua_State *L) {
-    ms_redis *r = ms_redis_check(L, 1);
+    ms_redis *r = redis_check(L, 1);
     lua_Number ms = luaL_checknumber(L, 2);
     luaL_argcheck(L, ms > 0, 2, "a positive number of ms");
     ms_redis_settle(r, (double)ms);

@@ -440,10 +440,6 @@ ms_store *ms_store_check(lua_State *L, int idx) {
     return check_store(L, idx);
 }
 
-int ms_store_is_open(const ms_store *s) {
-    return s->db != NULL;
-}
-
 char *ms_store_get(ms_store *s, const char *key, size_t klen, size_t *vlen, char **err) {
     *err = NULL;
     if (s->db == NULL) {

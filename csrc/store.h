@@ -12,7 +12,6 @@ typedef struct store ms_store;
 
 /* The open store at idx; raises (Lua error) otherwise. */
 ms_store *ms_store_check(lua_State *L, int idx);
-int ms_store_is_open(const ms_store *s);
 
 /* leveldb_get: the value (free with leveldb_free) or NULL when missing or on
  * error; *err is then a malloc'd message (free with free) or NULL. */
