@@ -34,14 +34,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from msproc import free_port  # noqa: E402
 
 
 def child_env():
@@ -59,7 +54,21 @@ def redis_ping(port):
         return False
 
 
-class Redis:
+class Child:
+    """A child process (self.proc) to kill with -9 or stop."""
+    proc = None
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+class Redis(Child):
     def __init__(self, tmp):
         self.dir = os.path.join(tmp, "redis")
         os.makedirs(self.dir)
@@ -77,17 +86,8 @@ class Redis:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.02)
 
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
 
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait()
-
-
-class Node:
+class Node(Child):
     def __init__(self, config, name):
         self.config, self.name, self.port, self.proc = config, name, free_port(), None
 
@@ -102,15 +102,6 @@ class Node:
             raise RuntimeError("node %s did not start" % self.name)
         # keep reading the log so the pipe never fills
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait()
 
 
 def api(conn, commands):

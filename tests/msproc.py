@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import collections
 import subprocess
 import threading
@@ -13,6 +14,16 @@ import http.client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (for children that
+    cannot take port 0, such as redis-server)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def write_config(directory, extra=""):
