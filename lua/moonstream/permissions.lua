@@ -84,14 +84,15 @@ local ACTION_RULE = {
   presence = { query = "allow", subscribe = "allow", allow = "allow" },
 }
 
--- A pattern as an anchored Lua pattern and its variable names, in order.
-local function compile_pattern(pattern)
+-- A name pattern as an anchored Lua pattern and its variables, in order: `*`
+-- matches anything, a variable one path segment. var: the Lua pattern of a
+-- variable, its capture what is recorded (default $name, recorded as name;
+-- Valve's paths give their own).
+local function compile_pattern(pattern, var)
   local vars = {}
-  local out = gsub(pattern, "()(%$?)([%a_][%w_]*)", function(_, dollar, word)
-    if dollar == "$" then
-      vars[#vars + 1] = word
-      return "\0"
-    end
+  local out = gsub(pattern, var or "%$([%a_][%w_]*)", function(name)
+    vars[#vars + 1] = name
+    return "\0"
   end)
   out = gsub(out, "[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0")
   out = gsub(out, "%*", ".*")

@@ -17,10 +17,11 @@ local json = require "moonstream.json"
 local yamldoc = require "moonstream.yamldoc"
 local rule_mod = require "moonstream.valve.rule"
 local js = require "moonstream.valve.js"
+local permissions = require "moonstream.permissions"
 
 local type, ipairs, pairs, pcall, tostring, setmetatable =
   type, ipairs, pairs, pcall, tostring, setmetatable
-local format, find, gsub, sub, concat, sort = string.format, string.find, string.gsub, string.sub, table.concat, table.sort
+local format, find, sub, concat, sort = string.format, string.find, string.sub, table.concat, table.sort
 local null = json.null
 
 local M = {}
@@ -31,7 +32,7 @@ M.DEFAULT_MAX_RULE_ITERATIONS = 3
 -- deepstream's schema: its sections in its order; their rule types are the
 -- ones Lua permission rules have (permissions.lua).
 local SECTIONS = { "record", "event", "rpc", "presence" }
-local RULE_TYPES = require("moonstream.permissions").RULE_TYPES
+local RULE_TYPES = permissions.RULE_TYPES
 
 -- The deepstream message action a rule sees as `action` (its protocol numbers,
 -- lua/moonstream/realtime/message.lua), by section and moonstream action.
@@ -63,15 +64,7 @@ end
 
 -- A path as an anchored Lua pattern and its variable names ("$id"), in order.
 local function compile_path(path)
-  local vars = {}
-  local out = gsub(path, "%$[a-zA-Z0-9]+", function(v)
-    vars[#vars + 1] = v
-    return "\0"
-  end)
-  out = gsub(out, "[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0")
-  out = gsub(out, "%*", ".*")
-  out = gsub(out, "%z", "([^/]+)")
-  return "^" .. out .. "$", vars
+  return permissions.compile_pattern(path, "(%$[a-zA-Z0-9]+)")
 end
 
 -- deepstream's path checks; returns an error text or nil.
