@@ -300,7 +300,13 @@ static void wk_unref(lua_State *L, ms_workers *w, int fn_ref) {
     }
 }
 
-static void wk_submit(ms_workers *w, wk_job *j) {
+/* Fills in the job's common part and queues it. */
+static void wk_submit(ms_workers *w, wk_job *j, int fn_ref, void (*run)(wk_job *),
+                      int (*push)(lua_State *L, wk_job *), void (*release)(lua_State *L, wk_job *)) {
+    j->fn_ref = fn_ref;
+    j->run = run;
+    j->push = push;
+    j->release = release;
     w->pending++;
     pthread_mutex_lock(&w->mu);
     wk_push_back(&w->queue, j);
@@ -332,17 +338,13 @@ static int workers_pbkdf2(lua_State *L) {
         return luaL_error(L, "out of memory");
     }
     memset(j, 0, sizeof *j);
-    j->base.fn_ref = fn_ref;
-    j->base.run = pbkdf2_run;
-    j->base.push = pbkdf2_push;
-    j->base.release = pbkdf2_release;
     j->size = size;
     memcpy(j->data, a.password, a.plen);
     memcpy(j->data + a.plen, a.salt, a.slen);
     j->args = a;
     j->args.password = (const char *)j->data;
     j->args.salt = (const char *)j->data + a.plen;
-    wk_submit(w, &j->base);
+    wk_submit(w, &j->base, fn_ref, pbkdf2_run, pbkdf2_push, pbkdf2_release);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -370,17 +372,13 @@ static int workers_put(lua_State *L) {
         return luaL_error(L, "out of memory");
     }
     memset(j, 0, sizeof *j);
-    j->base.fn_ref = fn_ref;
-    j->base.run = put_run;
-    j->base.push = put_push;
-    j->base.release = put_release;
     j->store = st;
     j->store_ref = store_ref;
     j->klen = klen;
     j->vlen = vlen;
     memcpy(j->data, key, klen);
     memcpy(j->data + klen, value, vlen);
-    wk_submit(w, &j->base);
+    wk_submit(w, &j->base, fn_ref, put_run, put_push, put_release);
     lua_pushboolean(L, 1);
     return 1;
 }

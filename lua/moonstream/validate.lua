@@ -71,30 +71,22 @@ local function check_version(v)
   return false
 end
 
-local function check_strings(v)
+-- True when v is an array of strings (of non-empty ones when nonempty).
+local function array_of_strings(v, nonempty)
   if not is_array(v) then
     return false
   end
   for i = 1, #v do
-    if type(v[i]) ~= "string" then
+    local s = v[i]
+    if type(s) ~= "string" or (nonempty and s == "") then
       return false
     end
   end
   return true
 end
 
-local function check_names(v)
-  if not is_array(v) then
-    return false
-  end
-  for i = 1, #v do
-    local s = v[i]
-    if type(s) ~= "string" or s == "" then
-      return false
-    end
-  end
-  return true
-end
+local function check_strings(v) return array_of_strings(v, false) end
+local function check_names(v) return array_of_strings(v, true) end
 
 -- A property: its checker, whether it is required, and the reason given when
 -- it is missing (if required) or fails its checker.
