@@ -139,6 +139,7 @@ end
 local PERMISSION_OPTIONS = {
   path = true, permissions = true, maxRuleIterations = true, cacheEvacuationInterval = true,
 }
+M.PERMISSION_OPTIONS = PERMISSION_OPTIONS
 local function check_permission_option(k, x, ctx)
   if k == "path" then
     local value, err = C.nonempty_string(x)
