@@ -14,13 +14,13 @@
 -- Recognises auth data with string `username` and `password` of a known user;
 -- a wrong password refuses. Anything else is left to the next strategy.
 local core = require "moonstream.core"
+local checks = require "moonstream.config.checks"
 local engine = require "moonstream.config.engine"
 local json = require "moonstream.json"
 local loader = require "moonstream.config.loader"
 
 local pbkdf2, base64_encode, equal, random_bytes = core.pbkdf2, core.base64_encode, core.equal, core.random_bytes
 local type, pairs, next, tostring, format, sub = type, pairs, next, tostring, string.format, string.sub
-local math_type = math.type
 
 local M = {}
 local File = {}
@@ -38,10 +38,7 @@ local function check_hash(v)
 end
 
 local function integer_up_to(limit)
-  return function(v)
-    if math_type(v) == "integer" and v >= 1 and v <= limit then return v end
-    return nil, format("must be an integer from 1 to %d (got %s)", limit, tostring(v))
-  end
+  return checks.integer_in(1, limit, "an integer from 1 to " .. limit)
 end
 
 -- The options, checked by the config's schema engine. The defaults are

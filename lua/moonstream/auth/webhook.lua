@@ -16,6 +16,7 @@
 -- body accepts with the id authData.username (or "open"). Any other status
 -- refuses, and so does running out of retries. It recognises every auth data.
 local core = require "moonstream.core"
+local checks = require "moonstream.config.checks"
 local engine = require "moonstream.config.engine"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
@@ -44,10 +45,7 @@ local function check_codes(v)
 end
 
 local function integer_from(least)
-  return function(v)
-    if math_type(v) == "integer" and v >= least then return v end
-    return nil, format("must be an integer >= %d (got %s)", least, tostring(v))
-  end
+  return checks.integer_in(least, nil, "an integer >= " .. least)
 end
 
 local function check_header_names(v)
