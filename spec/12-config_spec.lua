@@ -44,6 +44,7 @@ describe("moonstream.config", function()
         },
         listen = { shuffleProviders = true, responseTimeout = 500, rematchInterval = 30000, matchCooldown = 10000 },
         storageExclusionPrefixes = {}, tokenTTL = 86400000, auth = { { type = "open" } },
+        maxAuthAttempts = 10, authAttemptsWindow = 60000,
         events = {}, logLevel = "info", connectionLimit = 1024, connectionTimeout = 30,
         connectionLimitPerIp = 0, connectionMemoryLimit = 16384, fastPath = true,
         logFormat = "text", metrics = { path = "/metrics", allow = { "127.0.0.1", "::1", "::ffff:127.0.0.1" } },

@@ -3,7 +3,8 @@
 -- the auth data decides. Logins get a token (tokens.lua); failed attempts are
 -- counted per client address and refused for a while once too many.
 --
--- A strategy module has new(options, env) -> strategy | nil, err and
+-- A strategy module (auth/strategies.lua) has OPTIONS (its option schema),
+-- new(options, env) -> strategy | nil, err and
 -- strategy:authenticate(auth_data, connection_data, done) calling, once,
 -- done(user) to accept (user = { id, clientData, data = serverData [, token] }),
 -- done(false, reason) to refuse, or done(nil) to leave it to the next one.
@@ -16,6 +17,7 @@
 local core = require "moonstream.core"
 local config = require "moonstream.config"
 local metrics = require "moonstream.metrics"
+local strategies = require "moonstream.auth.strategies"
 
 local type, ipairs, pairs, format = type, ipairs, pairs, string.format
 
@@ -23,7 +25,6 @@ local M = {}
 local Auth = {}
 local mt = { __index = Auth }
 
-local STRATEGIES = { open = true, file = true, webhook = true, lua = true }
 local PRUNE_ABOVE = 10000 -- addresses tracked before expired ones are dropped
 
 -- What strategies get besides their options: where to report errors, the
@@ -34,49 +35,21 @@ local function strategy_env(i, opts, nested)
   local env = { loop = opts.loop, rpc = opts.rpc, workers = opts.workers }
   function env.key(name) return prefix .. name .. "'" end
   function env.resolve(path) return config.resolve_path(opts.config_dir, path) end
-  function env.check_keys(options, known)
-    local allowed = {}
-    for _, k in ipairs(known) do allowed[k] = true end
-    for k in pairs(options) do
-      if not allowed[k] then
-        local list = #known > 0 and table.concat(known, ", ") or "none"
-        return nil, format("%s' is not an option of the '%s' strategy (options: %s)", prefix .. tostring(k),
-          opts.type_of[i], list)
-      end
-    end
-    return true
-  end
   return env
 end
 
--- list: the config's `auth` ({ { type = "file", options = {...} }, ...});
--- opts: loop, rpc, workers (core.workers), config_dir, max_attempts,
--- attempts_window (ms), now (ms clock).
+-- list: the config's `auth` ({ { type = "file", options = {...} }, ...}),
+-- checked by config.lua (each strategy's OPTIONS); opts: loop, rpc, workers
+-- (core.workers), config_dir, max_attempts, attempts_window (ms), now (ms
+-- clock). Missing ones are the config's defaults.
 function M.new(list, opts)
   opts = opts or {}
-  list = list or { { type = "open" } }
-  local chain, has_open, type_of = {}, false, {}
-  for i, s in ipairs(list) do type_of[i] = s.type end
-  local env_opts = { loop = opts.loop, rpc = opts.rpc, workers = opts.workers, config_dir = opts.config_dir,
-    type_of = type_of }
+  local defaults = config.defaults()
+  list = list or defaults.auth
+  local chain, has_open = {}, false
   for i, s in ipairs(list) do
-    if not STRATEGIES[s.type] then
-      return nil, format("config key 'auth[%d].type': strategy '%s' is not available", i, tostring(s.type))
-    end
-    -- deepstream's shape { type, options = {...} }, or the options beside type
-    local options = s.options
-    if options == nil then
-      options = {}
-      for k, v in pairs(s) do if k ~= "type" then options[k] = v end end
-    else
-      for k in pairs(s) do
-        if k ~= "type" and k ~= "options" then
-          return nil, format("config key 'auth[%d].%s': put strategy options inside 'options'", i, tostring(k))
-        end
-      end
-    end
-    if type(options) ~= "table" then return nil, format("config key 'auth[%d].options' must be a table", i) end
-    local strategy, err = require("moonstream.auth." .. s.type).new(options, strategy_env(i, env_opts, s.options ~= nil))
+    local options, nested = strategies.options_of(s)
+    local strategy, err = strategies.module(s.type).new(options, strategy_env(i, opts, nested))
     if not strategy then return nil, err end
     chain[#chain + 1] = strategy
     if s.type == "open" then has_open = true end
@@ -85,8 +58,8 @@ function M.new(list, opts)
     chain = chain,
     open = has_open,
     tokens = nil, -- set by the server once the store is open
-    max_attempts = opts.max_attempts or 10,
-    window = opts.attempts_window or 60000,
+    max_attempts = opts.max_attempts or defaults.maxAuthAttempts,
+    window = opts.attempts_window or defaults.authAttemptsWindow,
     now = opts.now or core.now,
     failures = {}, -- address -> { count, reset_at }
     running = {}, -- address -> attempts in the strategies now

@@ -152,7 +152,8 @@ local AUTH = {
 }
 M.AUTH = AUTH
 
-local PERMISSION_OPTIONS = { permissions = true, path = true, maxRuleIterations = true, cacheEvacuationInterval = true }
+-- the keys of the `permission` section's options (config/schema.lua's)
+local PERMISSION_OPTIONS = require("moonstream.config.schema").PERMISSION_OPTIONS
 
 -- Walking the document -------------------------------------------------------
 

@@ -45,7 +45,8 @@
 --   p:check(ctx, topic, action, name, extra) -> allowed, denied_action, errored
 --   p:permit()        -> function(ctx, topic, action, name, cmd) for dispatch.lua
 --   p:reload()        -> true | nil, err   (a file only; on error the old rules stay)
-local config = require "moonstream.config"
+local loader = require "moonstream.config.loader"
+local locate = require("moonstream.config.locate").locate
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local paths = require "moonstream.paths"
@@ -104,7 +105,7 @@ M.compile_pattern = compile_pattern
 -- "file:LINE: msg" for the key path `where` in the file, when it is found.
 local function located(source, where, msg)
   if not source then return msg end
-  return config.locate(source, where, msg)
+  return locate(source, where, msg)
 end
 
 -- Checks a rules table and indexes it: topic -> rule type -> candidates
@@ -163,15 +164,15 @@ local function compile(spec, source)
 end
 
 local function load_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, "cannot read permissions file: " .. tostring(err) end
-  local text = f:read("a")
-  f:close()
   -- the config file's environment: no require, io or os (rules decide, they do not act)
-  local chunk, lerr = load(text, "@" .. path, "t", config.sandbox())
-  if not chunk then return nil, lerr end
-  local ok, result = pcall(chunk)
-  if not ok then return nil, format("permissions file '%s' failed to load: %s", path, tostring(result)) end
+  local ok, result, stage = loader.run_file(path, loader.sandbox())
+  if not ok then
+    if stage == "open" or stage == "read" then
+      return nil, "cannot read permissions file: " .. path .. ": " .. result
+    end
+    if stage == "syntax" then return nil, result end
+    return nil, format("permissions file '%s' failed to load: %s", path, result)
+  end
   return compile(result, path)
 end
 

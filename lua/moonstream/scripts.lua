@@ -1,15 +1,21 @@
 -- Loading user scripts (RPC handlers, event listeners): plain Lua files that
 -- return a function. Shapes are checked at load time and errors name the file.
 local lfs = require "lfs"
+local loader = require "moonstream.config.loader"
 
 local M = {}
 
--- Loads one file that must return a function. Returns fn | nil, err.
+-- Loads one file that must return a function. Returns fn | nil, err. Scripts
+-- act (require, io): they run in the global environment, not the sandbox.
 function M.load_function(path, what)
-  local chunk, err = loadfile(path, "t")
-  if not chunk then return nil, what .. " file " .. err end
-  local ok, result = pcall(chunk)
-  if not ok then return nil, what .. " file '" .. path .. "' failed to load: " .. tostring(result) end
+  local ok, result, stage = loader.run_file(path, _G)
+  if not ok then
+    if stage == "open" or stage == "read" then
+      return nil, what .. " file cannot " .. stage .. " " .. path .. ": " .. result
+    end
+    if stage == "syntax" then return nil, what .. " file " .. result end
+    return nil, what .. " file '" .. path .. "' failed to load: " .. result
+  end
   if type(result) ~= "function" then
     return nil, what .. " file '" .. path .. "' must return a function (got " .. type(result) .. ")"
   end

@@ -14,21 +14,45 @@
 -- Recognises auth data with string `username` and `password` of a known user;
 -- a wrong password refuses. Anything else is left to the next strategy.
 local core = require "moonstream.core"
+local checks = require "moonstream.config.checks"
+local engine = require "moonstream.config.engine"
 local json = require "moonstream.json"
+local loader = require "moonstream.config.loader"
 
 local pbkdf2, base64_encode, equal, random_bytes = core.pbkdf2, core.base64_encode, core.equal, core.random_bytes
-local type, pairs, ipairs, next, format, sub = type, pairs, ipairs, next, string.format, string.sub
-local math_type = math.type
+local type, pairs, next, tostring, format, sub = type, pairs, next, tostring, string.format, string.sub
 
 local M = {}
 local File = {}
 local mt = { __index = File }
 
--- moonstream's defaults, for `moonstream hash` and a file strategy without
--- options: PBKDF2-HMAC-SHA256, 100000 iterations (about 25 ms per login on a
--- current core: slow for someone guessing; the server hashes on worker
--- threads, once per login, and then works with the token), 32-byte key.
-M.DEFAULTS = { hash = "sha256", iterations = 100000, keyLength = 32 }
+local function check_users(v)
+  if (type(v) == "string" and v ~= "") or type(v) == "table" then return v end
+  return nil, "must be a file path or a table of users"
+end
+
+local function check_hash(v)
+  if type(v) == "string" and pbkdf2("", "", 1, 1, v) then return v end
+  return nil, format("must be a digest name such as 'sha256' or 'md5' (got %s)",
+    type(v) == "string" and "'" .. v .. "'" or type(v))
+end
+
+local function integer_up_to(limit)
+  return checks.integer_in(1, limit, "an integer from 1 to " .. limit)
+end
+
+-- The options, checked by the config's schema engine. The defaults are
+-- moonstream's, for `moonstream hash` too: PBKDF2-HMAC-SHA256, 100000
+-- iterations (about 25 ms per login on a current core: slow for someone
+-- guessing; the server hashes on worker threads, once per login, and then
+-- works with the token), 32-byte key.
+M.OPTIONS = { name = "the 'file' strategy", fields = {
+  { key = "users", required = true, check = check_users },
+  { key = "hash", default = "sha256", check = check_hash },
+  { key = "iterations", default = 100000, check = integer_up_to(10000000) },
+  { key = "keyLength", default = 32, check = integer_up_to(1024) },
+} }
+M.DEFAULTS = engine.defaults_of(M.OPTIONS.fields)
 
 local MAX_FILE_BYTES = 16 * 1024 * 1024
 local SALT_BYTES = 16
@@ -97,11 +121,10 @@ local function load_users(path)
     if jerr then return nil, format("users file '%s' is not valid JSON: %s", path, jerr) end
     return doc
   end
-  local chunk, lerr = load(text, "@" .. path, "t", {})
-  if not chunk then return nil, "users file " .. lerr end
-  local ok, result = pcall(chunk)
-  if not ok then return nil, format("users file '%s' failed to load: %s", path, tostring(result)) end
-  return result
+  local ok, result, stage = loader.run(text, path, {})
+  if ok then return result end
+  if stage == "syntax" then return nil, "users file " .. result end
+  return nil, format("users file '%s' failed to load: %s", path, result)
 end
 
 local function value(v)
@@ -110,7 +133,7 @@ local function value(v)
 end
 
 -- Checks the users table: name -> { password = string, clientData?, serverData? }.
-local function check_users(users, where)
+local function check_user_table(users, where)
   if type(users) ~= "table" or json.is_array(users) then
     return nil, where .. " must be a table of user name -> { password = ..., clientData, serverData }"
   end
@@ -133,36 +156,19 @@ local function check_users(users, where)
   return out
 end
 
+-- options: checked by the config (OPTIONS); env: auth.lua's.
 function M.new(options, env)
-  local ok, err = env.check_keys(options, { "users", "hash", "iterations", "keyLength" })
-  if not ok then return nil, err end
-  local settings = {
-    hash = options.hash or M.DEFAULTS.hash,
-    iterations = options.iterations or M.DEFAULTS.iterations,
-    keyLength = options.keyLength or M.DEFAULTS.keyLength,
-  }
-  if type(settings.hash) ~= "string" or not pbkdf2("", "", 1, 1, settings.hash) then
-    return nil, env.key("hash") .. format(" must be a digest name such as 'sha256' or 'md5' (got %s)",
-      type(settings.hash) == "string" and "'" .. settings.hash .. "'" or type(settings.hash))
-  end
-  for _, k in ipairs({ "iterations", "keyLength" }) do
-    local v = settings[k]
-    local limit = k == "iterations" and 10000000 or 1024
-    if math_type(v) ~= "integer" or v < 1 or v > limit then
-      return nil, env.key(k) .. format(" must be an integer from 1 to %d (got %s)", limit, tostring(v))
-    end
-  end
-  local users = options.users
+  local o = engine.with_defaults(options, M.OPTIONS.fields)
+  local settings = { hash = o.hash, iterations = o.iterations, keyLength = o.keyLength }
+  local users, err = o.users, nil
   local where = env.key("users")
-  if type(users) == "string" and users ~= "" then
+  if type(users) == "string" then
     local path = env.resolve(users)
     users, err = load_users(path)
     if users == nil and err then return nil, where .. ": " .. err end
     where = "users file '" .. path .. "'"
-  elseif type(users) ~= "table" then
-    return nil, where .. " must be a file path or a table of users"
   end
-  users, err = check_users(users, where)
+  users, err = check_user_table(users, where)
   if not users then return nil, err end
   -- A known user's hash, to spend the same time on unknown names.
   local _, any = next(users)

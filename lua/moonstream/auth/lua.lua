@@ -20,18 +20,25 @@ local M = {}
 local LuaAuth = {}
 local mt = { __index = LuaAuth }
 
+-- The options, checked by the config's schema engine: a file or a function.
+M.OPTIONS = { name = "the 'lua' strategy", fields = { { key = "path" }, { key = "fn" } },
+  combined = function(options)
+    if options.fn == nil then
+      if type(options.path) ~= "string" or options.path == "" then
+        return "must name a Lua file that returns the auth function (or give options.fn)", { "path" }
+      end
+    elseif type(options.fn) ~= "function" then
+      return "must be a function", { "fn" }
+    end
+  end }
+
+-- options: checked by the config (OPTIONS); env: auth.lua's.
 function M.new(options, env)
-  local ok, err = env.check_keys(options, { "path", "fn" })
-  if not ok then return nil, err end
   local fn = options.fn
   if fn == nil then
-    if type(options.path) ~= "string" or options.path == "" then
-      return nil, env.key("path") .. " must name a Lua file that returns the auth function (or give options.fn)"
-    end
+    local err
     fn, err = scripts.load_function(env.resolve(options.path), "auth function")
     if not fn then return nil, env.key("path") .. ": " .. err end
-  elseif type(fn) ~= "function" then
-    return nil, env.key("fn") .. " must be a function"
   end
   return setmetatable({ fn = fn, rpc = env.rpc }, mt)
 end

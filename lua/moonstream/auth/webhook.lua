@@ -16,65 +16,76 @@
 -- body accepts with the id authData.username (or "open"). Any other status
 -- refuses, and so does running out of retries. It recognises every auth data.
 local core = require "moonstream.core"
+local checks = require "moonstream.config.checks"
+local engine = require "moonstream.config.engine"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 
-local type, ipairs, format, math_type = type, ipairs, string.format, math.type
+local type, ipairs, tostring, format, math_type = type, ipairs, tostring, string.format, math.type
 
 local M = {}
 local Webhook = {}
 local mt = { __index = Webhook }
 
-local DEFAULTS = {
-  permittedStatusCodes = { 200 }, requestTimeout = 2000, retryStatusCodes = {},
-  retryAttempts = 0, retryInterval = 1000, promoteToHeader = {},
-}
 local MAX_RESPONSE = 1024 * 1024
 
-local function check_codes(v, name, env)
-  if type(v) ~= "table" then return nil, env.key(name) .. " must be a list of HTTP status codes" end
-  local set = {}
+local function check_url(v)
+  if type(v) == "string" and v:match("^https?://[^/%s]+") then return v end
+  return nil, "must be an http:// or https:// URL (got " .. (type(v) == "string" and "'" .. v .. "'" or type(v)) .. ")"
+end
+
+local function check_codes(v)
+  if type(v) ~= "table" then return nil, "must be a list of HTTP status codes" end
   for i, c in ipairs(v) do
     if math_type(c) ~= "integer" or c < 100 or c > 599 then
-      return nil, format("%s[%d] must be an HTTP status code (got %s)", env.key(name), i, tostring(c))
+      return nil, format("must be an HTTP status code (got %s)", tostring(c)), { i }
     end
-    set[c] = true
   end
+  return v
+end
+
+local function integer_from(least)
+  return checks.integer_in(least, nil, "an integer >= " .. least)
+end
+
+local function check_header_names(v)
+  if type(v) ~= "table" then return nil, "must be a list of names" end
+  for i, name in ipairs(v) do
+    if type(name) ~= "string" or not name:match("^[%w%-_]+$") then
+      return nil, "must be a header name", { i }
+    end
+  end
+  return v
+end
+
+-- The options, checked by the config's schema engine.
+M.OPTIONS = { name = "the 'webhook' strategy", fields = {
+  { key = "endpointUrl", required = true, check = check_url },
+  { key = "permittedStatusCodes", default = { 200 }, check = check_codes },
+  { key = "requestTimeout", default = 2000, check = integer_from(1) },
+  { key = "retryStatusCodes", default = {}, check = check_codes },
+  { key = "retryAttempts", default = 0, check = integer_from(0) },
+  { key = "retryInterval", default = 1000, check = integer_from(0) },
+  { key = "promoteToHeader", default = {}, check = check_header_names },
+} }
+
+local function set_of(list)
+  local set = {}
+  for _, c in ipairs(list) do set[c] = true end
   return set
 end
 
+-- options: checked by the config (OPTIONS); env: auth.lua's.
 function M.new(options, env)
-  local ok, err = env.check_keys(options, { "endpointUrl", "permittedStatusCodes", "requestTimeout",
-    "retryStatusCodes", "retryAttempts", "retryInterval", "promoteToHeader" })
-  if not ok then return nil, err end
-  local url = options.endpointUrl
-  if type(url) ~= "string" or not url:match("^https?://[^/%s]+") then
-    return nil, env.key("endpointUrl") .. " must be an http:// or https:// URL (got " ..
-      (type(url) == "string" and "'" .. url .. "'" or type(url)) .. ")"
-  end
-  local self = { url = url }
-  for _, k in ipairs({ "permittedStatusCodes", "retryStatusCodes" }) do
-    self[k], err = check_codes(options[k] or DEFAULTS[k], k, env)
-    if not self[k] then return nil, err end
-  end
-  for _, k in ipairs({ "requestTimeout", "retryAttempts", "retryInterval" }) do
-    local v = options[k] or DEFAULTS[k]
-    local least = k == "requestTimeout" and 1 or 0
-    if math_type(v) ~= "integer" or v < least then
-      return nil, env.key(k) .. format(" must be an integer >= %d (got %s)", least, tostring(v))
-    end
-    self[k] = v
-  end
-  local promote = options.promoteToHeader or DEFAULTS.promoteToHeader
-  if type(promote) ~= "table" then return nil, env.key("promoteToHeader") .. " must be a list of names" end
-  for i, name in ipairs(promote) do
-    if type(name) ~= "string" or not name:match("^[%w%-_]+$") then
-      return nil, format("%s[%d] must be a header name", env.key("promoteToHeader"), i)
-    end
-  end
-  self.promote = promote
-  self.loop = env.loop
-  return setmetatable(self, mt)
+  local o = engine.with_defaults(options, M.OPTIONS.fields)
+  return setmetatable({
+    url = o.endpointUrl,
+    permittedStatusCodes = set_of(o.permittedStatusCodes),
+    retryStatusCodes = set_of(o.retryStatusCodes),
+    requestTimeout = o.requestTimeout, retryAttempts = o.retryAttempts, retryInterval = o.retryInterval,
+    promote = o.promoteToHeader,
+    loop = env.loop,
+  }, mt)
 end
 
 -- The client is made at the first request: the loop exists by then, and a
