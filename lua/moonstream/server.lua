@@ -87,6 +87,10 @@ function M.new(cfg, validated)
   local self = setmetatable({ config = cfg, state = "new" }, mt)
   self.loop = core.loop()
   self.presence = core.presence()
+  -- The parts built here exist before the storage does, so that handlers,
+  -- listeners and a config error come before listen(). What they reach
+  -- through self (the record engine, the dispatcher, the realtime server,
+  -- the bus) is built by listen(), and nothing calls them before it.
   local api = handler_api(self)
   -- the fast path asks Lua about emits only while someone listens
   self.listeners = lua_listeners.new(api, function()
