@@ -87,6 +87,11 @@ function M.new(cfg, validated)
   local self = setmetatable({ config = cfg, state = "new" }, mt)
   self.loop = core.loop()
   self.presence = core.presence()
+  -- The parts built here exist before the storage does, so that handlers,
+  -- listeners and a config error come before listen(). What they reach
+  -- through self (the record engine, the dispatcher, the realtime server,
+  -- the bus, the fast path) is built by listen(): a callback that can run
+  -- before it (a listener added) checks for what it needs.
   local api = handler_api(self)
   -- the fast path asks Lua about emits only while someone listens
   self.listeners = lua_listeners.new(api, function()

@@ -108,7 +108,7 @@ function M.new(parts)
   return self
 end
 
--- The permission check of the dispatcher, for a WebSocket action (topic and
+-- The permission check (the one the dispatcher runs), for a WebSocket action (topic and
 -- action as the permission rules name them: event subscribe/emit/listen,
 -- record read/write/delete/listen, rpc make/provide, presence
 -- subscribe/query). cmd: nil, or { data = decoded payload, path = path }
