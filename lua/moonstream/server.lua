@@ -31,6 +31,7 @@ local validate = require "moonstream.validate"
 local cluster_mod = require "moonstream.cluster"
 local bus_mod = require "moonstream.cluster.bus"
 local cluster_presence = require "moonstream.cluster.presence"
+local cluster_rpc = require "moonstream.cluster.rpc"
 
 local M = {}
 local Server = {}
@@ -256,6 +257,9 @@ function Server:listen()
     if not self.bus:wait_ready(CLUSTER_WAIT_MS) then
       log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
     end
+    self.cluster_rpc = cluster_rpc.new(self.cluster, realtime.rpc) -- RPCs across nodes
+    realtime.rpc:attach_cluster(self.cluster_rpc)
+    self.cluster_presence:on_node_gone(function(node) self.cluster_rpc:node_gone(node) end)
   end
   local get_handlers, endpoints = self:_operator_endpoints()
   self.api = httpapi.new(cfg, {
@@ -432,6 +436,7 @@ function Server:close()
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
   if self.records then self.records:drain() end
+  if self.cluster_rpc then self.cluster_rpc:close() end
   if self.cluster_presence then self.cluster_presence:close() end
   if self.bus then self.bus:close() end
   if self.cluster then self.cluster:close() end

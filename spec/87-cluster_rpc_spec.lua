@@ -1,0 +1,231 @@
+-- RPC across nodes (lua/moonstream/cluster/rpc.lua, realtime/rpc.lua): a
+-- real redis-server and three real nodes (child processes); providers and
+-- requesters are deepstream clients (json transport) and HTTP on different
+-- nodes, and the real @deepstream/client in the last test. Every wait is a
+-- real signal or a poll with a deadline.
+local core = require "moonstream.core"
+local json = require "moonstream.json"
+local socket = require "socket"
+local H = require "spec.support.helpers"
+local C = require "spec.support.cluster"
+
+local RPC = 6
+local REQUEST, ACCEPT, RESPONSE, REJECT, REQUEST_ERROR, PROVIDE = 2, 4, 5, 6, 7, 8
+local NO_RPC_PROVIDER, ACCEPT_TIMEOUT, RESPONSE_TIMEOUT = 100, 101, 104
+local DEADLINE_S = 20
+
+describe("RPC across cluster nodes", function()
+  local redis, dir, loop, http
+  local nodes = {}
+
+  local function start_node(name)
+    local config = H.write_file(dir .. "/" .. name .. ".lua", string.format(
+      'return { storage = { path = %q }, cluster = { redis = %q }, rpc = { ackTimeout = 1000, responseTimeout = 3000 } }',
+      dir .. "/data-" .. name, redis.url))
+    local n = C.node(config, name)
+    nodes[name] = n
+    return n
+  end
+
+  local function stop_node(name, signal)
+    local n = nodes[name]
+    nodes[name] = nil
+    if n then C.stop_node(n, signal) end
+  end
+
+  setup(function()
+    redis = C.redis()
+    dir = H.tmpdir()
+    loop = core.loop()
+    http = assert(core.http_client(loop))
+    start_node("a"); start_node("b"); start_node("c")
+  end)
+
+  teardown(function()
+    for name in pairs(nodes) do stop_node(name) end
+    http:close()
+    loop:close()
+    redis:stop()
+    H.rmdir(dir)
+  end)
+
+  local function poll(what, fn)
+    local deadline = socket.gettime() + DEADLINE_S
+    while true do
+      local v = fn()
+      if v then return v end
+      assert(socket.gettime() < deadline, "deadline passed waiting for " .. what)
+      loop:run_once(20)
+    end
+  end
+
+  local function client(name, user)
+    local n = assert(nodes[name], name)
+    local c = H.realtime_client({ loop = loop, server = { port = function() return n.port end } })
+    c.login(user or name)
+    return c
+  end
+
+  -- c provides rpc name; returns once Redis holds count providing nodes of it
+  local function provide(c, name, count)
+    c.send({ topic = RPC, action = PROVIDE, names = { name }, correlationId = "p" })
+    c.expect({ topic = RPC, action = PROVIDE, isAck = true })
+    poll("providers of " .. name .. " in Redis", function()
+      return redis:command({ "SCARD", "ms:rpc:p:" .. name }) == count
+    end)
+  end
+
+  -- POST /api make on node `name`: starts it; returns a function giving the result once there
+  local function make(name, rpc, data)
+    local res
+    assert(http:request({
+      method = "POST", url = nodes[name].url .. "/api", timeout = 30000,
+      headers = { ["Content-Type"] = "application/json", Expect = false },
+      body = json.encode({ body = { { topic = "rpc", action = "make", rpcName = rpc, data = data } } }),
+    }, function(r, err) res = r or { error = err } end))
+    return function()
+      poll("the HTTP answer", function() return res end)
+      assert(res.status, res.error)
+      return json.decode(res.body).body[1]
+    end
+  end
+
+  it("reaches a provider on another node from HTTP and from a client, answers as the provider sent them", function()
+    local p = client("c", "prov")
+    provide(p, "s87/add", 1)
+    -- HTTP on a
+    local result = make("a", "s87/add", { x = 1, y = 2 })
+    local req = p.expect({ topic = RPC, action = REQUEST, name = "s87/add" })
+    assert.same({ x = 1, y = 2 }, json.decode(req.data))
+    p.send({ topic = RPC, action = ACCEPT, name = "s87/add", correlationId = req.correlationId })
+    p.send({ topic = RPC, action = RESPONSE, name = "s87/add", correlationId = req.correlationId, data = "3" })
+    assert.same({ success = true, data = 3 }, result())
+    -- a client on b: ACCEPT, then REQUEST_ERROR as sent
+    local r = client("b", "req")
+    r.send({ topic = RPC, action = REQUEST, name = "s87/add", correlationId = "q1", data = "[5]" })
+    req = p.expect({ topic = RPC, action = REQUEST, name = "s87/add", correlationId = "q1", data = "[5]" })
+    p.send({ topic = RPC, action = ACCEPT, name = "s87/add", correlationId = "q1" })
+    r.expect({ topic = RPC, action = ACCEPT, name = "s87/add", correlationId = "q1" })
+    p.send({ topic = RPC, action = REQUEST_ERROR, name = "s87/add", correlationId = "q1", data = '"bad input"' })
+    r.expect({ topic = RPC, action = REQUEST_ERROR, name = "s87/add", correlationId = "q1", data = '"bad input"' })
+    -- and a response with data
+    r.send({ topic = RPC, action = REQUEST, name = "s87/add", correlationId = "q2", data = "[1,2]" })
+    p.expect({ topic = RPC, action = REQUEST, correlationId = "q2" })
+    p.send({ topic = RPC, action = ACCEPT, name = "s87/add", correlationId = "q2" })
+    r.expect({ topic = RPC, action = ACCEPT, correlationId = "q2" })
+    p.send({ topic = RPC, action = RESPONSE, name = "s87/add", correlationId = "q2", data = '{"sum":3}' })
+    r.expect({ topic = RPC, action = RESPONSE, correlationId = "q2", data = '{"sum":3}' })
+    -- an HTTP error from the provider is an RPC_ERROR with its text
+    result = make("b", "s87/add")
+    req = p.expect({ topic = RPC, action = REQUEST, name = "s87/add" })
+    p.send({ topic = RPC, action = REQUEST_ERROR, name = "s87/add", correlationId = req.correlationId, data = '"nope"' })
+    local got = result()
+    assert.same({ false, "RPC_ERROR", "nope" }, { got.success, got.errorEvent, got.error })
+    p.ws:close_handshake(1000)
+    r.ws:close_handshake(1000)
+    poll("the provider gone from Redis", function() return redis:command({ "SCARD", "ms:rpc:p:s87/add" }) == 0 end)
+  end)
+
+  it("moves a rejected request to a provider on another node, then answers NO_RPC_PROVIDER", function()
+    local pb, pc = client("b", "pb"), client("c", "pc")
+    provide(pb, "s87/rej", 1)
+    provide(pc, "s87/rej", 2)
+    local r = client("a", "req")
+    for round = 1, 2 do
+      local id = "r" .. round
+      r.send({ topic = RPC, action = REQUEST, name = "s87/rej", correlationId = id, data = "1" })
+      -- whichever gets it first rejects; the other must get it then
+      local first = poll("a REQUEST at b or c", function()
+        for _, p in ipairs({ pb, pc }) do
+          p.ws:fill() -- reads what has arrived, without waiting
+          if #p.ws.buf > 0 then return p end
+        end
+      end)
+      first.expect({ topic = RPC, action = REQUEST, name = "s87/rej", correlationId = id })
+      local other = first == pb and pc or pb
+      first.send({ topic = RPC, action = REJECT, name = "s87/rej", correlationId = id })
+      other.expect({ topic = RPC, action = REQUEST, name = "s87/rej", correlationId = id })
+      if round == 1 then
+        other.send({ topic = RPC, action = ACCEPT, name = "s87/rej", correlationId = id })
+        r.expect({ topic = RPC, action = ACCEPT, correlationId = id })
+        other.send({ topic = RPC, action = RESPONSE, name = "s87/rej", correlationId = id, data = '"second"' })
+        r.expect({ topic = RPC, action = RESPONSE, correlationId = id, data = '"second"' })
+      else
+        other.send({ topic = RPC, action = REJECT, name = "s87/rej", correlationId = id })
+        r.expect({ topic = RPC, action = NO_RPC_PROVIDER, name = "s87/rej", correlationId = id })
+      end
+    end
+    assert.same({}, pb.drain())
+    assert.same({}, pc.drain())
+    for _, c in ipairs({ pb, pc, r }) do c.ws:close_handshake(1000) end
+  end)
+
+  it("ends with ACCEPT_TIMEOUT and RESPONSE_TIMEOUT on the requester's node", function()
+    local p = client("c", "slow")
+    provide(p, "s87/slow", 1)
+    local r = client("a", "req")
+    r.send({ topic = RPC, action = REQUEST, name = "s87/slow", correlationId = "t1", data = "1" })
+    p.expect({ topic = RPC, action = REQUEST, correlationId = "t1" })
+    r.expect({ topic = RPC, action = ACCEPT_TIMEOUT, name = "s87/slow", correlationId = "t1" })
+    r.send({ topic = RPC, action = REQUEST, name = "s87/slow", correlationId = "t2", data = "1" })
+    p.expect({ topic = RPC, action = REQUEST, correlationId = "t2" })
+    p.send({ topic = RPC, action = ACCEPT, name = "s87/slow", correlationId = "t2" })
+    r.expect({ topic = RPC, action = ACCEPT, correlationId = "t2" })
+    r.expect({ topic = RPC, action = RESPONSE_TIMEOUT, name = "s87/slow", correlationId = "t2" })
+    -- HTTP: the same failures, with the texts rpc.lua gives them
+    local result = make("b", "s87/slow")
+    p.expect({ topic = RPC, action = REQUEST, name = "s87/slow" })
+    local got = result()
+    assert.same({ false, "ACCEPT_TIMEOUT" }, { got.success, got.errorEvent })
+    assert.equal("The RPC accept timeout was exceeded by the provider.", got.error)
+    p.ws:close_handshake(1000)
+    r.ws:close_handshake(1000)
+  end)
+
+  it("forgets a provider whose node was killed with -9, and one whose node stopped, at once", function()
+    for _, how in ipairs({ "KILL", "TERM" }) do
+      local name = "d-" .. how
+      start_node(name)
+      local p = client(name, "prov")
+      provide(p, "s87/gone-" .. how, 1)
+      local result = make("a", "s87/gone-" .. how, 1)
+      local req = p.expect({ topic = RPC, action = REQUEST })
+      p.send({ topic = RPC, action = ACCEPT, correlationId = req.correlationId, name = "s87/gone-" .. how })
+      p.send({ topic = RPC, action = RESPONSE, correlationId = req.correlationId, name = "s87/gone-" .. how, data = "1" })
+      assert.is_true(result().success)
+      stop_node(name, how)
+      if how == "TERM" then
+        assert.equal(0, redis:command({ "SCARD", "ms:rpc:p:s87/gone-" .. how }), "a graceful stop says so at once")
+      end
+      -- kill -9: another node's heartbeat check finds it dead (cluster/presence.lua)
+      poll("the dead node's provider forgotten", function()
+        return redis:command({ "SCARD", "ms:rpc:p:s87/gone-" .. how }) == 0
+      end)
+      local got = make("b", "s87/gone-" .. how)()
+      assert.same({ false, "NO_RPC_PROVIDER" }, { got.success, got.errorEvent })
+    end
+  end)
+
+  it("re-registers providers by itself after Redis restarts empty", function()
+    local p = client("b", "prov")
+    provide(p, "s87/again", 1)
+    redis:kill9()
+    redis.dir = H.tmpdir() -- a Redis that lost everything: only re-registration brings the provider back
+    redis:restart()
+    poll("the provider re-registered", function()
+      return redis:command({ "SCARD", "ms:rpc:p:s87/again" }) == 1
+    end)
+    -- and node b's channel is subscribed again: a make from c reaches it
+    poll("node b subscribed again", function()
+      local n = 0
+      for _, ch in ipairs(redis:command({ "PUBSUB", "CHANNELS", "ms:c:n:*" }) or {}) do n = n + (ch and 1 or 0) end
+      return n == 3
+    end)
+    local result = make("c", "s87/again", 7)
+    local req = p.expect({ topic = RPC, action = REQUEST, name = "s87/again" })
+    p.send({ topic = RPC, action = ACCEPT, correlationId = req.correlationId, name = "s87/again" })
+    p.send({ topic = RPC, action = RESPONSE, correlationId = req.correlationId, name = "s87/again", data = "8" })
+    assert.same({ success = true, data = 8 }, result())
+    p.ws:close_handshake(1000)
+  end)
+end)
