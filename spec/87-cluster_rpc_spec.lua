@@ -206,6 +206,29 @@ describe("RPC across cluster nodes", function()
     end
   end)
 
+  it("lets the real client on node a provide what the real client on node c makes", function()
+    local out = dir .. "/real.out"
+    local script = io.popen("env -u LD_PRELOAD node spec/support/cluster_rpc.js " .. nodes.a.port .. " "
+      .. nodes.c.port .. " > " .. out, "w")
+    local function output()
+      local f = io.open(out)
+      local text = f and f:read("a") or ""
+      if f then f:close() end
+      return text
+    end
+    poll("the provider ready", function() return output():find("ready", 1, true) end)
+    poll("the provider in Redis", function() return redis:command({ "SCARD", "ms:rpc:p:s87/real" }) == 1 end)
+    script:write("go\n")
+    script:close() -- waits for the script to end
+    local text = output()
+    local got = assert(json.decode((assert(text:match("\n(%b{})"), text))))
+    assert.is_nil(got.error, text)
+    assert.same({ sum = 42, by = "ann" }, got.ok.result)
+    assert.equal(json.null, got.ok.err)
+    assert.same({ err = "no 1" }, got.failed)
+    assert.equal(2, got.seen)
+  end)
+
   it("re-registers providers by itself after Redis restarts empty", function()
     local p = client("b", "prov")
     provide(p, "s87/again", 1)
