@@ -3,91 +3,39 @@
 -- requesters are deepstream clients (json transport) and HTTP on different
 -- nodes, and the real @deepstream/client in the last test. Every wait is a
 -- real signal or a poll with a deadline.
-local core = require "moonstream.core"
 local json = require "moonstream.json"
-local socket = require "socket"
-local H = require "spec.support.helpers"
-local C = require "spec.support.cluster"
+local N = require "spec.support.cluster_nodes"
 
 local RPC = 6
 local REQUEST, ACCEPT, RESPONSE, REJECT, REQUEST_ERROR, PROVIDE = 2, 4, 5, 6, 7, 8
 local NO_RPC_PROVIDER, ACCEPT_TIMEOUT, RESPONSE_TIMEOUT = 100, 101, 104
-local DEADLINE_S = 20
 
 describe("RPC across cluster nodes", function()
-  local redis, dir, loop, http
-  local nodes = {}
-
-  local function start_node(name)
-    local config = H.write_file(dir .. "/" .. name .. ".lua", string.format(
-      'return { storage = { path = %q }, cluster = { redis = %q }, rpc = { ackTimeout = 1000, responseTimeout = 3000 } }',
-      dir .. "/data-" .. name, redis.url))
-    local n = C.node(config, name)
-    nodes[name] = n
-    return n
-  end
-
-  local function stop_node(name, signal)
-    local n = nodes[name]
-    nodes[name] = nil
-    if n then C.stop_node(n, signal) end
-  end
+  local cl, redis, dir, nodes
 
   setup(function()
-    redis = C.redis()
-    dir = H.tmpdir()
-    loop = core.loop()
-    http = assert(core.http_client(loop))
-    start_node("a"); start_node("b"); start_node("c")
+    cl = N.new("rpc = { ackTimeout = 1000, responseTimeout = 3000 }")
+    redis, dir, nodes = cl.redis, cl.dir, cl.nodes
+    cl:start_node("a"); cl:start_node("b"); cl:start_node("c")
   end)
 
-  teardown(function()
-    for name in pairs(nodes) do stop_node(name) end
-    http:close()
-    loop:close()
-    redis:stop()
-    H.rmdir(dir)
-  end)
+  teardown(function() cl:close() end)
 
-  local function poll(what, fn)
-    local deadline = socket.gettime() + DEADLINE_S
-    while true do
-      local v = fn()
-      if v then return v end
-      assert(socket.gettime() < deadline, "deadline passed waiting for " .. what)
-      loop:run_once(20)
-    end
-  end
-
-  local function client(name, user)
-    local n = assert(nodes[name], name)
-    local c = H.realtime_client({ loop = loop, server = { port = function() return n.port end } })
-    c.login(user or name)
-    return c
-  end
+  local function poll(what, fn) return cl:poll(what, fn) end
+  local function client(name, user) return cl:client(name, user) end
+  local function start_node(name) return cl:start_node(name) end
+  local function stop_node(name, signal) return cl:stop_node(name, signal) end
 
   -- c provides rpc name; returns once Redis holds count providing nodes of it
   local function provide(c, name, count)
     c.send({ topic = RPC, action = PROVIDE, names = { name }, correlationId = "p" })
     c.expect({ topic = RPC, action = PROVIDE, isAck = true })
-    poll("providers of " .. name .. " in Redis", function()
-      return redis:command({ "SCARD", "ms:rpc:p:" .. name }) == count
-    end)
+    cl:redis_equals("providers of " .. name .. " in Redis", { "SCARD", "ms:rpc:p:" .. name }, count)
   end
 
   -- POST /api make on node `name`: starts it; returns a function giving the result once there
   local function make(name, rpc, data)
-    local res
-    assert(http:request({
-      method = "POST", url = nodes[name].url .. "/api", timeout = 30000,
-      headers = { ["Content-Type"] = "application/json", Expect = false },
-      body = json.encode({ body = { { topic = "rpc", action = "make", rpcName = rpc, data = data } } }),
-    }, function(r, err) res = r or { error = err } end))
-    return function()
-      poll("the HTTP answer", function() return res end)
-      assert(res.status, res.error)
-      return json.decode(res.body).body[1]
-    end
+    return cl:api(name, { topic = "rpc", action = "make", rpcName = rpc, data = data })
   end
 
   it("reaches a provider on another node from HTTP and from a client, answers as the provider sent them", function()
@@ -135,12 +83,7 @@ describe("RPC across cluster nodes", function()
       local id = "r" .. round
       r.send({ topic = RPC, action = REQUEST, name = "s87/rej", correlationId = id, data = "1" })
       -- whichever gets it first rejects; the other must get it then
-      local first = poll("a REQUEST at b or c", function()
-        for _, p in ipairs({ pb, pc }) do
-          p.ws:fill() -- reads what has arrived, without waiting
-          if #p.ws.buf > 0 then return p end
-        end
-      end)
+      local first = cl:first_to_hear("a REQUEST at b or c", { pb, pc })
       first.expect({ topic = RPC, action = REQUEST, name = "s87/rej", correlationId = id })
       local other = first == pb and pc or pb
       first.send({ topic = RPC, action = REJECT, name = "s87/rej", correlationId = id })
@@ -232,9 +175,7 @@ describe("RPC across cluster nodes", function()
   it("re-registers providers by itself after Redis restarts empty", function()
     local p = client("b", "prov")
     provide(p, "s87/again", 1)
-    redis:kill9()
-    redis.dir = H.tmpdir() -- a Redis that lost everything: only re-registration brings the provider back
-    redis:restart()
+    cl:restart_redis_empty() -- only re-registration brings the provider back
     poll("the provider re-registered", function()
       return redis:command({ "SCARD", "ms:rpc:p:s87/again" }) == 1
     end)

@@ -32,6 +32,7 @@ local cluster_mod = require "moonstream.cluster"
 local bus_mod = require "moonstream.cluster.bus"
 local cluster_presence = require "moonstream.cluster.presence"
 local cluster_rpc = require "moonstream.cluster.rpc"
+local cluster_listen = require "moonstream.cluster.listen"
 
 local M = {}
 local Server = {}
@@ -260,6 +261,10 @@ function Server:listen()
     self.cluster_rpc = cluster_rpc.new(self.cluster, realtime.rpc) -- RPCs across nodes
     realtime.rpc:attach_cluster(self.cluster_rpc)
     self.cluster_presence:on_node_gone(function(node) self.cluster_rpc:node_gone(node) end)
+    self.cluster_listen = cluster_listen.new(self.cluster, { -- listen (active providers) across nodes
+      event = realtime.events.listen, record = realtime.record_topic.listen,
+    })
+    self.cluster_presence:on_node_gone(function(node) self.cluster_listen:node_gone(node) end)
   end
   local get_handlers, endpoints = self:_operator_endpoints()
   self.api = httpapi.new(cfg, {
@@ -437,6 +442,7 @@ function Server:close()
   end
   if self.records then self.records:drain() end
   if self.cluster_rpc then self.cluster_rpc:close() end
+  if self.cluster_listen then self.cluster_listen:close() end
   if self.cluster_presence then self.cluster_presence:close() end
   if self.bus then self.bus:close() end
   if self.cluster then self.cluster:close() end
