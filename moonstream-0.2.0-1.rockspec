@@ -73,6 +73,7 @@ build = {
       ["moonstream.cluster.bus"] = "lua/moonstream/cluster/bus.lua",
       ["moonstream.cluster.kv"] = "lua/moonstream/cluster/kv.lua",
       ["moonstream.cluster.presence"] = "lua/moonstream/cluster/presence.lua",
+      ["moonstream.cluster.nodes"] = "lua/moonstream/cluster/nodes.lua",
       ["moonstream.cluster.rpc"] = "lua/moonstream/cluster/rpc.lua",
       ["moonstream.cluster.listen"] = "lua/moonstream/cluster/listen.lua",
       ["moonstream.cluster.changes"] = "lua/moonstream/cluster/changes.lua",

@@ -128,7 +128,7 @@ describe("listen across cluster nodes", function()
     cl:redis_equals("the claim re-registered", { "GET", "ms:l:event:o:s88/again/1" },
       redis:command({ "SMEMBERS", "ms:l:event:n" })[1])
     cl:poll("the nodes' channels subscribed again", function()
-      return #(redis:command({ "PUBSUB", "CHANNELS", "ms:c:l:*" }) or {}) == 3
+      return #(redis:command({ "PUBSUB", "CHANNELS", "ms:c:n:*" }) or {}) == 3
     end)
     -- a new subscription on b reaches the listener on c
     local s2 = cl:client("b", "sub2")

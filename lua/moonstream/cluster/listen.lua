@@ -6,7 +6,7 @@
 --   "ms:l:<kind>:ns:<node>"  set of the names node's clients subscribe to
 --   "ms:l:<kind>:o:<name>"   the claim: the node that searches for (then
 --                            provides) name; SET NX, so one node at a time
---   "ms:c:l:<node>"          the node's channel: JSON { v, k = kind, f = sender, n = name }
+--   messages to a node (cluster/nodes.lua, part "listen"): { v, k = kind, f = sender, n = name }
 --
 -- A node whose clients start (stop) subscribing to a name tells every
 -- listening node ("sub", "unsub"); a listening node joining reads the
@@ -17,14 +17,12 @@
 -- (cluster/presence.lua) loses its claims, subscriptions and listeners on
 -- every node; a stopped one removes them itself; after a Redis
 -- reconnection a node writes its part again.
-local json = require "moonstream.json"
 local log = require "moonstream.log"
 
 local M = {}
 local Listen = {}
 local mt = { __index = Listen }
 
-M.CHANNEL_PREFIX = "ms:c:l:"
 M.CLOSE_SETTLE_MS = 1000
 M.SCAN_COUNT = 500
 
@@ -37,10 +35,11 @@ local RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call
 
 local function noop() end
 
--- cluster: cluster/init.lua's; topics: { event = listen, record = listen }
--- (realtime/listen.lua instances; each gets its face by attach_cluster).
-function M.new(cluster, topics)
-  local self = setmetatable({ commands = cluster.commands, id = cluster.id, topics = topics }, mt)
+-- cluster: cluster/init.lua's; nodes: cluster/nodes.lua's; topics: { event =
+-- listen, record = listen } (realtime/listen.lua instances; each gets its
+-- face by attach_cluster).
+function M.new(cluster, nodes, topics)
+  local self = setmetatable({ commands = cluster.commands, id = cluster.id, nodes = nodes, topics = topics }, mt)
   for kind, listen in pairs(topics) do
     listen:attach_cluster({
       subscribed = function(_, name, present) self:subscribed(kind, name, present) end,
@@ -51,8 +50,7 @@ function M.new(cluster, topics)
       tell = function(_, name, has, node) self:tell(kind, name, has, node) end,
     })
   end
-  self.sub = cluster:subscriber(function(_, data) self:_message(data) end)
-  self.sub:subscribe(M.CHANNEL_PREFIX .. self.id)
+  nodes:on("listen", function(msg) self:_message(msg) end)
   cluster:on_reconnect(function() self:reregister() end)
   return self
 end
@@ -64,8 +62,7 @@ function Listen:_send(args, cb)
 end
 
 function Listen:_publish(node, msg)
-  msg.f = self.id
-  self:_send({ "PUBLISH", M.CHANNEL_PREFIX .. node, json.encode(msg) })
+  self.nodes:send(node, "listen", msg)
 end
 
 -- fn(node) for every other listening node of kind.
@@ -143,9 +140,8 @@ function Listen:tell(kind, name, has, node)
   for other in pairs(self.topics[kind].remote[name] or {}) do self:_publish(other, msg) end
 end
 
-function Listen:_message(data)
-  local msg = json.decode(data)
-  if type(msg) ~= "table" or type(msg.f) ~= "string" or msg.f == self.id or type(msg.n) ~= "string" then return end
+function Listen:_message(msg)
+  if type(msg.n) ~= "string" then return end
   local listen = self.topics[msg.k]
   if not listen then return end
   local v = msg.v
@@ -191,7 +187,6 @@ function Listen:close()
     self:_send({ "DEL", names_key(kind, self.id) })
   end
   if self.commands:waiting() > 0 then self.commands:settle(M.CLOSE_SETTLE_MS) end
-  self.sub:close()
 end
 
 return M

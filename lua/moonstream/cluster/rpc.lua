@@ -5,7 +5,7 @@
 --   "ms:rpc:p:<name>"  set of the node ids with a client providing name
 --   "ms:rpc:n:<node>"  set of the names that node provides (so a node found
 --                      dead is removed from every "ms:rpc:p:" set it was in)
---   "ms:c:n:<node>"    the node's own channel: JSON messages
+--   messages to a node (cluster/nodes.lua, part "rpc"):
 --                      { t = kind, f = sender, k = call key, ... }
 --
 -- The requester's node asks Redis for the providing nodes once per call and
@@ -15,14 +15,12 @@
 -- once; one that dies is removed by the node that finds it dead
 -- (cluster/presence.lua's heartbeats), and every node forgets its calls
 -- there. After a Redis reconnection a node writes its names again.
-local json = require "moonstream.json"
 local log = require "moonstream.log"
 
 local M = {}
 local Rpc = {}
 local mt = { __index = Rpc }
 
-M.CHANNEL_PREFIX = "ms:c:n:"
 local function providers_key(name) return "ms:rpc:p:" .. name end
 local function names_key(node) return "ms:rpc:n:" .. node end
 
@@ -30,15 +28,14 @@ M.CLOSE_SETTLE_MS = 1000
 
 local function noop() end
 
--- cluster: cluster/init.lua's; target: the realtime RPC topic
--- (realtime/rpc.lua: from_node(msg), node_gone(node)).
-function M.new(cluster, target)
+-- cluster: cluster/init.lua's; nodes: cluster/nodes.lua's; target: the
+-- realtime RPC topic (realtime/rpc.lua: from_node(msg), node_gone(node)).
+function M.new(cluster, nodes, target)
   local self = setmetatable({
-    cluster = cluster, commands = cluster.commands, id = cluster.id, target = target,
+    commands = cluster.commands, id = cluster.id, nodes_channel = nodes, target = target,
     names = {}, -- names this node's clients provide
   }, mt)
-  self.sub = cluster:subscriber(function(_, data) self:_message(data) end)
-  self.sub:subscribe(M.CHANNEL_PREFIX .. self.id)
+  nodes:on("rpc", function(msg) self:_message(msg) end)
   cluster:on_reconnect(function() self:reregister() end)
   return self
 end
@@ -76,21 +73,13 @@ function Rpc:nodes(name, cb)
   if not ok then cb({}) end
 end
 
--- Sends msg (a table; f is set to this node) to node's channel.
+-- Sends msg (a table; f is set to this node) to node.
 function Rpc:send(node, msg)
-  msg.f = self.id
-  local text = json.encode(msg)
-  local ok, err = self.commands:command({ "PUBLISH", M.CHANNEL_PREFIX .. node, text }, noop)
-  if not ok then log.warn("cluster rpc: message to node %s not sent: %s", node, err) end
-  return ok
+  return self.nodes_channel:send(node, "rpc", msg)
 end
 
-function Rpc:_message(data)
-  local msg = json.decode(data)
-  if type(msg) == "table" and type(msg.t) == "string" and type(msg.f) == "string" and msg.f ~= self.id
-    and math.type(msg.k) == "integer" then
-    self.target:from_node(msg)
-  end
+function Rpc:_message(msg)
+  if type(msg.t) == "string" and math.type(msg.k) == "integer" then self.target:from_node(msg) end
 end
 
 -- A node found dead or stopped (cluster/presence.lua): it provides nothing
@@ -121,7 +110,6 @@ function Rpc:close()
   for name in pairs(self.names) do self:_send({ "SREM", providers_key(name), self.id }) end
   self:_send({ "DEL", names_key(self.id) })
   if self.commands:waiting() > 0 then self.commands:settle(M.CLOSE_SETTLE_MS) end
-  self.sub:close()
 end
 
 return M
