@@ -14,7 +14,8 @@ describe("RPC across cluster nodes", function()
   local cl, redis, dir, nodes
 
   setup(function()
-    cl = N.new("rpc = { ackTimeout = 1000, responseTimeout = 3000 }")
+    cl = N.new("rpc = { ackTimeout = 1000, responseTimeout = 3000, "
+      .. "handlers = { ['s87/lua'] = function(data) return { by = 'lua', data = data } end } }")
     redis, dir, nodes = cl.redis, cl.dir, cl.nodes
     cl:start_node("a"); cl:start_node("b"); cl:start_node("c")
   end)
@@ -72,6 +73,19 @@ describe("RPC across cluster nodes", function()
     p.ws:close_handshake(1000)
     r.ws:close_handshake(1000)
     poll("the provider gone from Redis", function() return redis:command({ "SCARD", "ms:rpc:p:s87/add" }) == 0 end)
+  end)
+
+  it("runs the Lua handler of the node that got the request before any client provider", function()
+    local p = client("c", "prov")
+    provide(p, "s87/lua", 1)
+    assert.same({ success = true, data = { by = "lua", data = 1 } }, make("a", "s87/lua", 1)())
+    local r = client("b", "req")
+    r.send({ topic = RPC, action = REQUEST, name = "s87/lua", correlationId = "l1", data = "2" })
+    local m = r.expect({ topic = RPC, action = RESPONSE, correlationId = "l1" })
+    assert.same({ by = "lua", data = 2 }, json.decode(m.data))
+    assert.same({}, p.drain(), "the client provider on c was not asked")
+    p.ws:close_handshake(1000)
+    r.ws:close_handshake(1000)
   end)
 
   it("moves a rejected request to a provider on another node, then answers NO_RPC_PROVIDER", function()

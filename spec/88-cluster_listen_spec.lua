@@ -93,26 +93,33 @@ describe("listen across cluster nodes", function()
     cl:redis_equals("no listening node", { "SCARD", "ms:l:record:n" }, 0)
   end)
 
-  it("searches again when the providing node is killed with -9", function()
-    cl:start_node("d")
-    local ld, lb = cl:client("d", "ld"), cl:client("b", "lb")
-    listen(ld, EVENT, "^s88/kill/", 1)
-    local s = cl:client("a", "sub")
-    subscribe_event(s, "s88/kill/1")
-    ld.expect({ topic = EVENT, action = E.FOUND, subscription = "s88/kill/1" })
-    ld.send({ topic = EVENT, action = E.ACCEPT, name = "^s88/kill/", subscription = "s88/kill/1" })
-    cl:redis_equals("d's claim", { "EXISTS", "ms:l:event:o:s88/kill/1" }, 1)
-    listen(lb, EVENT, "^s88/kill/", 2) -- d holds the name: b is not asked
-    assert.same({}, lb.drain())
-    cl:stop_node("d", "KILL")
-    -- the heartbeats find d dead (cluster/presence.lua); its claim goes, b is asked
-    lb.expect({ topic = EVENT, action = E.FOUND, name = "^s88/kill/", subscription = "s88/kill/1" })
-    lb.send({ topic = EVENT, action = E.ACCEPT, name = "^s88/kill/", subscription = "s88/kill/1" })
-    cl:redis_equals("d gone from the listening nodes", { "SCARD", "ms:l:event:n" }, 1)
-    unsubscribe_event(s, "s88/kill/1")
-    lb.expect({ topic = EVENT, action = E.REMOVED, subscription = "s88/kill/1" })
-    s.ws:close_handshake(1000)
-    lb.ws:close_handshake(1000)
+  it("searches again when the providing node is killed with -9, or stopped (its claim goes at once)", function()
+    for _, how in ipairs({ "KILL", "TERM" }) do
+      local name, ev = "d-" .. how, "s88/gone/" .. how
+      cl:start_node(name)
+      local ld, lb = cl:client(name, "ld"), cl:client("b", "lb")
+      listen(ld, EVENT, "^s88/gone/", 1)
+      local s = cl:client("a", "sub")
+      subscribe_event(s, ev)
+      ld.expect({ topic = EVENT, action = E.FOUND, subscription = ev })
+      ld.send({ topic = EVENT, action = E.ACCEPT, name = "^s88/gone/", subscription = ev })
+      cl:redis_equals("d's claim", { "EXISTS", "ms:l:event:o:" .. ev }, 1)
+      listen(lb, EVENT, "^s88/gone/", 2) -- d holds the name: b is not asked
+      assert.same({}, lb.drain())
+      cl:stop_node(name, how)
+      if how == "TERM" then
+        assert.equal(1, redis:command({ "SCARD", "ms:l:event:n" }), "a stopped node says so at once")
+      end
+      -- KILL: the heartbeats find d dead (cluster/presence.lua); either way its claim goes and b is asked
+      lb.expect({ topic = EVENT, action = E.FOUND, name = "^s88/gone/", subscription = ev })
+      lb.send({ topic = EVENT, action = E.ACCEPT, name = "^s88/gone/", subscription = ev })
+      cl:redis_equals("d gone from the listening nodes", { "SCARD", "ms:l:event:n" }, 1)
+      unsubscribe_event(s, ev)
+      lb.expect({ topic = EVENT, action = E.REMOVED, subscription = ev })
+      s.ws:close_handshake(1000)
+      lb.ws:close_handshake(1000)
+      cl:redis_equals("no listening node", { "SCARD", "ms:l:event:n" }, 0)
+    end
   end)
 
   it("re-registers listeners and subscriptions by itself after Redis restarts empty", function()
