@@ -412,7 +412,10 @@ function Listen:_drop(c, pattern)
   end
   if next(self.providers.by_name) == nil then
     if self.rematch_timer then self.rematch_timer:cancel(); self.rematch_timer = nil end
-    if self.cluster then self.cluster:listening(false) end
+    if self.cluster then -- no longer told about other nodes' subscriptions: forget them
+      self.remote = {}
+      self.cluster:listening(false)
+    end
   end
   return true
 end
