@@ -138,8 +138,11 @@ describe("messages between nodes", function()
     subscribed(b, "ms:c:e:s82/heard", 1)
     local channels = redis:command({ "PUBSUB", "CHANNELS", "ms:c:*" })
     table.sort(channels)
-    -- b's listener, a's client, and presence (which every node follows)
-    assert.same({ "ms:c:e:s82/heard", "ms:c:e:s82/only", "ms:c:p" }, channels)
+    -- b's listener, a's client, presence (which every node follows), and each node's own channel (cluster/nodes.lua)
+    local want = { "ms:c:e:s82/heard", "ms:c:e:s82/only", "ms:c:n:" .. a.server.cluster.id,
+      "ms:c:n:" .. b.server.cluster.id, "ms:c:p" }
+    table.sort(want)
+    assert.same(want, channels)
     ca.send({ topic = 4, action = 4, names = { "s82/only" }, correlationId = "1" })
     ca.expect({ isAck = true })
     subscribed(a, "ms:c:e:s82/only", 0)

@@ -27,6 +27,20 @@ local calls = setmetatable({}, { __mode = "k" }) -- coroutine -> call in progres
 local function failure(event, message)
   return { success = false, error = message, errorTopic = "rpc", errorEvent = event }
 end
+M.failure = failure
+
+-- The texts of the failures that are not the handler's or the provider's
+-- own, by errorEvent (realtime/rpc.lua answers POST /api with these too).
+local FAILURE_TEXTS = {
+  NO_RPC_PROVIDER = function(name) return "No provider was available to handle the RPC \"" .. name .. "\"." end,
+  RESPONSE_TIMEOUT = function() return "The RPC response timeout was exceeded by the provider." end,
+  ACCEPT_TIMEOUT = function() return "The RPC accept timeout was exceeded by the provider." end,
+}
+
+-- The result of a call to `name` that ended with `event` (a FAILURE_TEXTS key).
+function M.failed(event, name)
+  return failure(event, FAILURE_TEXTS[event](name))
+end
 
 -- loop: the server's loop (timers); opts.response_timeout in ms;
 -- opts.api: table of functions every handler context can use (records, emit...);
@@ -151,11 +165,11 @@ function RpcHandlers:_make(name, data, ctx_fields, done)
       local result = self.fallback(name, data, ctx_fields, done)
       if result ~= false then return result end
     end
-    return failure("NO_RPC_PROVIDER", "No provider was available to handle the RPC \"" .. name .. "\".")
+    return M.failed("NO_RPC_PROVIDER", name)
   end
   return self:run(name, fn, data, ctx_fields, outcome, function()
     log.warn("rpc '%s' exceeded rpc.responseTimeout (%d ms)", name, self.response_timeout)
-    return failure("RESPONSE_TIMEOUT", "The RPC response timeout was exceeded by the provider.")
+    return M.failed("RESPONSE_TIMEOUT", name)
   end, done)
 end
 

@@ -31,6 +31,9 @@ local validate = require "moonstream.validate"
 local cluster_mod = require "moonstream.cluster"
 local bus_mod = require "moonstream.cluster.bus"
 local cluster_presence = require "moonstream.cluster.presence"
+local cluster_nodes = require "moonstream.cluster.nodes"
+local cluster_rpc = require "moonstream.cluster.rpc"
+local cluster_listen = require "moonstream.cluster.listen"
 
 local M = {}
 local Server = {}
@@ -300,6 +303,21 @@ function Server:_assemble()
     if not bus:wait_ready(CLUSTER_WAIT_MS) then
       log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
     end
+    -- RPC and listen (active providers) across nodes, over messages to one node
+    self.cluster_nodes = cluster_nodes.new(self.cluster)
+    self.cluster_rpc = cluster_rpc.new(self.cluster, self.cluster_nodes, realtime.rpc)
+    realtime.rpc:attach_cluster(self.cluster_rpc)
+    self.cluster_listen = cluster_listen.new(self.cluster, self.cluster_nodes, {
+      event = realtime.events.listen, record = realtime.record_topic.listen,
+    })
+    self.cluster_presence:on_node_gone(function(node)
+      self.cluster_rpc:node_gone(node)
+      self.cluster_listen:node_gone(node)
+    end)
+    if not self.cluster_nodes:wait_ready(CLUSTER_WAIT_MS) then
+      log.warn("cluster: this node's channel is not subscribed in Redis yet: RPCs and listen requests from other"
+        .. " nodes reach it once it is")
+    end
   end
   local events = realtime.events
   self.dispatcher = dispatch.new({
@@ -477,6 +495,9 @@ function Server:close()
     self.loop:run_once(0)  -- flushes writes made by their completion
   end
   if self.records then self.records:drain() end
+  if self.cluster_rpc then self.cluster_rpc:close() end
+  if self.cluster_listen then self.cluster_listen:close() end
+  if self.cluster_nodes then self.cluster_nodes:close() end
   if self.cluster_presence then self.cluster_presence:close() end
   if self.bus then self.bus:close() end
   if self.cluster then self.cluster:close() end

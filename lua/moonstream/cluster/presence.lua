@@ -34,6 +34,7 @@ function M.new(parts)
     nodes = {},   -- node -> { user = true }
     online = {},  -- user -> number of nodes
     order = {},   -- users in the order they came online
+    gone_fns = {}, -- on_node_gone's
   }, mt)
   self:_beat()
   return self
@@ -71,7 +72,13 @@ function Presence:_remove(node, user)
   return true
 end
 
+-- fn(node) when a node is found dead or stops (cluster/rpc.lua forgets its providers).
+function Presence:on_node_gone(fn)
+  self.gone_fns[#self.gone_fns + 1] = fn
+end
+
 function Presence:_gone(node)
+  for _, fn in ipairs(self.gone_fns) do fn(node) end
   local set = self.nodes[node]
   if not set then return end
   for user in pairs(set) do

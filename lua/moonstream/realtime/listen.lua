@@ -18,6 +18,13 @@
 -- (SUBSCRIPTION_HAS_PROVIDER / SUBSCRIPTION_HAS_NO_PROVIDER); event
 -- subscribers are not told, as in deepstream.
 --
+-- In a cluster (attach_cluster: cluster/listen.lua) a name counts as
+-- subscribed while a client on any node subscribes to it (`remote`: the
+-- other nodes that do), and a node asks its listeners about a name only
+-- while it holds the name's claim in Redis, so one provider is chosen
+-- cluster-wide; a search that finds nobody here hands the name on to the
+-- listening nodes not tried yet.
+--
 -- Patterns are JavaScript regular expressions in deepstream. moonstream takes
 -- the subset that maps onto Lua patterns: literals, ".", classes "[...]",
 -- "\d \w \s" (and upper-case), "* + ?" after one atom (at most two "*" or
@@ -139,7 +146,32 @@ function M.new(rt, topic, actions, subs, kind)
     offers = {},                -- name -> { list, i, current, timer } (asking in turn)
     failed = {},                -- name -> when its last search found nobody (ms)
     rematch_timer = nil,
+    remote = {},                -- cluster: name -> { node = true } other nodes subscribing
+    remote_active = {},         -- cluster: name -> the node whose listener provides it
+    claimed = {},               -- cluster: name -> true while this node holds its claim
+    claiming = {},              -- cluster: name -> true while the claim is asked for
+    handed = {},                -- cluster: name -> nodes that searched already (this search round)
   }, mt)
+end
+
+-- cluster: cluster/listen.lua's face for this topic.
+function Listen:attach_cluster(cluster)
+  self.cluster = cluster
+end
+
+-- Whether a client on any node subscribes to name.
+function Listen:_has_subscribers(name)
+  return self.subs:subscribers(name) ~= nil or self.remote[name] ~= nil
+end
+
+-- Every name subscribed on any node (a copy: offering may change the sets).
+function Listen:_subscribed_names()
+  local names = {}
+  for name in pairs(self.subs.by_name) do names[#names + 1] = name end
+  for name in pairs(self.remote) do
+    if not self.subs.by_name[name] then names[#names + 1] = name end
+  end
+  return names
 end
 
 local function matches(lua_pattern, name)
@@ -158,10 +190,17 @@ function Listen:_tell_subscribers(name, has, c)
   if c then c:send(msg) else self.rt:broadcast(self.subs:subscribers(name), msg) end
 end
 
--- The search for name ended without a provider.
+-- The search for name ended without a provider (cluster: the claim goes
+-- and the listening nodes not tried yet are asked).
 function Listen:_give_up(name)
   self.offers[name] = nil
   self.failed[name] = core.now()
+  if self.claimed[name] then
+    self.claimed[name] = nil
+    local tried = self.handed[name] or {}
+    self.handed[name] = nil
+    self.cluster:hand_on(name, tried)
+  end
 end
 
 function Listen:_next_offer(name)
@@ -213,11 +252,27 @@ function Listen:_candidates(name)
   return list
 end
 
--- Asks the matching providers in turn whether one provides `name`.
+-- Asks the matching providers in turn whether one provides `name` (in a
+-- cluster, once this node holds the name's claim).
 function Listen:_offer(name)
   if self.active[name] or self.offers[name] then return end
   local list = self:_candidates(name)
-  if #list == 0 then return end
+  if #list == 0 then
+    if self.claimed[name] then self:_give_up(name) end
+    return
+  end
+  local cluster = self.cluster
+  if cluster and not self.claimed[name] then
+    if self.claiming[name] or self.remote_active[name] then return end
+    self.claiming[name] = true
+    return cluster:claim(name, function(won)
+      self.claiming[name] = nil
+      if not won then return end
+      self.claimed[name] = true
+      if self:_has_subscribers(name) then return self:_offer(name) end
+      self:_ended(name)
+    end)
+  end
   self.failed[name] = nil
   self.offers[name] = { list = list, i = 0 }
   self:_next_offer(name)
@@ -246,14 +301,14 @@ end
 function Listen:rematch()
   local now, cooldown = core.now(), self.cfg.matchCooldown
   local names = {}
-  for name in pairs(self.subs.by_name) do
+  for _, name in ipairs(self:_subscribed_names()) do
     local failed = self.failed[name]
     if not (self.active[name] or self.offers[name]) and not (failed and now - failed < cooldown) then
       names[#names + 1] = name
     end
   end
   for _, name in ipairs(names) do
-    if self.subs:subscribers(name) then self:_offer(name) end
+    if self:_has_subscribers(name) then self:_offer(name) end
   end
 end
 
@@ -262,17 +317,27 @@ function Listen:close()
   for name in pairs(self.offers) do self:_cancel_offer(name) end
 end
 
--- c subscribed to name (first: whether it is the first subscriber).
+-- c subscribed to name (first: whether it is the first subscriber here).
 function Listen:subscribed(name, c, first)
-  if first then
+  if first and self.cluster then self.cluster:subscribed(name, true) end
+  if self.active[name] or self.remote_active[name] then -- (first here, but provided for another node's)
+    if c then self:_tell_subscribers(name, true, c) end
+  elseif first then
     if next(self.providers.by_name) ~= nil then self:_offer(name) end
-  elseif c and self.active[name] then
-    self:_tell_subscribers(name, true, c)
   end
 end
 
--- The last subscriber of name left.
+-- The last subscriber of name here left.
 function Listen:unsubscribed(name)
+  if self.cluster then
+    self.cluster:subscribed(name, false)
+    if self.remote[name] then return end -- still subscribed on another node
+  end
+  self:_ended(name)
+end
+
+-- Nobody subscribes to name any more: its search stops, its provider hears so.
+function Listen:_ended(name)
   self:_cancel_offer(name)
   self.failed[name] = nil
   local a = self.active[name]
@@ -280,6 +345,11 @@ function Listen:unsubscribed(name)
     self.active[name] = nil
     if a.c.open then self:_send(a.c, self.A.SUBSCRIPTION_FOR_PATTERN_REMOVED, a.pattern, name) end
   end
+  if self.claimed[name] then
+    self.claimed[name] = nil
+    self.cluster:release(name)
+  end
+  self.handed[name] = nil
 end
 
 function Listen:listen(c, msg)
@@ -293,7 +363,9 @@ function Listen:listen(c, msg)
   if not lua_pattern then
     return c:send({ topic = self.topic, action = A.INVALID_LISTEN_REGEX, originalAction = msg.action, name = pattern, isError = true })
   end
+  local was_listening = next(self.providers.by_name) ~= nil
   local added, first = self.providers:add(pattern, c)
+  if added and not was_listening and self.cluster then self.cluster:listening(true) end
   if added then
     self.seq = self.seq + 1
     if first then
@@ -307,7 +379,7 @@ function Listen:listen(c, msg)
   if not added then return end
   -- names already subscribed: a search in progress asks this provider last,
   -- any other name not provided yet is searched for now
-  for name in pairs(self.subs.by_name) do
+  for _, name in ipairs(self:_subscribed_names()) do
     if matches(lua_pattern, name) and not self.active[name] then
       local o = self.offers[name]
       if o then o.list[#o.list + 1] = { c = c, pattern = pattern } else self:_offer(name) end
@@ -328,8 +400,9 @@ function Listen:_drop(c, pattern)
   for name, a in pairs(self.active) do
     if a.c == c and a.pattern == pattern then
       self.active[name] = nil
-      if self.subs:subscribers(name) then
+      if self:_has_subscribers(name) then
         self:_tell_subscribers(name, false)
+        if self.cluster then self.cluster:tell(name, false) end
         self:_offer(name)
       end
     end
@@ -337,9 +410,12 @@ function Listen:_drop(c, pattern)
   for name, o in pairs(self.offers) do
     if o.current and o.current.c == c and o.current.pattern == pattern then self:_next_offer(name) end
   end
-  if next(self.providers.by_name) == nil and self.rematch_timer then
-    self.rematch_timer:cancel()
-    self.rematch_timer = nil
+  if next(self.providers.by_name) == nil then
+    if self.rematch_timer then self.rematch_timer:cancel(); self.rematch_timer = nil end
+    if self.cluster then -- no longer told about other nodes' subscriptions: forget them
+      self.remote = {}
+      self.cluster:listening(false)
+    end
   end
   return true
 end
@@ -360,19 +436,76 @@ function Listen:accept(c, msg)
   local name, pattern = msg.subscription, msg.name
   if type(name) ~= "string" or type(pattern) ~= "string" then return end
   if not self.providers:has(pattern, c) or not matches(self.compiled[pattern], name) then return end
-  if not self.subs:subscribers(name) then
+  if not self:_has_subscribers(name) then
     return self:_send(c, self.A.SUBSCRIPTION_FOR_PATTERN_REMOVED, pattern, name)
   end
   if not self.offers[name] then return end
   self:_cancel_offer(name)
   self.active[name] = { c = c, pattern = pattern }
+  self.handed[name] = nil
   self:_tell_subscribers(name, true)
+  if self.cluster then self.cluster:tell(name, true) end
 end
 
 function Listen:reject(c, msg)
   local name = msg.subscription
   local o = type(name) == "string" and self.offers[name]
   if o and o.current and o.current.c == c and o.current.pattern == msg.name then self:_next_offer(name) end
+end
+
+-- ---- from the other nodes (cluster/listen.lua) ----
+
+-- node started (present) or stopped subscribing to name.
+function Listen:remote_subscribed(name, node, present)
+  local set = self.remote[name]
+  if present then
+    if not set then set = {}; self.remote[name] = set end
+    set[node] = true
+    if self.active[name] then return self.cluster:tell(name, true, node) end
+    return self:search(name)
+  end
+  if not set then return end
+  set[node] = nil
+  if next(set) ~= nil then return end
+  self.remote[name] = nil
+  if not self.subs:subscribers(name) then self:_ended(name) end
+end
+
+-- node's listener provides name (has) or stopped providing it.
+function Listen:remote_provided(name, has, node)
+  self.remote_active[name] = has and node or nil
+  if self.subs:subscribers(name) then self:_tell_subscribers(name, has) end
+end
+
+-- A search elsewhere found nobody; tried: the nodes that searched in this round.
+function Listen:handed_on(name, tried)
+  if not self:_has_subscribers(name) then return end
+  self.remote_active[name] = nil
+  self.handed[name] = tried
+  self.failed[name] = nil
+  self:_offer(name)
+end
+
+-- Searches for a provider of name if anyone subscribes and nobody provides it.
+function Listen:search(name)
+  if next(self.providers.by_name) ~= nil and self:_has_subscribers(name) then self:_offer(name) end
+end
+
+-- A node stopped or died: its subscriptions go, a name it provided is searched for again.
+function Listen:node_gone(node)
+  for _, name in ipairs(self:_subscribed_names()) do
+    if self.remote_active[name] == node then self:remote_provided(name, false, node) end
+    local set = self.remote[name]
+    if set and set[node] then self:remote_subscribed(name, node, false) end
+  end
+end
+
+-- The names this node subscribes to, and those it provides (a Redis reconnection).
+function Listen:cluster_state()
+  local subscribed, provided = {}, {}
+  for name in pairs(self.subs.by_name) do subscribed[#subscribed + 1] = name end
+  for name in pairs(self.claimed) do provided[#provided + 1] = name end
+  return subscribed, provided, next(self.providers.by_name) ~= nil
 end
 
 function Listen:handle(c, msg)

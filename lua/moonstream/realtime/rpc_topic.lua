@@ -6,9 +6,17 @@
 -- ACCEPT (ACCEPT_TIMEOUT), rpc.responseTimeout the whole call
 -- (RESPONSE_TIMEOUT); ACCEPT, RESPONSE and REQUEST_ERROR reach the requester
 -- as the provider sent them.
+--
+-- In a cluster (attach_cluster: cluster/rpc.lua) the candidates are this
+-- node's providers and the other nodes that have one; a node counts as one
+-- candidate and is asked again after each of its providers rejects, until
+-- it answers that none of its providers is left untried. The requester's
+-- node keeps both timers; the provider's node keeps only the provider's
+-- side of the call (a "remote" call), forgotten after rpc.responseTimeout.
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local metrics = require "moonstream.metrics"
+local rpc_results = require "moonstream.rpc_handlers"
 local registry = require "moonstream.realtime.registry"
 local names = require "moonstream.realtime.names"
 
@@ -21,31 +29,41 @@ local RpcTopic = {}
 local mt = { __index = RpcTopic }
 
 local names_of = names.names_of
+local failure, failed = rpc_results.failure, rpc_results.failed
 
-local function failure(event, message)
-  return { success = false, error = message, errorTopic = "rpc", errorEvent = event }
-end
-
-local HTTP_ERRORS = {
-  [RA.NO_RPC_PROVIDER] = function(name)
-    return failure("NO_RPC_PROVIDER", "No provider was available to handle the RPC \"" .. name .. "\".")
-  end,
-  [RA.RESPONSE_TIMEOUT] = function()
-    return failure("RESPONSE_TIMEOUT", "The RPC response timeout was exceeded by the provider.")
-  end,
-  [RA.ACCEPT_TIMEOUT] = function()
-    return failure("ACCEPT_TIMEOUT", "The RPC accept timeout was exceeded by the provider.")
-  end,
+-- What POST /api gets for the actions that end a call without the provider's data.
+local HTTP_FAILURES = {
+  [RA.NO_RPC_PROVIDER] = "NO_RPC_PROVIDER",
+  [RA.RESPONSE_TIMEOUT] = "RESPONSE_TIMEOUT",
+  [RA.ACCEPT_TIMEOUT] = "ACCEPT_TIMEOUT",
 }
 
+-- The provider's answers as they travel between nodes (cluster/rpc.lua).
+local TO_NODE = { [RA.ACCEPT] = "acc", [RA.RESPONSE] = "res", [RA.REQUEST_ERROR] = "err" }
+local FROM_NODE = { res = RA.RESPONSE, err = RA.REQUEST_ERROR }
+
 function M.new(rt)
-  return setmetatable({
+  local self
+  self = setmetatable({
     rt = rt,
-    providers = registry.new(), -- rpc name -> providing connections
+    -- rpc name -> providing connections; the cluster hears of the first and the last
+    providers = registry.new(nil, function(name, present)
+      if self.cluster then self.cluster:providing(name, present) end
+    end),
     by_provider = {},           -- provider conn -> { [correlationId] = call }
     by_requester = {},          -- requester conn -> { [correlationId] = call }
+    by_key = {},                -- cluster: call key -> call made here
+    remote = {},                -- cluster: "<node>|<key>" -> call made on that node
     http_seq = 0,
+    key_seq = 0,
   }, mt)
+  return self
+end
+
+-- cluster: cluster/rpc.lua (providing, nodes, send).
+function RpcTopic:attach_cluster(cluster)
+  self.cluster = cluster
+  for name in pairs(self.providers.by_name) do cluster:providing(name, true) end
 end
 
 local function index_add(index, c, id, call)
@@ -61,7 +79,8 @@ local function index_remove(index, c, id)
   if next(t) == nil then index[c] = nil end
 end
 
--- Ends a call: cancels its timers and forgets it.
+-- Ends a call: cancels its timers and forgets it; a node still holding it
+-- is told (it drops it).
 function RpcTopic:_finish(call)
   if call.finished then return end
   call.finished = true
@@ -69,10 +88,18 @@ function RpcTopic:_finish(call)
   if call.response_timer then call.response_timer:cancel(); call.response_timer = nil end
   if call.provider then index_remove(self.by_provider, call.provider, call.id) end
   if call.requester then index_remove(self.by_requester, call.requester, call.id) end
+  if call.key then self.by_key[call.key] = nil end
+  if call.remote then self.remote[call.remote] = nil end
+  if call.at_node then self.cluster:send(call.at_node, { t = "end", k = call.key }) end
 end
 
 -- Sends `action` (with optional payload text) to whoever made the call.
 function RpcTopic:_reply(call, action, text)
+  if call.remote then
+    local t = TO_NODE[action]
+    if t then self.cluster:send(call.from, { t = t, k = call.from_key, d = text }) end
+    return
+  end
   local requester = call.requester
   if requester then
     metrics.rpc(action) -- a client's call to a client provider (HTTP calls count in rpc_handlers.lua)
@@ -89,18 +116,23 @@ function RpcTopic:_reply(call, action, text)
     local ok, v = pcall(json.decode, text or "")
     local message = ok and type(v) == "string" and v or text or "RPC error"
     done(failure("RPC_ERROR", message))
-  elseif HTTP_ERRORS[action] then
-    done(HTTP_ERRORS[action](call.name))
+  elseif HTTP_FAILURES[action] then
+    done(failed(HTTP_FAILURES[action], call.name))
   end
 end
 
--- Offers the call to a provider not tried yet, or ends it with NO_RPC_PROVIDER.
-function RpcTopic:_route(call)
+-- Lets go of the provider (or node) the call was offered to.
+function RpcTopic:_release(call)
   if call.provider then
     index_remove(self.by_provider, call.provider, call.id)
     call.provider = nil
   end
+  call.at_node = nil
   if call.accept_timer then call.accept_timer:cancel(); call.accept_timer = nil end
+end
+
+-- This node's providers of the call's name not tried yet.
+function RpcTopic:_local_candidates(call)
   local candidates = {}
   local set = self.providers:subscribers(call.name)
   if set then
@@ -111,14 +143,37 @@ function RpcTopic:_route(call)
       end
     end
   end
+  return candidates
+end
+
+-- Offers the call to provider c.
+function RpcTopic:_offer(call, provider)
+  call.tried[provider] = true
+  call.provider = provider
+  index_add(self.by_provider, provider, call.id, call)
+  provider:send({ topic = RPC, action = RA.REQUEST, name = call.name, correlationId = call.id, data = call.text })
+end
+
+-- Offers the call to a provider (or node) not tried yet, or ends it with
+-- NO_RPC_PROVIDER (a remote call: tells its node none is left here).
+function RpcTopic:_route(call)
+  self:_release(call)
+  local candidates = self:_local_candidates(call)
+  if call.remote then
+    if #candidates == 0 then
+      self.cluster:send(call.from, { t = "none", k = call.from_key })
+      return self:_finish(call)
+    end
+    return self:_offer(call, candidates[random(#candidates)])
+  end
+  for _, node in ipairs(call.nodes or {}) do
+    if not call.exhausted[node] then candidates[#candidates + 1] = node end
+  end
   if #candidates == 0 then
     self:_reply(call, RA.NO_RPC_PROVIDER)
     return self:_finish(call)
   end
-  local provider = candidates[random(#candidates)]
-  call.tried[provider] = true
-  call.provider = provider
-  index_add(self.by_provider, provider, call.id, call)
+  local pick = candidates[random(#candidates)]
   local rt = self.rt
   call.accept_timer = rt.loop:timer(rt.rpc_ack_timeout, function()
     call.accept_timer = nil
@@ -126,7 +181,25 @@ function RpcTopic:_route(call)
     self:_reply(call, RA.ACCEPT_TIMEOUT)
     self:_finish(call)
   end)
-  provider:send({ topic = RPC, action = RA.REQUEST, name = call.name, correlationId = call.id, data = call.text })
+  if type(pick) == "string" then
+    call.at_node = pick
+    if not self.cluster:send(pick, { t = "req", k = call.key, i = call.id, n = call.name, d = call.text }) then
+      call.exhausted[pick] = true
+      return self:_route(call)
+    end
+  else
+    self:_offer(call, pick)
+  end
+end
+
+-- The provider the call was offered to rejected it (or closed).
+function RpcTopic:_rejected(call)
+  call.accepted = false
+  if call.remote then
+    self:_release(call)
+    return self.cluster:send(call.from, { t = "rej", k = call.from_key })
+  end
+  return self:_route(call)
 end
 
 -- Starts a call to client providers. requester: a connection, or nil with
@@ -141,15 +214,102 @@ function RpcTopic:_start(name, id, text, requester, done)
     self:_reply(call, RA.RESPONSE_TIMEOUT)
     self:_finish(call)
   end)
-  self:_route(call)
+  local cluster = self.cluster
+  if not cluster then
+    self:_route(call)
+    return call
+  end
+  self.key_seq = self.key_seq + 1
+  call.key, call.exhausted = self.key_seq, {}
+  self.by_key[call.key] = call
+  cluster:nodes(name, function(nodes)
+    if call.finished then return end
+    call.nodes = nodes
+    self:_route(call)
+  end)
   return call
+end
+
+-- ---- between nodes (cluster/rpc.lua) ----
+
+-- A call made on another node, for this node's providers.
+function RpcTopic:_remote_request(msg)
+  local from_key = msg.f .. "|" .. msg.k
+  local call = self.remote[from_key]
+  if not call then
+    if type(msg.n) ~= "string" or type(msg.i) ~= "string" then return end
+    if msg.d ~= nil and type(msg.d) ~= "string" then return end
+    call = { name = msg.n, id = msg.i, text = msg.d, from = msg.f, from_key = msg.k, remote = from_key, tried = {} }
+    self.remote[from_key] = call
+    -- the requester's node ends the call; this is only in case it never says so
+    call.response_timer = self.rt.loop:timer(self.rt.rpc_response_timeout, function()
+      call.response_timer = nil
+      self:_finish(call)
+    end)
+  end
+  self:_route(call)
+end
+
+-- What another node's provider did with a call made here.
+function RpcTopic:_remote_answer(msg)
+  local call = self.by_key[msg.k]
+  if not call or call.finished or call.at_node ~= msg.f then return end
+  local t = msg.t
+  if t == "acc" then
+    if call.accepted then return end
+    call.accepted = true
+    if call.accept_timer then call.accept_timer:cancel(); call.accept_timer = nil end
+    return self:_reply(call, RA.ACCEPT)
+  elseif t == "rej" then
+    call.accepted = false
+    return self:_route(call)
+  elseif t == "none" then
+    call.exhausted[msg.f] = true
+    return self:_route(call)
+  elseif FROM_NODE[t] then
+    if msg.d ~= nil and type(msg.d) ~= "string" then return end
+    call.at_node = nil -- it has forgotten the call already
+    self:_reply(call, FROM_NODE[t], msg.d)
+    return self:_finish(call)
+  end
+end
+
+-- A message from another node: msg.t the kind, msg.f the sender, msg.k the call key.
+function RpcTopic:from_node(msg)
+  local t = msg.t
+  if t == "req" then return self:_remote_request(msg) end
+  if t == "end" then
+    local call = self.remote[msg.f .. "|" .. msg.k]
+    if call then self:_finish(call) end
+    return
+  end
+  return self:_remote_answer(msg)
+end
+
+-- A node stopped or died: the calls it held go on elsewhere, its calls here end.
+function RpcTopic:node_gone(node)
+  local moving = {}
+  for _, call in pairs(self.by_key) do
+    call.exhausted[node] = true
+    if call.at_node == node then moving[#moving + 1] = call end
+  end
+  for _, call in ipairs(moving) do
+    call.at_node = nil
+    if not call.finished then self:_route(call) end
+  end
+  local ending = {}
+  for _, call in pairs(self.remote) do
+    if call.from == node then ending[#ending + 1] = call end
+  end
+  for _, call in ipairs(ending) do self:_finish(call) end
 end
 
 -- POST /api (rpc_handlers.lua's fallback when no Lua handler has the name): returns
 -- false when no client provides it (rpc_handlers.lua answers NO_RPC_PROVIDER), else
--- nil and calls done(result) later.
+-- nil and calls done(result) later. In a cluster another node may provide
+-- it: Redis is asked first.
 function RpcTopic:make_from_server(name, data, done)
-  if not self.providers:subscribers(name) then return false end
+  if not self.providers:subscribers(name) and not self.cluster then return false end
   local text
   if data ~= nil then
     local err
@@ -157,7 +317,9 @@ function RpcTopic:make_from_server(name, data, done)
     if not text then return failure("INVALID_MESSAGE_DATA", err) end
   end
   self.http_seq = self.http_seq + 1
-  self:_start(name, "http-" .. self.http_seq, text, nil, done)
+  -- the id a provider sees: unique among the calls this node makes (and, with the node's id, the cluster's)
+  local id = "http-" .. (self.cluster and self.cluster.id .. "-" or "") .. self.http_seq
+  self:_start(name, id, text, nil, done)
   return nil
 end
 
@@ -218,8 +380,7 @@ function RpcTopic:from_provider(c, msg)
     if call.accept_timer then call.accept_timer:cancel(); call.accept_timer = nil end
     return self:_reply(call, RA.ACCEPT)
   elseif action == RA.REJECT then
-    call.accepted = false
-    return self:_route(call)
+    return self:_rejected(call)
   end
   -- RESPONSE or REQUEST_ERROR
   local _, _, text = self.rt.payload(msg)
@@ -275,7 +436,7 @@ function RpcTopic:disconnect(c)
     for _, call in pairs(serving) do
       call.provider = nil
       if not call.finished then
-        local ok, err = pcall(self._route, self, call)
+        local ok, err = pcall(self._rejected, self, call)
         if not ok then log.error("rpc reroute failed: %s", tostring(err)) end
       end
     end
