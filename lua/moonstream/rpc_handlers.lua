@@ -30,7 +30,7 @@ end
 M.failure = failure
 
 -- The texts of the failures that are not the handler's or the provider's
--- own, by errorEvent (realtime/rpc.lua answers POST /api with these too).
+-- own, by errorEvent (realtime/rpc_topic.lua answers POST /api with these too).
 local FAILURE_TEXTS = {
   NO_RPC_PROVIDER = function(name) return "No provider was available to handle the RPC \"" .. name .. "\"." end,
   RESPONSE_TIMEOUT = function() return "The RPC response timeout was exceeded by the provider." end,
@@ -50,7 +50,7 @@ function M.new(loop, opts)
   local self = setmetatable({
     loop = loop,
     handlers = {},
-    response_timeout = opts.response_timeout or 10000,
+    response_timeout = opts.response_timeout, -- the default is config/schema.lua's
     fallback = opts.fallback,
   }, mt)
   local api = {}

@@ -10,7 +10,7 @@
 --
 -- The requester's node asks Redis for the providing nodes once per call and
 -- offers the call to a local provider or to a node, one at a time; it keeps
--- the timers (realtime/rpc.lua). A node is told only about calls for names
+-- the timers (realtime/rpc_topic.lua). A node is told only about calls for names
 -- its clients provide. A node that stops gracefully removes its names at
 -- once; one that dies is removed by the node that finds it dead
 -- (cluster/presence.lua's heartbeats), and every node forgets its calls
@@ -29,7 +29,7 @@ M.CLOSE_SETTLE_MS = 1000
 local function noop() end
 
 -- cluster: cluster/init.lua's; nodes: cluster/nodes.lua's; target: the
--- realtime RPC topic (realtime/rpc.lua: from_node(msg), node_gone(node)).
+-- realtime RPC topic (realtime/rpc_topic.lua: from_node(msg), node_gone(node)).
 function M.new(cluster, nodes, target)
   local self = setmetatable({
     commands = cluster.commands, id = cluster.id, nodes_channel = nodes, target = target,
