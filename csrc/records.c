@@ -9,8 +9,8 @@
  * answered, through after_flush callbacks.
  *
  * With a loop the synced write runs on the store's writer thread while the
- * loop keeps serving: the next group gathers in a second batch and overlay
- * meanwhile (double buffering) and is written when the first is on disk.
+ * loop keeps serving: the next group gathers in a second overlay meanwhile
+ * (double buffering) and is written when the first is on disk.
  * Without a loop flush writes at once.
  *
  * This is the LevelDB implementation of the record engine's storage seam
@@ -69,7 +69,7 @@ struct ms_records {
     int sync;
     ms_recmap pending;           /* the group gathering */
     ms_recmap inflight;          /* the group being written */
-    leveldb_writebatch_t *batch, *spare, *writing;
+    leveldb_writebatch_t *batch, *spare, *writing;  /* filled at flush; a spare; the one being written */
     int dirty, flying, gone;
     rec_waiters waiters;         /* to wake after the next write */
     rec_waiters flying_waiters;  /* to wake when the write in flight returns */
