@@ -4,10 +4,11 @@
 -- RAW lines: server, workload, kind (RUN | PEAK | NA | INVALID), values...
 local raw_path, meta_path = arg[1], arg[2]
 
-local SERVERS = { "moonstream", "moonstream-nosync", "deepstream", "bare" }
+local SERVERS = { "moonstream", "moonstream-nosync", "moonstream-baseline", "deepstream", "bare" }
 local WORKLOADS = {
   { "read", "record read (1 command)" },
   { "write", "record write, version -1, 1000 records in turn" },
+  { "write1", "record write, version -1, every write to one hot record" },
   { "emit10", "batch of 10 event emits" },
   { "mixed10", "batch of 10 mixed commands" },
   { "rpc", "RPC add-two (Lua handler)" },
@@ -134,6 +135,7 @@ end
 target("read >= 3x deepstream", ratios.read.ds, 3, ">=")
 target("read >= 0.6x bare MHD", ratios.read.bare, 0.6, ">=")
 target("durable write >= 2x deepstream in-memory write", ratios.write.ds, 2, ">=")
+target("hot-record durable write >= 3x deepstream (issue 14)", ratios.write1.ds, 3, ">=")
 target("10-emit batch >= 3x deepstream", ratios.emit10.ds, 3, ">=")
 target("mixed batch >= 3x deepstream", ratios.mixed10.ds, 3, ">=")
 for _, wl in ipairs(WORKLOADS) do

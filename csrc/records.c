@@ -1,15 +1,16 @@
 /* records: versioned record values over the store, with group commit.
  *
  * A stored value is "<version> <json>" under the key "r/<name>". Changes made
- * while the loop serves one iteration go into one LevelDB write batch, which
- * flush() (called by the server once per loop iteration) writes with one
- * sync; only then are the requests that changed (or saw unsynced) data
- * answered, through after_flush callbacks. Until then the changes live in an
- * overlay (name -> version and text, or deleted) that every read consults.
+ * while the loop serves one iteration live in an overlay (name -> newest
+ * version and text, or deleted) that every read consults; flush() (called by
+ * the server once per loop iteration) turns it into one LevelDB write batch,
+ * one put or delete per record however often it changed, and writes it with
+ * one sync; only then are the requests that changed (or saw unsynced) data
+ * answered, through after_flush callbacks.
  *
  * With a loop the synced write runs on the store's writer thread while the
- * loop keeps serving: the next group gathers in a second batch and overlay
- * meanwhile (double buffering) and is written when the first is on disk.
+ * loop keeps serving: the next group gathers in a second overlay meanwhile
+ * (double buffering) and is written when the first is on disk.
  * Without a loop flush writes at once.
  *
  * This is the LevelDB implementation of the record engine's storage seam
@@ -68,7 +69,7 @@ struct ms_records {
     int sync;
     ms_recmap pending;           /* the group gathering */
     ms_recmap inflight;          /* the group being written */
-    leveldb_writebatch_t *batch, *spare, *writing;
+    leveldb_writebatch_t *batch, *spare, *writing;  /* filled at flush; a spare; the one being written */
     int dirty, flying, gone;
     rec_waiters waiters;         /* to wake after the next write */
     rec_waiters flying_waiters;  /* to wake when the write in flight returns */
@@ -143,16 +144,13 @@ static void record_release(ms_record *rec) {
     rec->owned = NULL;
 }
 
+/* A change goes into the overlay only: the group's LevelDB batch is built
+ * from the overlay at flush (fill_batch), so many changes of one record in a
+ * group cost one put (or delete) of its newest state, not one per change. */
 static int records_queue_put(ms_records *r, const char *name, size_t nlen, long long version,
                    const char *text, size_t tlen) {
     r->seen_valid = 0;
-    char num[24];
-    int n = snprintf(num, sizeof num, "%lld ", version);
-    if (build_key(r, name, nlen) != 0) return -1;
-    size_t klen = r->scratch.len;
-    if (!ms_jbuf_put(&r->scratch, num, (size_t)n) || !ms_jbuf_put(&r->scratch, text, tlen)) return -1;
     if (ms_recmap_set(&r->pending, name, nlen, version, text, tlen) != 0) return -1;
-    leveldb_writebatch_put(r->batch, r->scratch.data, klen, r->scratch.data + klen, r->scratch.len - klen);
     r->dirty = 1;
     ms_metrics_record_written();
     return 0;
@@ -160,11 +158,32 @@ static int records_queue_put(ms_records *r, const char *name, size_t nlen, long 
 
 static int records_queue_remove(ms_records *r, const char *name, size_t nlen) {
     r->seen_valid = 0;
-    if (build_key(r, name, nlen) != 0 || ms_recmap_set(&r->pending, name, nlen, 0, NULL, 0) != 0) return -1;
-    leveldb_writebatch_delete(r->batch, r->scratch.data, r->scratch.len);
+    if (ms_recmap_set(&r->pending, name, nlen, 0, NULL, 0) != 0) return -1;
     r->dirty = 1;
     ms_metrics_record_deleted();
     return 0;
+}
+
+/* r->batch = one put ("<version> <json>") or delete per record of the
+ * pending overlay. 0, or -1 out of memory (the batch is then cleared). */
+static int fill_batch(ms_records *r) {
+    ms_recmap_entry *e, *tmp;
+    HASH_ITER(hh, r->pending.head, e, tmp) {
+        if (build_key(r, e->name, e->nlen) != 0) goto oom;
+        size_t klen = r->scratch.len;
+        if (e->text == NULL) {
+            leveldb_writebatch_delete(r->batch, r->scratch.data, klen);
+            continue;
+        }
+        char num[24];
+        int n = snprintf(num, sizeof num, "%lld ", e->version);
+        if (!ms_jbuf_put(&r->scratch, num, (size_t)n) || !ms_jbuf_put(&r->scratch, e->text, e->tlen)) goto oom;
+        leveldb_writebatch_put(r->batch, r->scratch.data, klen, r->scratch.data + klen, r->scratch.len - klen);
+    }
+    return 0;
+oom:
+    leveldb_writebatch_clear(r->batch);
+    return -1;
 }
 
 static int records_pending(const ms_records *r) {
@@ -302,12 +321,13 @@ static int flush(lua_State *L, ms_records *r) {
     r->syncs++;
     r->dirty = 0;
     ms_metrics_group_commit(HASH_COUNT(r->pending.head));
-    if (r->loop == NULL) {
+    const char *oom = fill_batch(r) != 0 ? "out of memory" : NULL;
+    if (r->loop == NULL || oom != NULL) {  /* written now, or failed as a write would */
         r->seen_valid = 0;
-        char *err = ms_store_write(r->store, r->batch, r->sync);
+        char *err = oom ? NULL : ms_store_write(r->store, r->batch, r->sync);
         leveldb_writebatch_clear(r->batch);
         ms_recmap_clear(&r->pending);
-        wake(r, &w, err == NULL ? 1 : 0, err);
+        wake(r, &w, err == NULL && oom == NULL ? 1 : 0, err ? err : oom);
         free(err);
         return 1;
     }

@@ -7,7 +7,8 @@
  *
  * Lua API:
  *   core.workers(loop [, threads]) -> pool
- *       threads: default the online cores less one (at least one, at most
+ *       threads: hashing threads (puts have one of their own, below), by
+ *       default the online cores less one (at least one, at most
  *       WK_MAX_THREADS): the loop keeps a core of its own. With as many
  *       hashing threads as cores, a login storm on 2 cores left the loop's p99
  *       at 3.6-5.2x idle, with one 1.2-1.5x, at nearly the same login rate
@@ -26,6 +27,12 @@
  *       LevelDB groups concurrent synced writers into one log write and one
  *       sync. The store is kept from collection until fn ran; it must not be
  *       closed before the pool (the server closes the pool first).
+ *       Puts have a thread and queue of their own at normal priority (the
+ *       I/O thread, started with the others): behind the hashes a login's
+ *       token write waited for every hash queued before it, and a SCHED_IDLE
+ *       thread preempted while it held LevelDB's lock stalled the loop's
+ *       reads of the same store until a core fell idle (priority inversion:
+ *       a login storm's read p99 was 2x its health-check p99).
  *   pool:pending() -> jobs submitted whose callback has not run yet
  *   pool:hold(on) -> while held the workers start no new job (the specs use
  *       it to order events without timing); close releases it
@@ -80,11 +87,12 @@ typedef struct ms_workers {
     int efd;                      /* -1 once closed */
     int self_ref;                 /* keeps the pool alive while jobs are in flight */
     size_t pending;               /* loop thread only */
-    int nthreads, started;
-    pthread_t threads[WK_MAX_THREADS];
+    int nthreads, started;        /* hashing threads wanted, running */
+    int io_started;
+    pthread_t threads[WK_MAX_THREADS], io_thread;
     pthread_mutex_t mu;           /* guards everything below */
-    pthread_cond_t cv;
-    wk_list queue, done;
+    pthread_cond_t cv, io_cv;     /* queue has work, io has work (or stop/hold changed) */
+    wk_list queue, io, done;      /* CPU jobs, store jobs (the I/O thread), finished */
     int stopping, cancel, held;
 } ms_workers;
 
@@ -114,18 +122,17 @@ static void wk_lower_priority(void) {
     (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
 }
 
-static void *wk_main(void *arg) {
-    ms_workers *w = arg;
-    wk_lower_priority();
+/* Runs the jobs of one list (q, signalled through cv) until the pool stops. */
+static void wk_serve(ms_workers *w, wk_list *q, pthread_cond_t *cv) {
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (!w->stopping && (w->queue.head == NULL || w->held)) pthread_cond_wait(&w->cv, &w->mu);
+        while (!w->stopping && (q->head == NULL || w->held)) pthread_cond_wait(cv, &w->mu);
         /* stopping: drain the queue first, unless cancelled (__gc) */
-        if (w->queue.head == NULL || w->cancel) break;
-        wk_job *j = w->queue.head;
-        w->queue.head = j->next;
-        if (w->queue.head == NULL) w->queue.tail = NULL;
-        w->queue.n--;
+        if (q->head == NULL || w->cancel) break;
+        wk_job *j = q->head;
+        q->head = j->next;
+        if (q->head == NULL) q->tail = NULL;
+        q->n--;
         pthread_mutex_unlock(&w->mu);
         j->run(j);
         pthread_mutex_lock(&w->mu);
@@ -134,21 +141,35 @@ static void *wk_main(void *arg) {
         (void)!write(w->efd, &one, sizeof one);
     }
     pthread_mutex_unlock(&w->mu);
+}
+
+static void *wk_main(void *arg) {
+    ms_workers *w = arg;
+    wk_lower_priority();
+    wk_serve(w, &w->queue, &w->cv);
     return NULL;
 }
 
-/* Starts the threads with every signal blocked (the loop's signalfd must get
- * SIGINT/SIGTERM, never a worker). 0 when none could start. */
+/* The I/O thread: at normal priority, it mostly sleeps in fdatasync. */
+static void *wk_io_main(void *arg) {
+    ms_workers *w = arg;
+    wk_serve(w, &w->io, &w->io_cv);
+    return NULL;
+}
+
+/* Starts the threads not running yet (the hashing threads and the I/O
+ * thread) with every signal blocked (the loop's signalfd must get
+ * SIGINT/SIGTERM, never a worker). 0 unless the I/O thread and at least one
+ * hashing thread run. */
 static int wk_start(ms_workers *w) {
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    for (int i = 0; i < w->nthreads; i++) {
-        if (pthread_create(&w->threads[w->started], NULL, wk_main, w) != 0) break;
+    if (!w->io_started) w->io_started = pthread_create(&w->io_thread, NULL, wk_io_main, w) == 0;
+    while (w->started < w->nthreads && pthread_create(&w->threads[w->started], NULL, wk_main, w) == 0)
         w->started++;
-    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return w->started > 0;
+    return w->io_started && w->started > 0;
 }
 
 /* ---- delivery on the loop thread ---- */
@@ -272,9 +293,9 @@ static ms_workers *wk_check(lua_State *L) {
  * threads are started at the first job). */
 static const char *wk_refuse(ms_workers *w) {
     if (w->efd < 0) return "closed";
-    if (w->started == 0 && !wk_start(w)) return "cannot start worker threads";
+    if ((w->started == 0 || !w->io_started) && !wk_start(w)) return "cannot start worker threads";
     pthread_mutex_lock(&w->mu);
-    int full = w->queue.n >= WK_MAX_QUEUED;
+    int full = w->queue.n + w->io.n >= WK_MAX_QUEUED;
     pthread_mutex_unlock(&w->mu);
     return full ? "busy" : NULL;
 }
@@ -300,17 +321,18 @@ static void wk_unref(lua_State *L, ms_workers *w, int fn_ref) {
     }
 }
 
-/* Fills in the job's common part and queues it. */
+/* Fills in the job's common part and queues it for a hashing thread, or for
+ * the I/O thread (io). */
 static void wk_submit(ms_workers *w, wk_job *j, int fn_ref, void (*run)(wk_job *),
-                      int (*push)(lua_State *L, wk_job *), void (*release)(lua_State *L, wk_job *)) {
+                      int (*push)(lua_State *L, wk_job *), void (*release)(lua_State *L, wk_job *), int io) {
     j->fn_ref = fn_ref;
     j->run = run;
     j->push = push;
     j->release = release;
     w->pending++;
     pthread_mutex_lock(&w->mu);
-    wk_push_back(&w->queue, j);
-    pthread_cond_signal(&w->cv);
+    wk_push_back(io ? &w->io : &w->queue, j);
+    pthread_cond_signal(io ? &w->io_cv : &w->cv);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -344,7 +366,7 @@ static int workers_pbkdf2(lua_State *L) {
     j->args = a;
     j->args.password = (const char *)j->data;
     j->args.salt = (const char *)j->data + a.plen;
-    wk_submit(w, &j->base, fn_ref, pbkdf2_run, pbkdf2_push, pbkdf2_release);
+    wk_submit(w, &j->base, fn_ref, pbkdf2_run, pbkdf2_push, pbkdf2_release, 0);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -378,7 +400,7 @@ static int workers_put(lua_State *L) {
     j->vlen = vlen;
     memcpy(j->data, key, klen);
     memcpy(j->data + klen, value, vlen);
-    wk_submit(w, &j->base, fn_ref, put_run, put_push, put_release);
+    wk_submit(w, &j->base, fn_ref, put_run, put_push, put_release, 1);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -394,6 +416,7 @@ static int workers_hold(lua_State *L) {
     pthread_mutex_lock(&w->mu);
     w->held = on && !w->stopping;
     pthread_cond_broadcast(&w->cv);
+    pthread_cond_broadcast(&w->io_cv);
     pthread_mutex_unlock(&w->mu);
     return 0;
 }
@@ -407,17 +430,21 @@ static void wk_shutdown(ms_workers *w, int cancel) {
     w->cancel = cancel;
     w->held = 0;
     pthread_cond_broadcast(&w->cv);
+    pthread_cond_broadcast(&w->io_cv);
     pthread_mutex_unlock(&w->mu);
     for (int i = 0; i < w->started; i++) pthread_join(w->threads[i], NULL);
-    w->started = 0;
+    if (w->io_started) pthread_join(w->io_thread, NULL);
+    w->started = w->io_started = 0;
     ms_loop_unwatch(w->loop, w->efd);
     close(w->efd);
     w->efd = -1;
     /* no thread is left: the lists need no lock */
     wk_job *done = wk_take_all(&w->done);
     wk_job *queued = wk_take_all(&w->queue);
+    wk_job *io = wk_take_all(&w->io);
     wk_finish_list(w, done, !cancel);
     wk_finish_list(w, queued, !cancel);
+    wk_finish_list(w, io, !cancel);
 }
 
 static int workers_close(lua_State *L) {
@@ -430,6 +457,7 @@ static int workers_gc(lua_State *L) {
     wk_shutdown(w, 1);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
+    pthread_cond_destroy(&w->io_cv);
     return 0;
 }
 
@@ -453,6 +481,7 @@ static int workers_new(lua_State *L) {
     w->nthreads = (int)n;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
+    pthread_cond_init(&w->io_cv, NULL);
     w->loop = loop;
     luaL_setmetatable(L, WORKERS_MT);
     lua_pushvalue(L, 1);                 /* the loop outlives the pool */

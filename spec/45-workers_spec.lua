@@ -75,6 +75,25 @@ describe("worker pool (csrc/workers.c)", function()
     H.rmdir(dir)
   end)
 
+  it("runs a put on its own thread, not behind the hashes queued before it", function()
+    local one = core.workers(loop, 1)
+    local dir = H.tmpdir()
+    local st = assert(core.store_open(dir .. "/db"))
+    local order = {}
+    -- six hashes of 100 000 iterations (~0.15 s on one thread, far more under valgrind) before one put
+    for i = 1, 6 do
+      assert.is_true(one:pbkdf2("pw", "salt", 100000, 32, "sha256", function() order[#order + 1] = "hash" .. i end))
+    end
+    assert.is_true(one:put(st, "token", "t", function(ok) order[#order + 1] = ok and "put" or "put failed" end))
+    while one:pending() > 0 do loop:run_once(50) end
+    one:close()
+    st:close()
+    H.rmdir(dir)
+    assert.equal(7, #order)
+    assert.equal("hash6", order[7], table.concat(order, " "))  -- a single FIFO queue would end with the put
+    assert.truthy(table.concat(order, " "):find("put", 1, true))
+  end)
+
   it("drains on close: held jobs still run and call back; then it is closed", function()
     pool:hold(true)
     local got = 0
