@@ -4,7 +4,7 @@
 -- what a reopened store holds.
 local core = require "moonstream.core"
 local json = require "moonstream.json"
-local records_mod = require "moonstream.records"
+local records_mod = require "moonstream.record_engine"
 local H = require "spec.support.helpers"
 
 local MAX = 16777216
