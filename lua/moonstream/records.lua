@@ -118,8 +118,10 @@ function Records:notify(batch, names) return self.engine:notify(batch, names) en
 -- Creates name at version 0 with {} when it is missing (a realtime subscription).
 function Records:create(name) return self.engine:create(name) end
 
--- A batch for one POST /api request (csrc/engine_lua.c).
-function Records:batch() return self.engine:batch() end
+-- A batch for one POST /api request (csrc/engine_lua.c). With k its
+-- commands never wait for the store: one the store answers later returns
+-- nil, and k(ok) runs once its result has joined the batch.
+function Records:batch(k) return self.engine:batch(k) end
 
 -- True when writes are not on disk yet (gathering or being written).
 function Records:has_pending()
