@@ -78,6 +78,10 @@ int ms_engine_after_flush(ms_engine *e, ms_rec_durable_fn fn, void *ud);
 /* A record's state: the seam's get, routed by name. */
 void ms_engine_get(ms_engine *e, const char *name, size_t nlen, ms_rec_got_fn fn, void *ud);
 
+/* The rule for the data of a whole-record write (JSON text, whitespace
+ * before it allowed): an object or an array. 1 when it holds. */
+int ms_engine_whole_data(const char *data, size_t len);
+
 /* Runs c, appending its result to b; done(ud) when finished (maybe before
  * this returns). One command at a time per batch. */
 void ms_engine_run(ms_engine *e, ms_batch *b, const ms_cmd *c, ms_engine_done_fn done, void *ud);

@@ -6,7 +6,8 @@
  *   e:write(batch|nil, topic, name, data_text|nil, data_err|nil, version|nil, patch|nil, origin)
  *   e:delete(batch|nil, topic, name, origin)  e:notify(batch|nil, names)
  *   e:create(name)                            e:get(name) -> version, text | nil | nil, nil, err
- *   e:batch() -> batch: b:add(ok, text), b:ok(), b:fail(topic, event, message), b:response([sync_err]) -> text
+ *   e:batch([k]) -> batch: b:add(ok, text), b:ok(), b:fail(topic, event, message), b:response([sync_err]) -> text
+ *   core.whole_record_data(text) -> the engine's rule for a whole record's data
  *
  * With a batch a command's result joins it and the call returns ok; without,
  * the call returns ok and the result's JSON text. topic is "record" or
@@ -657,9 +658,20 @@ static const luaL_Reg batch_metameth[] = {
     {NULL, NULL}
 };
 
+/* core.whole_record_data(text) -> whether JSON text may be a whole record's
+ * data (the engine's rule, for callers that must answer before writing). */
+static int whole_record_data(lua_State *L) {
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    lua_pushboolean(L, ms_engine_whole_data(text, len));
+    return 1;
+}
+
 void ms_engine_open(lua_State *L) {
     ms_createmeta(L, ENGINE_MT, engine_meth, engine_metameth);
     ms_createmeta(L, BATCH_MT, batch_meth, batch_metameth);
     lua_pushcfunction(L, engine_new);
     lua_setfield(L, -2, "engine");
+    lua_pushcfunction(L, whole_record_data);
+    lua_setfield(L, -2, "whole_record_data");
 }

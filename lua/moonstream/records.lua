@@ -118,6 +118,10 @@ function Records:notify(batch, names) return self.engine:notify(batch, names) en
 -- Creates name at version 0 with {} when it is missing (a realtime subscription).
 function Records:create(name) return self.engine:create(name) end
 
+-- Whether JSON text may be a whole record's data (the engine's rule: an
+-- object or an array), for callers that must answer before writing.
+function Records.whole_data(_, text) return core.whole_record_data(text) end
+
 -- A batch for one POST /api request (csrc/engine_lua.c). With k its
 -- commands never wait for the store: one the store answers later returns
 -- nil, and k(ok) runs once its result has joined the batch.

@@ -261,7 +261,8 @@ function Records:write(c, msg)
   if action == RA.ERASE then
     if not path then return echo_invalid(c, msg, nil) end
     value, text = nil, nil
-  elseif not path and not (type(value) == "table" and (getmetatable(value) == nil or json.is_array(value))) then
+  elseif not path and not (text and store:whole_data(text)) then
+    -- the engine's rule, asked before the existence check below (deepstream's reply order)
     return echo_invalid(c, msg, value)
   end
   local version = msg.version
