@@ -5,8 +5,9 @@
  *   e:read(batch|nil, topic, name)            e:head(batch|nil, topic, name)
  *   e:write(batch|nil, topic, name, data_text|nil, data_err|nil, version|nil, patch|nil, origin)
  *   e:delete(batch|nil, topic, name, origin)  e:notify(batch|nil, names)
- *   e:create(name)                            e:get(name) -> version, text | nil | nil, nil, err
- *   e:batch([k]) -> batch: b:add(ok, text), b:ok(), b:fail(topic, event, message), b:response([sync_err]) -> text
+ *   e:create(name[, batch])                   e:get(name[, k]) -> version, text | nil | nil, nil, err | false
+ *   e:batch([k]) -> batch: b:add(ok, text), b:ok(), b:fail(topic, event, message), b:response([sync_err]) -> text,
+ *                  b:result(i) -> ok, text
  *   core.whole_record_data(text) -> the engine's rule for a whole record's data
  *
  * With a batch a command's result joins it and the call returns ok; without,
@@ -26,10 +27,12 @@
  * result has joined the batch. One command at a time per batch, so results
  * keep the batch's order; commands of different batches are in flight on
  * the store's connection together. POST /api runs this way (dispatch.lua).
- * Commands without such a batch (e:get, nil batch, e:batch() without k)
+ * e:get(name, k) is the same for a get: false now, k(result) later. The
+ * realtime protocol runs this way too (lua/moonstream/records.lua wait_*).
+ * Commands without a continuation (e:get(name), a nil batch, e:batch())
  * still settle the store before they return (it runs its own connection's
- * I/O only, bounded by its timeout): the realtime protocol and the Lua
- * record API still use them in cluster mode; shutdown drains with it. */
+ * I/O only, bounded by its timeout): handlers' ctx.records and permission
+ * rules that read records use them; shutdown drains with it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +44,7 @@
 #define ENGINE_MT "moonstream.Engine"
 #define BATCH_MT "moonstream.RecordBatch"
 #define UV_RECORDS 1
+#define ANCHOR_BATCH 0  /* where a waiting command's anchor table holds its batch */
 #define UV_K 2          /* a batch's continuation (its uservalue 1 is the engine) */
 
 /* the hooks table (registry ref): the change listener, the running command's origin */
@@ -278,7 +282,7 @@ static void later_done(void *ud) {
         bb->b = NULL;
     } else if (lua_checkstack(L, 4)) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, anchor);
-        lua_rawgeti(L, -1, 2);  /* the batch */
+        lua_rawgeti(L, -1, ANCHOR_BATCH);
         lua_getiuservalue(L, -1, UV_K);
         lua_replace(L, -3);
         lua_pop(L, 1);
@@ -290,13 +294,15 @@ static void later_done(void *ud) {
 
 /* Runs c on bb, a batch with a continuation: returns ok when it finished
  * during the call, nothing when k(ok) runs later (see the top). */
-static int run_later(lua_State *L, engine_box *eb, batch_box *bb, ms_cmd *c, int origin, int patch) {
+static int run_later(lua_State *L, engine_box *eb, batch_box *bb, int batch, ms_cmd *c, int origin, int patch) {
     int top = lua_gettop(L);
-    lua_createtable(L, top, 0);
+    lua_createtable(L, top + 1, 0);
     for (int i = 1; i <= top; i++) {
         lua_pushvalue(L, i);
         lua_rawseti(L, -2, i);
     }
+    lua_pushvalue(L, batch);
+    lua_rawseti(L, -2, ANCHOR_BATCH);
     bb->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* holds the batch, the engine, the strings c points to */
     bb->origin = 0;
     if (origin && !lua_isnoneornil(L, origin)) {
@@ -318,8 +324,9 @@ static int run_later(lua_State *L, engine_box *eb, batch_box *bb, ms_cmd *c, int
     return 1;
 }
 
-static int run(lua_State *L, engine_box *eb, batch_box *bb, ms_cmd *c, int origin, int patch) {
-    if (bb && bb->later) return run_later(L, eb, bb, c, origin, patch);
+/* bb: the batch at index batch, or NULL */
+static int run(lua_State *L, engine_box *eb, batch_box *bb, int batch, ms_cmd *c, int origin, int patch) {
+    if (bb && bb->later) return run_later(L, eb, bb, batch, c, origin, patch);
     return run_settled(L, eb, bb, c, origin, patch);
 }
 
@@ -338,7 +345,7 @@ static int simple(lua_State *L, int op) {
     batch_box *bb;
     ms_cmd c;
     engine_box *eb = cmd_args(L, op, &bb, &c);
-    return run(L, eb, bb, &c, op == MS_OP_DELETE ? 5 : 0, 0);
+    return run(L, eb, bb, 2, &c, op == MS_OP_DELETE ? 5 : 0, 0);
 }
 
 static int engine_read(lua_State *L) {
@@ -368,7 +375,7 @@ static int engine_write(lua_State *L) {
         luaL_checktype(L, 8, LUA_TFUNCTION);
         patch = 8;
     }
-    return run(L, eb, bb, &c, 9, patch);
+    return run(L, eb, bb, 2, &c, 9, patch);
 }
 
 static int engine_notify(lua_State *L) {
@@ -395,15 +402,23 @@ static int engine_notify(lua_State *L) {
         lua_pop(L, 1);
     }
     c.names = *names;
-    return run(L, eb, bb, &c, 0, 0);
+    return run(L, eb, bb, 2, &c, 0, 0);
 }
 
+/* e:create(name[, batch]) -> ok (with a batch: as the other commands) */
 static int engine_create(lua_State *L) {
     engine_box *eb = check_engine(L);
-    lua_settop(L, 2);
     ms_cmd c = { 0 };
     c.op = MS_OP_CREATE;
     c.name = luaL_checklstring(L, 2, &c.nlen);
+    if (!lua_isnoneornil(L, 3)) {
+        lua_settop(L, 3);
+        batch_box *bb = luaL_checkudata(L, 3, BATCH_MT);
+        if (bb->b == NULL || bb->owner != eb) luaL_argerror(L, 3, "a live batch of this engine");
+        if (bb->running) luaL_error(L, "a command of this batch is still waiting for the store");
+        return run(L, eb, bb, 3, &c, 0, 0);
+    }
+    lua_settop(L, 2);
     run_settled(L, eb, NULL, &c, 0, 0);
     lua_pop(L, 1);  /* the text */
     return 1;
@@ -428,32 +443,108 @@ static void got(void *ud, int status, long long version, const char *text, size_
     else g->copied = 1;
 }
 
-/* e:get(name) -> version, text | nil (missing) | nil, nil, err. Settles a
- * store that answers later: a get of a batch's continuation run meanwhile
+/* Pushes what e:get returns for g; -1 when out of memory. */
+static int push_got(lua_State *L, const got_state *g) {
+    const char *text = g->buf->data ? g->buf->data : "";
+    if (!g->copied) return -1;
+    if (g->status == MS_REC_FAILED) {
+        lua_pushnil(L);
+        lua_pushnil(L);
+        lua_pushlstring(L, text, g->buf->len);
+        return 3;
+    }
+    if (g->status != MS_REC_OK) return 0;
+    lua_pushinteger(L, (lua_Integer)g->version);
+    lua_pushlstring(L, text, g->buf->len);
+    return 2;
+}
+
+/* A get with a continuation whose store answers later. */
+typedef struct get_later {
+    engine_box *eb;
+    int anchor_ref;              /* { name, k } */
+    int in_call;
+    got_state g;
+    ms_jbuf buf;
+} get_later;
+
+static int get_later_tramp(lua_State *L) {
+    get_later *gl = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, gl->anchor_ref);
+    lua_rawgeti(L, -1, 2);
+    int n = push_got(L, &gl->g);
+    if (n < 0) return luaL_error(L, "not enough memory");
+    lua_call(L, n, 0);
+    return 0;
+}
+
+static void get_later_free(lua_State *L, get_later *gl) {
+    luaL_unref(L, LUA_REGISTRYINDEX, gl->anchor_ref);
+    ms_jbuf_free(&gl->buf);
+    free(gl);
+}
+
+static void got_later(void *ud, int status, long long version, const char *text, size_t len, const char *err) {
+    get_later *gl = ud;
+    got(&gl->g, status, version, text, len, err);
+    if (gl->in_call) return;
+    lua_State *L = gl->eb->L;
+    gl->eb->waiting--;
+    if (lua_checkstack(L, 6)) {
+        lua_pushcfunction(L, get_later_tramp);
+        lua_pushlightuserdata(L, gl);
+        ms_pcall(L, 1, 0);
+    }
+    get_later_free(L, gl);
+}
+
+/* e:get(name, k) for a store that answers later: the result now, or false
+ * and k(result...) later from the loop. */
+static int engine_get_later(lua_State *L, engine_box *eb, const char *name, size_t nlen) {
+    get_later *gl = calloc(1, sizeof *gl);
+    if (gl == NULL) return luaL_error(L, "not enough memory");
+    gl->eb = eb;
+    gl->g = (got_state){ &gl->buf, -2, 0, 0 };
+    gl->anchor_ref = LUA_NOREF;
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 1);  /* the name the store points to until it answers */
+    lua_pushvalue(L, 3);
+    lua_rawseti(L, -2, 2);
+    gl->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    gl->in_call = 1;
+    ms_engine_get(eb->e, name, nlen, got_later, gl);
+    gl->in_call = 0;
+    if (gl->g.status == -2) {
+        eb->waiting++;
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    int n = push_got(L, &gl->g);
+    get_later_free(L, gl);
+    if (n < 0) return luaL_error(L, "not enough memory");
+    return n;
+}
+
+/* e:get(name[, k]) -> version, text | nil (missing) | nil, nil, err. With k
+ * and a store that answers later: false, and k(those) runs later. Without
+ * k it settles such a store: a get of a batch's continuation run meanwhile
  * copies into its own buffer, not this one. */
 static int engine_get(lua_State *L) {
     engine_box *eb = check_engine(L);
     size_t nlen;
     const char *name = luaL_checklstring(L, 2, &nlen);
+    int immediate = ms_engine_immediate(eb->e);
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TFUNCTION);
+        if (!immediate) return engine_get_later(L, eb, name, nlen);
+    }
     ms_jbuf own = { 0 };
-    got_state g = { ms_engine_immediate(eb->e) ? &eb->got : &own, -2, 0, 0 };
+    got_state g = { immediate ? &eb->got : &own, -2, 0, 0 };
     ms_engine_get(eb->e, name, nlen, got, &g);
     if (g.status == -2) ms_engine_settle(eb->e);
     if (g.status == -2) return luaL_error(L, "the record store answered later (not supported by this binding)");
-    int n = 0;
-    const char *text = g.buf->data ? g.buf->data : "";
-    if (!g.copied) {
-        n = -1;
-    } else if (g.status == MS_REC_FAILED) {
-        lua_pushnil(L);
-        lua_pushnil(L);
-        lua_pushlstring(L, text, g.buf->len);
-        n = 3;
-    } else if (g.status == MS_REC_OK) {
-        lua_pushinteger(L, (lua_Integer)g.version);
-        lua_pushlstring(L, text, g.buf->len);
-        n = 2;
-    }
+    int n = push_got(L, &g);
     ms_jbuf_free(&own);
     if (eb->got.cap > GOT_KEEP) ms_jbuf_free(&eb->got);
     if (n < 0) return luaL_error(L, "not enough memory");
@@ -593,6 +684,19 @@ static int batch_succeeded(lua_State *L) {
     return 1;
 }
 
+/* b:result(i) -> ok, text of result i (1-based) | nil */
+static int batch_result(lua_State *L) {
+    ms_batch *b = check_batch(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > ms_batch_count(b)) return 0;
+    size_t len;
+    int ok;
+    const char *text = ms_batch_result(b, (size_t)i - 1, &len, &ok);
+    lua_pushboolean(L, ok);
+    lua_pushlstring(L, text, len);
+    return 2;
+}
+
 /* b:response([sync_err]) -> the answer's JSON text */
 static int batch_response(lua_State *L) {
     ms_batch *b = check_batch(L);
@@ -646,6 +750,7 @@ static const luaL_Reg batch_meth[] = {
     {"ok", batch_ok},
     {"fail", batch_fail},
     {"succeeded", batch_succeeded},
+    {"result", batch_result},
     {"response", batch_response},
     {"close", batch_close},
     {NULL, NULL}

@@ -83,6 +83,29 @@ describe("cluster mode without blocking waits", function()
     end)
   end
 
+  it("a realtime client's held write holds no one else; its replies keep their order", function()
+    local t = start(redis)
+    redis:command({ "DEL", "ms:r:s90/rt" })
+    assert.is_true(api(t, { { topic = "record", action = "write", recordName = "tmp/y", data = { m = 2 } } })
+      .body[1].success)
+    local a, b = H.realtime_client(t), H.realtime_client(t)
+    a.login("ann")
+    b.login("bob")
+    assert.equal("OK", redis:command({ "CLIENT", "PAUSE", "60000", "WRITE" }))
+    -- CREATEANDUPDATE with an ack, then a HEAD that must answer after it
+    a.send({ topic = 5, action = 16, name = "s90/rt", version = -1, data = '{"a":1}', correlationId = "1",
+      isWriteAck = true })
+    a.send({ topic = 5, action = 5, name = "s90/rt" })
+    t:run_until(function() return t.server.records:has_pending() end)
+    b.send({ topic = 5, action = 3, name = "tmp/y" }) -- READ of an excluded record
+    b.expect({ topic = 5, action = 4, name = "tmp/y", version = 1 })
+    assert.same({}, a.drain(), "ann's replies came before Redis answered")
+    assert.equal("OK", redis:command({ "CLIENT", "UNPAUSE" }))
+    a.expect({ topic = 5, action = 14, name = "s90/rt", correlationId = "1", isWriteAck = true })
+    a.expect({ topic = 5, action = 6, name = "s90/rt", version = 1 })
+    t:stop()
+  end)
+
   it("answers many requests in flight at once, each correctly", function()
     local t = start(redis)
     local list = {}
