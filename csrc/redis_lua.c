@@ -8,6 +8,7 @@
  *   conn:settle(ms)   runs this connection's I/O until every command sent is
  *                     answered (callbacks included) or ms passed (then they
  *                     fail): for callers that must answer before returning
+ *   conn:reply_timeout(ms)  commands with no reply for ms fail (see redis.h)
  *
  * A reply is a string (bulk or status), an integer, nil (a nil bulk; false
  * inside an array) or a table (array); an error reply is nil, "ERR ...".
@@ -223,6 +224,17 @@ static int redis_settle(lua_State *L) {
     return 0;
 }
 
+/* conn:reply_timeout(ms): commands waiting with no reply for ms fail (the
+ * connection is dropped and reconnects); callers that wait for the loop
+ * then never hang on a stalled Redis. */
+static int redis_reply_timeout(lua_State *L) {
+    ms_redis *r = ms_redis_check(L, 1);
+    lua_Number ms = luaL_checknumber(L, 2);
+    luaL_argcheck(L, ms > 0, 2, "a positive number of ms");
+    ms_redis_set_reply_timeout(r, (double)ms);
+    return 0;
+}
+
 static int redis_close(lua_State *L) {
     redis_box *b = luaL_checkudata(L, 1, REDIS_MT);
     if (b->r == NULL) return 0;
@@ -285,6 +297,7 @@ static const luaL_Reg redis_meth[] = {
     {"up", redis_up},
     {"waiting", redis_waiting},
     {"settle", redis_settle},
+    {"reply_timeout", redis_reply_timeout},
     {"close", redis_close},
     {NULL, NULL}
 };

@@ -11,6 +11,7 @@ local json = require "moonstream.json"
 local H = require "spec.support.helpers"
 local C = require "spec.support.cluster"
 local cluster = require "moonstream.cluster"
+local core = require "moonstream.core"
 
 local function start(redis)
   return H.start({ cluster = { redis = redis.url, name = "spec90" }, storageExclusionPrefixes = { "tmp/" } })
@@ -103,6 +104,45 @@ describe("cluster mode without blocking waits", function()
     assert.equal("OK", redis:command({ "CLIENT", "UNPAUSE" }))
     a.expect({ topic = 5, action = 14, name = "s90/rt", correlationId = "1", isWriteAck = true })
     a.expect({ topic = 5, action = 6, name = "s90/rt", version = 1 })
+    t:stop()
+  end)
+
+  it("a login waits for Redis to store its token without holding other requests", function()
+    local t = start(redis)
+    assert.equal("OK", redis:command({ "CLIENT", "PAUSE", "60000", "WRITE" }))
+    local login = {}
+    assert(t.client:request({
+      method = "POST", url = t.url .. "/api/auth", body = json.encode({ username = "ann" }),
+      headers = { ["Content-Type"] = "application/json", Expect = false }, timeout = 30000,
+    }, function(res, err) login.res = res or { error = err } end))
+    -- the token's SET is in flight once the connection has a command waiting
+    t:run_until(function() return login.res ~= nil or t.server.cluster.commands:waiting() > 0 end)
+    local health = t:request({ method = "GET", path = "/health-check" })
+    assert.equal(200, health.status)
+    assert.is_nil(login.res, "the login answered before Redis stored its token")
+    assert.equal("OK", redis:command({ "CLIENT", "UNPAUSE" }))
+    t:run_until(function() return login.res ~= nil end)
+    assert.equal(200, login.res.status, login.res.body)
+    local token = json.decode(login.res.body).token
+    local tokens = require "moonstream.tokens"
+    assert.equal(1, redis:command({ "EXISTS", "ms:k:" .. tokens.KEY_PREFIX .. tokens.hash(token) }))
+    t:stop()
+  end)
+
+  it("publishes an emit the fast path answers to the other nodes", function()
+    local t = start(redis)
+    local got
+    local sub = assert(core.redis(t.loop, { host = "127.0.0.1", port = redis.port, max_reply = 1048576,
+      on_message = function(channel, data) if channel == "ms:c:e:s90/fast" then got = data end end }))
+    sub:subscribe("ms:c:e:s90/fast")
+    t:run_until(function() return redis:command({ "PUBSUB", "NUMSUB", "ms:c:e:s90/fast" })[2] == 1 end)
+    local fast = t.server.http:stats().fast
+    assert.equal("SUCCESS", api(t, { { topic = "event", action = "emit", eventName = "s90/fast", data = { k = 1 } } })
+      .result)
+    assert.equal(fast + 1, t.server.http:stats().fast, "the fast path answered it")
+    t:run_until(function() return got ~= nil end)
+    assert.same({ k = 1 }, json.decode(got:match("\n[^\n]*\n(.*)$")))
+    sub:close()
     t:stop()
   end)
 
