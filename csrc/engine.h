@@ -70,7 +70,7 @@ int ms_engine_immediate(const ms_engine *e);
 /* 1 when every store answers at once or can settle (recstore.h). */
 int ms_engine_can_settle(const ms_engine *e);
 /* Runs the stores' I/O until every command and get begun so far is done
- * (bounded by each store's timeout). */
+ * (bounded by each store's timeout). Not for request paths (recstore.h). */
 void ms_engine_settle(ms_engine *e);
 /* The durability signal of the durable store (see recstore.h). */
 int ms_engine_has_pending(const ms_engine *e);

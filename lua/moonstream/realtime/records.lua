@@ -333,23 +333,31 @@ end
 -- one after the other in a coroutine of their own, which waits for the
 -- store (records.lua wait_*) while the loop serves everything else; the
 -- messages that arrive meanwhile queue behind it, so the replies keep the
--- order of the requests. A store that answers at once needs neither.
+-- order of the requests (at most MAX_WAITING: a client that sends more
+-- while Redis is slow is disconnected). A store that answers at once needs
+-- neither.
+M.MAX_WAITING = 4096
+
 function Records:handle(c, msg)
   if self.store.immediate then return self:_handle(c, msg) end
   local queue = self.queues[c]
   if queue then
-    queue[#queue + 1] = msg
+    if queue.last - queue.at >= M.MAX_WAITING then
+      log.warn("realtime: disconnected a client with %d record messages waiting for the store", M.MAX_WAITING)
+      return c:close()
+    end
+    queue.last = queue.last + 1
+    queue[queue.last] = msg
     return
   end
-  queue = { msg }
+  queue = { msg, at = 1, last = 1 }
   self.queues[c] = queue
   local co = coroutine.create(function()
-    local i = 1
-    while queue[i] do
-      local ok, err = pcall(self._handle, self, c, queue[i]) -- the next ones run whatever happens
+    while queue.at <= queue.last do
+      local ok, err = pcall(self._handle, self, c, queue[queue.at]) -- the next ones run whatever happens
       if not ok then log.error("realtime record message failed: %s", err) end
-      queue[i] = false -- done: let its message go
-      i = i + 1
+      queue[queue.at] = nil
+      queue.at = queue.at + 1
     end
     self.queues[c] = nil
   end)
