@@ -216,11 +216,16 @@ static int redis_waiting(lua_State *L) {
     return 1;
 }
 
-static int redis_settle(lua_State *L) {
-    ms_redis *r = ms_redis_check(L, 1);
+/* Argument 2: a positive number of ms. */
+static double arg_ms(lua_State *L) {
     lua_Number ms = luaL_checknumber(L, 2);
     luaL_argcheck(L, ms > 0, 2, "a positive number of ms");
-    ms_redis_settle(r, (double)ms);
+    return (double)ms;
+}
+
+static int redis_settle(lua_State *L) {
+    ms_redis *r = ms_redis_check(L, 1);
+    ms_redis_settle(r, arg_ms(L));
     return 0;
 }
 
@@ -229,9 +234,7 @@ static int redis_settle(lua_State *L) {
  * then never hang on a stalled Redis. */
 static int redis_reply_timeout(lua_State *L) {
     ms_redis *r = ms_redis_check(L, 1);
-    lua_Number ms = luaL_checknumber(L, 2);
-    luaL_argcheck(L, ms > 0, 2, "a positive number of ms");
-    ms_redis_set_reply_timeout(r, (double)ms);
+    ms_redis_set_reply_timeout(r, arg_ms(L));
     return 0;
 }
 
