@@ -313,6 +313,12 @@ static void version_failure(ms_batch *b, long long cur, const char *text, size_t
     record(b, off, good, 0, 0);
 }
 
+int ms_engine_whole_data(const char *data, size_t len) {
+    size_t i = 0;
+    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r')) i++;
+    return i < len && (data[i] == '{' || data[i] == '[');
+}
+
 /* The text to write (b->wtext) for a command whose version check passed;
  * 0 after recording the failure when there is none. */
 static int write_text(ms_batch *b, const char *cur, size_t len) {
@@ -337,8 +343,7 @@ static int write_text(ms_batch *b, const char *cur, size_t len) {
         if (c->data == NULL && c->data_err) {
             b->msg.len = 0;
             if (!put(&b->msg, c->data_err)) b->msg.len = 0;
-        } else if (c->data == NULL || c->dlen == 0 || (c->data[0] != '{' && c->data[0] != '[')) {
-            /* the data of a whole-record write is an object or an array */
+        } else if (c->data == NULL || !ms_engine_whole_data(c->data, c->dlen)) {
             if (!msg3(b, "Record update failed. The data of record \"", c->name, c->nlen,
                       "\" must be an object or an array."))
                 b->msg.len = 0;

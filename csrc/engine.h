@@ -70,13 +70,17 @@ int ms_engine_immediate(const ms_engine *e);
 /* 1 when every store answers at once or can settle (recstore.h). */
 int ms_engine_can_settle(const ms_engine *e);
 /* Runs the stores' I/O until every command and get begun so far is done
- * (bounded by each store's timeout). */
+ * (bounded by each store's timeout). Not for request paths (recstore.h). */
 void ms_engine_settle(ms_engine *e);
 /* The durability signal of the durable store (see recstore.h). */
 int ms_engine_has_pending(const ms_engine *e);
 int ms_engine_after_flush(ms_engine *e, ms_rec_durable_fn fn, void *ud);
 /* A record's state: the seam's get, routed by name. */
 void ms_engine_get(ms_engine *e, const char *name, size_t nlen, ms_rec_got_fn fn, void *ud);
+
+/* The rule for the data of a whole-record write (JSON text, whitespace
+ * before it allowed): an object or an array. 1 when it holds. */
+int ms_engine_whole_data(const char *data, size_t len);
 
 /* Runs c, appending its result to b; done(ud) when finished (maybe before
  * this returns). One command at a time per batch. */

@@ -5,8 +5,10 @@
  *   e:read(batch|nil, topic, name)            e:head(batch|nil, topic, name)
  *   e:write(batch|nil, topic, name, data_text|nil, data_err|nil, version|nil, patch|nil, origin)
  *   e:delete(batch|nil, topic, name, origin)  e:notify(batch|nil, names)
- *   e:create(name)                            e:get(name) -> version, text | nil | nil, nil, err
- *   e:batch() -> batch: b:add(ok, text), b:ok(), b:fail(topic, event, message), b:response([sync_err]) -> text
+ *   e:create(name[, batch])                   e:get(name[, k]) -> version, text | nil | nil, nil, err | false
+ *   e:batch([k]) -> batch: b:add(ok, text), b:ok(), b:fail(topic, event, message), b:response([sync_err]) -> text,
+ *                  b:result(i) -> ok, text
+ *   core.whole_record_data(text) -> the engine's rule for a whole record's data
  *
  * With a batch a command's result joins it and the call returns ok; without,
  * the call returns ok and the result's JSON text. topic is "record" or
@@ -15,11 +17,22 @@
  *
  * Lua is called from inside the engine (the patch, the change listener)
  * only through ms_pcall and a C trampoline, so nothing raises across the
- * engine or a store. These calls return the result: LevelDB and memory
- * answer at once, and a store that answers later (Redis, redisstore.c) is
- * settled before the call returns (it runs its own connection's I/O only,
- * bounded by its timeout). A continuation here would let the loop serve
- * meanwhile; the engine itself already supports one. */
+ * engine or a store.
+ *
+ * A store that answers later (Redis, redisstore.c): a batch made with a
+ * continuation, e:batch(k), never waits. A command on it returns ok when it
+ * finished during the call, or nothing when the store answers later: then
+ * its arguments stay anchored in the registry, the loop serves everything
+ * else meanwhile, and k(ok) runs (from the loop, through ms_pcall) when the
+ * result has joined the batch. One command at a time per batch, so results
+ * keep the batch's order; commands of different batches are in flight on
+ * the store's connection together. POST /api runs this way (dispatch.lua).
+ * e:get(name, k) is the same for a get: false now, k(result) later. The
+ * realtime protocol runs this way too (lua/moonstream/records.lua wait_*).
+ * Commands without a continuation (e:get(name), a nil batch, e:batch())
+ * still settle the store before they return (it runs its own connection's
+ * I/O only, bounded by its timeout): handlers' ctx.records and permission
+ * rules that read records use them; shutdown drains with it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +44,8 @@
 #define ENGINE_MT "moonstream.Engine"
 #define BATCH_MT "moonstream.RecordBatch"
 #define UV_RECORDS 1
+#define ANCHOR_BATCH 0  /* where a waiting command's anchor table holds its batch */
+#define UV_K 2          /* a batch's continuation (its uservalue 1 is the engine) */
 
 /* the hooks table (registry ref): the change listener, the running command's origin */
 #define HOOK_ON_CHANGE 1
@@ -39,18 +54,44 @@
 typedef struct engine_box {
     ms_engine *e;                /* NULL when closed */
     ms_batch *single;            /* for commands without a batch */
+    int single_busy;             /* single holds a settling command (another one settles inside it) */
     lua_State *L;                /* main thread */
     int hooks_ref;
-    int busy;                    /* a command is running */
+    int busy;                    /* Lua called from inside a command is running */
+    size_t waiting;              /* commands of batches with a continuation not done yet */
     ms_name *names;              /* notify's names */
     size_t capnames;
     ms_jbuf got;                 /* get's copy of the text */
     ms_jbuf resp;                /* a batch's answer */
 } engine_box;
 
+/* A path write's patch function: at index fn of the calling frame, or
+ * (ref set) at index fn of the anchor table ref while the command waits. */
+typedef struct patch_args {
+    lua_State *L;
+    int fn;
+    int ref;
+    const char *cur;
+    size_t len;
+    ms_jbuf *out, *msg;
+    int how;
+} patch_args;
+
 typedef struct batch_box {
     ms_batch *b;                 /* NULL when closed */
     engine_box *owner;
+    int later;                   /* it has a continuation (uservalue UV_K); 0: commands settle */
+    int anchor_ref;              /* the running command's arguments (a table) */
+    int running;                 /* a command is not done yet */
+    int in_call;                 /* ... and the call that began it has not returned */
+    int closing;                 /* closed while running: freed when it is done */
+    int ok;                      /* the result of the command done during its call */
+    int origin;                  /* the origin's index in the anchor table, 0: none */
+    size_t before;               /* results before the running command */
+    patch_args pa;
+    ms_patch patch;
+    ms_name *names;              /* notify's names */
+    size_t capnames;
 } batch_box;
 
 ms_engine *const *ms_engine_slot_check(lua_State *L, int idx) {
@@ -72,8 +113,21 @@ typedef struct change_args {
     const char *name, *text;
     size_t nlen, tlen;
     long long version;
-    int origin;
+    void *origin;                /* eb: hooks[HOOK_ORIGIN]; a batch_box: its anchored origin */
 } change_args;
+
+static void push_origin(lua_State *L, engine_box *eb, void *origin, int hooks) {
+    if (origin == NULL) {
+        lua_pushnil(L);
+    } else if (origin == eb) {
+        lua_rawgeti(L, hooks, HOOK_ORIGIN);
+    } else {
+        batch_box *bb = origin;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, bb->anchor_ref);
+        lua_rawgeti(L, -1, bb->origin);
+        lua_remove(L, -2);
+    }
+}
 
 static int change_tramp(lua_State *L) {
     change_args *a = lua_touserdata(L, 1);
@@ -85,8 +139,7 @@ static int change_tramp(lua_State *L) {
     else lua_pushnil(L);
     if (a->text) lua_pushlstring(L, a->text, a->tlen);
     else lua_pushnil(L);
-    if (a->origin) lua_rawgeti(L, hooks, HOOK_ORIGIN);
-    else lua_pushnil(L);
+    push_origin(L, a->eb, a->origin, hooks);
     lua_call(L, 4, 0);
     return 0;
 }
@@ -95,21 +148,15 @@ static void on_change(void *ud, const char *name, size_t nlen, long long version
                       void *origin) {
     engine_box *eb = ud;
     lua_State *L = eb->L;
-    change_args a = { eb, name, text, nlen, tlen, version, origin != NULL };
+    change_args a = { eb, name, text, nlen, tlen, version, origin };
     if (!lua_checkstack(L, 3)) return;
+    int busy = eb->busy;
+    eb->busy = 1;
     lua_pushcfunction(L, change_tramp);
     lua_pushlightuserdata(L, &a);
     ms_pcall(L, 1, 0);
+    eb->busy = busy;
 }
-
-typedef struct patch_args {
-    lua_State *L;
-    int fn;                      /* the patch function's index in the calling frame */
-    const char *cur;
-    size_t len;
-    ms_jbuf *out, *msg;
-    int how;
-} patch_args;
 
 static int patch_tramp(lua_State *L) {
     patch_args *p = lua_touserdata(L, 2);
@@ -138,9 +185,15 @@ static int patch_apply(void *ud, const char *cur, size_t len, ms_jbuf *out, ms_j
     p->out = out;
     p->msg = msg;
     p->how = MS_PATCH_INVALID;
-    if (!lua_checkstack(L, 4)) return MS_PATCH_INVALID;
+    if (!lua_checkstack(L, 5)) return MS_PATCH_INVALID;
     lua_pushcfunction(L, patch_tramp);
-    lua_pushvalue(L, p->fn);
+    if (p->ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+        lua_rawgeti(L, -1, p->fn);
+        lua_remove(L, -2);
+    } else {
+        lua_pushvalue(L, p->fn);
+    }
     lua_pushlightuserdata(L, p);
     if (!ms_pcall(L, 2, 0)) msg->len = 0;  /* logged; the command fails */
     if (p->how == MS_PATCH_INVALID && msg->len == 0) ms_jbuf_put(msg, "the path could not be applied", 29);
@@ -153,15 +206,13 @@ static void set_done(void *ud) {
     *(int *)ud = 1;
 }
 
-/* The batch at index 2, or the box's own (reset) when nil. */
-static ms_batch *arg_batch(lua_State *L, engine_box *eb) {
-    if (lua_isnoneornil(L, 2)) {
-        ms_batch_reset(eb->single);
-        return eb->single;
-    }
+/* The batch at index 2 (its box in *bbp), or NULL for nil (the box's own). */
+static batch_box *arg_batch(lua_State *L, engine_box *eb) {
+    if (lua_isnoneornil(L, 2)) return NULL;
     batch_box *bb = luaL_checkudata(L, 2, BATCH_MT);
     if (bb->b == NULL || bb->owner != eb) luaL_argerror(L, 2, "a live batch of this engine");
-    return bb->b;
+    if (bb->running) luaL_error(L, "a command of this batch is still waiting for the store");
+    return bb;
 }
 
 static int arg_list(lua_State *L, int idx) {
@@ -169,39 +220,120 @@ static int arg_list(lua_State *L, int idx) {
     return strcmp(topic, "list") == 0;
 }
 
-/* Runs c; returns ok (and the text without a batch). origin: the index of
- * the origin argument, 0 for none. */
-static int run(lua_State *L, engine_box *eb, ms_batch *b, ms_cmd *c, int origin) {
+/* Runs c and settles the store; returns ok (and the text without a batch).
+ * origin, patch: the indexes of those arguments, 0 for none. */
+static int run_settled(lua_State *L, engine_box *eb, batch_box *bb, ms_cmd *c, int origin, int patch) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, eb->hooks_ref);
     int hooks = lua_gettop(L);
     if (origin && !lua_isnoneornil(L, origin)) {
         lua_pushvalue(L, origin);
         lua_rawseti(L, hooks, HOOK_ORIGIN);
-        c->origin = eb;  /* any non-NULL: the listener gets hooks[HOOK_ORIGIN] */
+        c->origin = eb;  /* the listener gets hooks[HOOK_ORIGIN] */
     }
+    patch_args pa = { L, patch, LUA_NOREF, NULL, 0, NULL, NULL, 0 };
+    ms_patch mp = { patch_apply, &pa };
+    if (patch) c->patch = &mp;
+    /* a command settling inside another's settle (a continuation run by it)
+     * gets a batch of its own */
+    ms_batch *b = bb ? bb->b : eb->single_busy ? ms_batch_new(eb->e, 0) : eb->single;
+    if (b == NULL) return luaL_error(L, "not enough memory");
+    int own = b == eb->single;
+    if (own) eb->single_busy = 1;
+    if (!bb) ms_batch_reset(b);
     size_t before = ms_batch_count(b);
     int done = 0;
-    eb->busy = 1;
     ms_engine_run(eb->e, b, c, set_done, &done);
     if (!done) ms_engine_settle(eb->e);
-    eb->busy = 0;
+    if (own) eb->single_busy = 0;
     lua_pushnil(L);
     lua_rawseti(L, hooks, HOOK_ORIGIN);
+    size_t len = 0;
+    int ok = 0, found = done && ms_batch_count(b) > before;
+    const char *text = found ? ms_batch_result(b, before, &len, &ok) : NULL;
+    if (found && !bb) lua_pushlstring(L, text, len);  /* may raise: b is freed below either way */
+    if (!bb && !own && done) ms_batch_free(b);  /* not done: the store may still hold it */
     if (!done) return luaL_error(L, "the record store answered later (not supported by this binding)");
-    if (ms_batch_count(b) == before) return luaL_error(L, "not enough memory");
-    size_t len;
-    int ok;
-    const char *text = ms_batch_result(b, before, &len, &ok);
+    if (!found) return luaL_error(L, "not enough memory");
     lua_pushboolean(L, ok);
-    if (b != eb->single) return 1;
-    lua_pushlstring(L, text, len);
+    if (bb) return 1;
+    lua_insert(L, -2);
     return 2;
 }
 
+/* The command of bb (a batch with a continuation) is done. */
+static void later_done(void *ud) {
+    batch_box *bb = ud;
+    engine_box *eb = bb->owner;
+    lua_State *L = eb->L;
+    size_t len;
+    int ok = 0;
+    if (ms_batch_count(bb->b) > bb->before) ms_batch_result(bb->b, bb->before, &len, &ok);
+    bb->running = 0;
+    bb->ok = ok;
+    eb->waiting--;
+    int anchor = bb->anchor_ref;
+    bb->anchor_ref = LUA_NOREF;
+    if (bb->in_call) {
+        luaL_unref(L, LUA_REGISTRYINDEX, anchor);  /* the call's frame holds the arguments */
+        return;
+    }
+    if (bb->closing) {
+        ms_batch_free(bb->b);
+        bb->b = NULL;
+    } else if (lua_checkstack(L, 4)) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, anchor);
+        lua_rawgeti(L, -1, ANCHOR_BATCH);
+        lua_getiuservalue(L, -1, UV_K);
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        lua_pushboolean(L, ok);
+        ms_pcall(L, 1, 0);  /* may run the batch's next command; bb is not touched after it */
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, anchor);  /* the batch may be collected from here */
+}
+
+/* Runs c on bb, a batch with a continuation: returns ok when it finished
+ * during the call, nothing when k(ok) runs later (see the top). */
+static int run_later(lua_State *L, engine_box *eb, batch_box *bb, int batch, ms_cmd *c, int origin, int patch) {
+    int top = lua_gettop(L);
+    lua_createtable(L, top + 1, 0);
+    for (int i = 1; i <= top; i++) {
+        lua_pushvalue(L, i);
+        lua_rawseti(L, -2, i);
+    }
+    lua_pushvalue(L, batch);
+    lua_rawseti(L, -2, ANCHOR_BATCH);
+    bb->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* holds the batch, the engine, the strings c points to */
+    bb->origin = 0;
+    if (origin && !lua_isnoneornil(L, origin)) {
+        bb->origin = origin;
+        c->origin = bb;
+    }
+    if (patch) {
+        bb->pa = (patch_args){ eb->L, patch, bb->anchor_ref, NULL, 0, NULL, NULL, 0 };
+        bb->patch = (ms_patch){ patch_apply, &bb->pa };
+        c->patch = &bb->patch;
+    }
+    bb->before = ms_batch_count(bb->b);
+    bb->running = bb->in_call = 1;
+    eb->waiting++;
+    ms_engine_run(eb->e, bb->b, c, later_done, bb);
+    bb->in_call = 0;
+    if (bb->running) return 0;
+    lua_pushboolean(L, bb->ok);
+    return 1;
+}
+
+/* bb: the batch at index batch, or NULL */
+static int run(lua_State *L, engine_box *eb, batch_box *bb, int batch, ms_cmd *c, int origin, int patch) {
+    if (bb && bb->later) return run_later(L, eb, bb, batch, c, origin, patch);
+    return run_settled(L, eb, bb, c, origin, patch);
+}
+
 /* The arguments every command has: (batch|nil, topic, name). */
-static engine_box *cmd_args(lua_State *L, int op, ms_batch **b, ms_cmd *c) {
+static engine_box *cmd_args(lua_State *L, int op, batch_box **bb, ms_cmd *c) {
     engine_box *eb = check_engine(L);
-    *b = arg_batch(L, eb);
+    *bb = arg_batch(L, eb);
     memset(c, 0, sizeof *c);
     c->op = op;
     c->list = arg_list(L, 3);
@@ -210,10 +342,10 @@ static engine_box *cmd_args(lua_State *L, int op, ms_batch **b, ms_cmd *c) {
 }
 
 static int simple(lua_State *L, int op) {
-    ms_batch *b;
+    batch_box *bb;
     ms_cmd c;
-    engine_box *eb = cmd_args(L, op, &b, &c);
-    return run(L, eb, b, &c, op == MS_OP_DELETE ? 5 : 0);
+    engine_box *eb = cmd_args(L, op, &bb, &c);
+    return run(L, eb, bb, 2, &c, op == MS_OP_DELETE ? 5 : 0, 0);
 }
 
 static int engine_read(lua_State *L) {
@@ -229,57 +361,66 @@ static int engine_delete(lua_State *L) {
 }
 
 static int engine_write(lua_State *L) {
-    ms_batch *b;
+    batch_box *bb;
     ms_cmd c;
-    engine_box *eb = cmd_args(L, MS_OP_WRITE, &b, &c);
+    engine_box *eb = cmd_args(L, MS_OP_WRITE, &bb, &c);
     c.data = luaL_optlstring(L, 5, NULL, &c.dlen);
     c.data_err = luaL_optstring(L, 6, NULL);
     if (!lua_isnoneornil(L, 7)) {
         c.version = (long long)luaL_checkinteger(L, 7);
         c.has_version = c.version != -1;
     }
-    patch_args pa = { L, 8, NULL, 0, NULL, NULL, 0 };
-    ms_patch patch = { patch_apply, &pa };
+    int patch = 0;
     if (!lua_isnoneornil(L, 8)) {
         luaL_checktype(L, 8, LUA_TFUNCTION);
-        c.patch = &patch;
+        patch = 8;
     }
-    return run(L, eb, b, &c, 9);
+    return run(L, eb, bb, 2, &c, 9, patch);
 }
 
 static int engine_notify(lua_State *L) {
     engine_box *eb = check_engine(L);
-    ms_batch *b = arg_batch(L, eb);
+    batch_box *bb = arg_batch(L, eb);
     luaL_checktype(L, 3, LUA_TTABLE);
     size_t n = lua_rawlen(L, 3);
-    if (n > eb->capnames) {
-        ms_name *names = realloc(eb->names, n * sizeof *names);
-        if (names == NULL) return luaL_error(L, "not enough memory");
-        eb->names = names;
-        eb->capnames = n;
+    /* a waiting command keeps its names: each batch has its own array */
+    ms_name **names = bb ? &bb->names : &eb->names;
+    size_t *cap = bb ? &bb->capnames : &eb->capnames;
+    if (n > *cap) {
+        ms_name *more = realloc(*names, n * sizeof *more);
+        if (more == NULL) return luaL_error(L, "not enough memory");
+        *names = more;
+        *cap = n;
     }
     ms_cmd c = { 0 };
     c.op = MS_OP_NOTIFY;
     for (size_t i = 0; i < n; i++) {
         if (lua_rawgeti(L, 3, (lua_Integer)i + 1) == LUA_TSTRING) {
-            ms_name *nm = &eb->names[c.nnames++];
+            ms_name *nm = &(*names)[c.nnames++];
             nm->s = lua_tolstring(L, -1, &nm->len);  /* anchored in the table */
         }
         lua_pop(L, 1);
     }
-    c.names = eb->names;
-    return run(L, eb, b, &c, 0);
+    c.names = *names;
+    return run(L, eb, bb, 2, &c, 0, 0);
 }
 
+/* e:create(name[, batch]) -> ok (with a batch: as the other commands) */
 static int engine_create(lua_State *L) {
     engine_box *eb = check_engine(L);
-    ms_batch *b = eb->single;
-    ms_batch_reset(b);
     ms_cmd c = { 0 };
     c.op = MS_OP_CREATE;
     c.name = luaL_checklstring(L, 2, &c.nlen);
-    run(L, eb, b, &c, 0);
-    lua_settop(L, lua_gettop(L) - 1);  /* the text */
+    if (!lua_isnoneornil(L, 3)) {
+        lua_settop(L, 3);
+        batch_box *bb = luaL_checkudata(L, 3, BATCH_MT);
+        if (bb->b == NULL || bb->owner != eb) luaL_argerror(L, 3, "a live batch of this engine");
+        if (bb->running) luaL_error(L, "a command of this batch is still waiting for the store");
+        return run(L, eb, bb, 3, &c, 0, 0);
+    }
+    lua_settop(L, 2);
+    run_settled(L, eb, NULL, &c, 0, 0);
+    lua_pop(L, 1);  /* the text */
     return 1;
 }
 
@@ -287,7 +428,7 @@ static int engine_create(lua_State *L) {
 #define GOT_KEEP (256 * 1024)
 
 typedef struct got_state {
-    engine_box *eb;
+    ms_jbuf *buf;                /* the box's, or (a store that settles) the call's own */
     int status, copied;
     long long version;
 } got_state;
@@ -296,54 +437,146 @@ static void got(void *ud, int status, long long version, const char *text, size_
     got_state *g = ud;
     g->status = status;
     g->version = version;
-    g->eb->got.len = 0;
-    if (status == MS_REC_OK) g->copied = ms_jbuf_put(&g->eb->got, text, len);
-    else if (status == MS_REC_FAILED) g->copied = ms_jbuf_put(&g->eb->got, err, strlen(err));
+    g->buf->len = 0;
+    if (status == MS_REC_OK) g->copied = ms_jbuf_put(g->buf, text, len);
+    else if (status == MS_REC_FAILED) g->copied = ms_jbuf_put(g->buf, err, strlen(err));
     else g->copied = 1;
 }
 
-/* e:get(name) -> version, text | nil (missing) | nil, nil, err */
+/* Pushes what e:get returns for g; -1 when out of memory. */
+static int push_got(lua_State *L, const got_state *g) {
+    const char *text = g->buf->data ? g->buf->data : "";
+    if (!g->copied) return -1;
+    if (g->status == MS_REC_FAILED) {
+        lua_pushnil(L);
+        lua_pushnil(L);
+        lua_pushlstring(L, text, g->buf->len);
+        return 3;
+    }
+    if (g->status != MS_REC_OK) return 0;
+    lua_pushinteger(L, (lua_Integer)g->version);
+    lua_pushlstring(L, text, g->buf->len);
+    return 2;
+}
+
+/* A get with a continuation whose store answers later. */
+typedef struct get_later {
+    engine_box *eb;
+    int anchor_ref;              /* { name, k } */
+    int in_call;
+    got_state g;
+    ms_jbuf buf;
+} get_later;
+
+static int get_later_tramp(lua_State *L) {
+    get_later *gl = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, gl->anchor_ref);
+    lua_rawgeti(L, -1, 2);
+    int n = push_got(L, &gl->g);
+    if (n < 0) return luaL_error(L, "not enough memory");
+    lua_call(L, n, 0);
+    return 0;
+}
+
+static void get_later_free(lua_State *L, get_later *gl) {
+    luaL_unref(L, LUA_REGISTRYINDEX, gl->anchor_ref);
+    ms_jbuf_free(&gl->buf);
+    free(gl);
+}
+
+static void got_later(void *ud, int status, long long version, const char *text, size_t len, const char *err) {
+    get_later *gl = ud;
+    got(&gl->g, status, version, text, len, err);
+    if (gl->in_call) return;
+    lua_State *L = gl->eb->L;
+    gl->eb->waiting--;
+    if (lua_checkstack(L, 6)) {
+        lua_pushcfunction(L, get_later_tramp);
+        lua_pushlightuserdata(L, gl);
+        ms_pcall(L, 1, 0);
+    }
+    get_later_free(L, gl);
+}
+
+/* e:get(name, k) for a store that answers later: the result now, or false
+ * and k(result...) later from the loop. */
+static int engine_get_later(lua_State *L, engine_box *eb, const char *name, size_t nlen) {
+    get_later *gl = calloc(1, sizeof *gl);
+    if (gl == NULL) return luaL_error(L, "not enough memory");
+    gl->eb = eb;
+    gl->g = (got_state){ &gl->buf, -2, 0, 0 };
+    gl->anchor_ref = LUA_NOREF;
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 1);  /* the name the store points to until it answers */
+    lua_pushvalue(L, 3);
+    lua_rawseti(L, -2, 2);
+    gl->anchor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    gl->in_call = 1;
+    ms_engine_get(eb->e, name, nlen, got_later, gl);
+    gl->in_call = 0;
+    if (gl->g.status == -2) {
+        eb->waiting++;
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    int n = push_got(L, &gl->g);
+    get_later_free(L, gl);
+    if (n < 0) return luaL_error(L, "not enough memory");
+    return n;
+}
+
+/* e:get(name[, k]) -> version, text | nil (missing) | nil, nil, err. With k
+ * and a store that answers later: false, and k(those) runs later. Without
+ * k it settles such a store: a get of a batch's continuation run meanwhile
+ * copies into its own buffer, not this one. */
 static int engine_get(lua_State *L) {
     engine_box *eb = check_engine(L);
     size_t nlen;
     const char *name = luaL_checklstring(L, 2, &nlen);
-    got_state g = { eb, -2, 0, 0 };
-    eb->busy = 1;
+    int immediate = ms_engine_immediate(eb->e);
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TFUNCTION);
+        if (!immediate) return engine_get_later(L, eb, name, nlen);
+    }
+    ms_jbuf own = { 0 };
+    got_state g = { immediate ? &eb->got : &own, -2, 0, 0 };
     ms_engine_get(eb->e, name, nlen, got, &g);
     if (g.status == -2) ms_engine_settle(eb->e);
-    eb->busy = 0;
     if (g.status == -2) return luaL_error(L, "the record store answered later (not supported by this binding)");
-    if (!g.copied) return luaL_error(L, "not enough memory");
-    if (g.status == MS_REC_MISSING) return 0;
-    const char *text = eb->got.data ? eb->got.data : "";
-    if (g.status == MS_REC_FAILED) {
-        lua_pushnil(L);
-        lua_pushnil(L);
-        lua_pushlstring(L, text, eb->got.len);
-        return 3;
-    }
-    lua_pushinteger(L, (lua_Integer)g.version);
-    lua_pushlstring(L, text, eb->got.len);
+    int n = push_got(L, &g);
+    ms_jbuf_free(&own);
     if (eb->got.cap > GOT_KEEP) ms_jbuf_free(&eb->got);
-    return 2;
+    if (n < 0) return luaL_error(L, "not enough memory");
+    return n;
 }
 
-/* e:batch() -> a batch whose answer is bounded by max_response */
+/* e:batch([k]) -> a batch whose answer is bounded by max_response. With k,
+ * its commands never wait: k(ok) runs when one the store answers later is
+ * done (see the top). */
 static int engine_batch(lua_State *L) {
     engine_box *eb = check_engine(L);
-    batch_box *bb = lua_newuserdatauv(L, sizeof *bb, 1);
-    bb->b = NULL;
+    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+    batch_box *bb = lua_newuserdatauv(L, sizeof *bb, 2);
+    memset(bb, 0, sizeof *bb);
     bb->owner = eb;
+    bb->anchor_ref = LUA_NOREF;
     luaL_setmetatable(L, BATCH_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);  /* the engine outlives its batches */
     if ((bb->b = ms_batch_new(eb->e, 1)) == NULL) return luaL_error(L, "not enough memory");
+    if (!lua_isnoneornil(L, 2)) {
+        lua_pushvalue(L, 2);
+        lua_setiuservalue(L, -2, UV_K);  /* not in the registry: a dropped batch is collected */
+        bb->later = 1;
+    }
     return 1;
 }
 
 static int engine_close(lua_State *L) {
     engine_box *eb = luaL_checkudata(L, 1, ENGINE_MT);
     if (eb->e == NULL) return 0;
+    if (eb->waiting > 0) ms_engine_settle(eb->e);  /* shutdown: commands in flight finish first */
     ms_engine_free(eb->e);
     eb->e = NULL;
     ms_batch_free(eb->single);
@@ -451,6 +684,19 @@ static int batch_succeeded(lua_State *L) {
     return 1;
 }
 
+/* b:result(i) -> ok, text of result i (1-based) | nil */
+static int batch_result(lua_State *L) {
+    ms_batch *b = check_batch(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    if (i < 1 || (size_t)i > ms_batch_count(b)) return 0;
+    size_t len;
+    int ok;
+    const char *text = ms_batch_result(b, (size_t)i - 1, &len, &ok);
+    lua_pushboolean(L, ok);
+    lua_pushlstring(L, text, len);
+    return 2;
+}
+
 /* b:response([sync_err]) -> the answer's JSON text */
 static int batch_response(lua_State *L) {
     ms_batch *b = check_batch(L);
@@ -467,8 +713,15 @@ static int batch_response(lua_State *L) {
 
 static int batch_close(lua_State *L) {
     batch_box *bb = luaL_checkudata(L, 1, BATCH_MT);
-    ms_batch_free(bb->b);
-    bb->b = NULL;
+    if (bb->running) {
+        bb->closing = 1;  /* the store still holds it: later_done frees it */
+    } else {
+        ms_batch_free(bb->b);
+        bb->b = NULL;
+    }
+    free(bb->names);
+    bb->names = NULL;
+    bb->capnames = 0;
     return 0;
 }
 
@@ -497,6 +750,7 @@ static const luaL_Reg batch_meth[] = {
     {"ok", batch_ok},
     {"fail", batch_fail},
     {"succeeded", batch_succeeded},
+    {"result", batch_result},
     {"response", batch_response},
     {"close", batch_close},
     {NULL, NULL}
@@ -509,9 +763,20 @@ static const luaL_Reg batch_metameth[] = {
     {NULL, NULL}
 };
 
+/* core.whole_record_data(text) -> whether JSON text may be a whole record's
+ * data (the engine's rule, for callers that must answer before writing). */
+static int whole_record_data(lua_State *L) {
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    lua_pushboolean(L, ms_engine_whole_data(text, len));
+    return 1;
+}
+
 void ms_engine_open(lua_State *L) {
     ms_createmeta(L, ENGINE_MT, engine_meth, engine_metameth);
     ms_createmeta(L, BATCH_MT, batch_meth, batch_metameth);
     lua_pushcfunction(L, engine_new);
     lua_setfield(L, -2, "engine");
+    lua_pushcfunction(L, whole_record_data);
+    lua_setfield(L, -2, "whole_record_data");
 }

@@ -17,7 +17,12 @@
  * batch's answer come from the engine, as on the Lua path.
  *
  * Emits call emit_hook(name, data_text) while Lua reports someone may listen
- * (fp:watch_emits); record changes reach Lua through the engine's listener. */
+ * (fp:watch_emits); record changes reach Lua through the engine's listener.
+ *
+ * A store that answers later (Redis, cluster mode) is never waited for: the
+ * request's commands run on from the loop as each answer comes (step,
+ * cmd_done), in order, while the loop serves everything else, and the
+ * request is answered through a waiter (http.h) when the last is done. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,12 +105,23 @@ struct ms_fast {
     yajl_handle h;               /* during a parse */
     const char *body;            /* the request's, during a parse and its run */
     size_t body_len;
+    size_t jobs;                 /* jobs waiting for their store */
 };
 
-/* A batch waiting for its group commit. */
+/* One request's run. The batch's commands run in order; a command whose
+ * store answers later (Redis) continues the run from the loop, so the job
+ * then holds its own copies of the parsed request (the fast path parses the
+ * next one into its buffers meanwhile), and it answers through a waiter. */
 typedef struct fast_job {
-    ms_http_waiter *waiter;
+    ms_fast *f;
+    ms_engine *e;
     ms_batch *batch;
+    ms_http_waiter *waiter;      /* set once the request is answered later */
+    const fast_cmd *cmds;
+    size_t ncmds, at;            /* at: the command running */
+    const char *names, *data, *body;
+    int looping, answered;       /* in step's loop; the running command answered */
+    int counted;                 /* counted in f->jobs (it waits for its store) */
 } fast_job;
 
 /* ---- parsing (yajl callbacks) ---- */
@@ -452,7 +468,8 @@ static int parse(ms_fast *f, const char *body, size_t len) {
 
 typedef struct emit_args {
     ms_fast *f;
-    const fast_cmd *c;
+    const char *name, *raw;      /* raw: the data as the client wrote it, NULL: none */
+    size_t nlen, rlen;
 } emit_args;
 
 /* emit_hook(name, data_text|nil): the client's own text, so listeners decode
@@ -460,71 +477,46 @@ typedef struct emit_args {
  * would not keep). Run by ms_pcall: nothing raises inside MHD's callback. */
 static int emit_tramp(lua_State *L) {
     emit_args *a = lua_touserdata(L, 1);
-    const fast_cmd *c = a->c;
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->f->emit_ref);
-    lua_pushlstring(L, a->f->names.data + c->name_off, c->name_len);
-    if (c->seen & F_DATA) lua_pushlstring(L, a->f->body + c->raw_off, c->raw_len);
+    lua_pushlstring(L, a->name, a->nlen);
+    if (a->raw) lua_pushlstring(L, a->raw, a->rlen);
     else lua_pushnil(L);
     lua_call(L, 2, 0);
     return 0;
 }
 
-static void emit(ms_fast *f, const fast_cmd *c) {
+static void emit(fast_job *job, const fast_cmd *c) {
+    ms_fast *f = job->f;
     lua_State *L = f->L;
     if (!f->watch_emits || f->emit_ref == LUA_NOREF || !lua_checkstack(L, 3)) return;
-    emit_args a = { f, c };
+    emit_args a = { f, job->names + c->name_off, (c->seen & F_DATA) ? job->body + c->raw_off : NULL, c->name_len,
+                    c->raw_len };
     lua_pushcfunction(L, emit_tramp);
     lua_pushlightuserdata(L, &a);
     ms_pcall(L, 1, 0);
 }
 
-static void set_done(void *ud) {
-    *(int *)ud = 1;
-}
-
-/* Runs command c into f->batch. */
-static void run_command(ms_fast *f, ms_engine *e, const fast_cmd *c) {
-    if (c->kind == K_EMIT) {
-        emit(f, c);
-        ms_batch_ok(f->batch);
-        return;
-    }
-    static const int OPS[] = { [K_READ] = MS_OP_READ, [K_HEAD] = MS_OP_HEAD, [K_WRITE] = MS_OP_WRITE,
-                               [K_DELETE] = MS_OP_DELETE };
-    ms_cmd cmd = { 0 };
-    cmd.op = OPS[c->kind];
-    cmd.name = f->names.data + c->name_off;
-    cmd.nlen = c->name_len;
-    if (c->kind == K_WRITE) {
-        cmd.data = f->data.data + c->data_off;
-        cmd.dlen = c->data_len;
-        cmd.has_version = (c->seen & F_VERSION) && c->version != -1;
-        cmd.version = c->version;
-    }
-    int done = 0;
-    ms_engine_run(e, f->batch, &cmd, set_done, &done);  /* immediate stores: checked in ms_fast_run */
-}
-
 /* The commands this path answers, as moonstream_commands_total labels them. */
-static void count_commands(ms_fast *f) {
+static void count_commands(const fast_job *job) {
     static const int ACTION[] = { [K_EMIT] = MS_ACTION_EMIT, [K_READ] = MS_ACTION_READ, [K_HEAD] = MS_ACTION_HEAD,
                                   [K_WRITE] = MS_ACTION_WRITE, [K_DELETE] = MS_ACTION_DELETE };
-    for (size_t i = 0; i < f->ncmds && i < ms_batch_count(f->batch); i++) {
-        const fast_cmd *c = &f->cmds[i];
+    for (size_t i = 0; i < job->ncmds && i < ms_batch_count(job->batch); i++) {
+        const fast_cmd *c = &job->cmds[i];
         size_t len;
         int ok;
-        ms_batch_result(f->batch, i, &len, &ok);
+        ms_batch_result(job->batch, i, &len, &ok);
         ms_metrics_command(c->topic == T_EVENT ? MS_TOPIC_EVENT : MS_TOPIC_RECORD, ACTION[c->kind], ok);
     }
 }
 
 static void job_free(fast_job *job) {
+    if (job->counted) job->f->jobs--;
     ms_batch_free(job->batch);
-    free(job);
+    free(job);  /* the copies live in the same block */
 }
 
-/* The group commit of a deferred batch returned: answer it (status 1 or 0),
- * or only free it (-1: the store went away). */
+/* Answers a job that waited: status 1 (durable) or 0 (err), or only frees
+ * it (-1: the store went away). */
 static void job_done(void *ud, int status, const char *err) {
     fast_job *job = ud;
     if (status < 0) {
@@ -537,6 +529,61 @@ static void job_done(void *ud, int status, const char *err) {
     else ms_http_waiter_answer(job->waiter, ms_batch_oom, strlen(ms_batch_oom));
     ms_jbuf_free(&o);
     job_free(job);
+}
+
+static void cmd_done(void *ud);
+
+/* Every command of a job that waits is done: the answer, once the batch's
+ * writes are durable. */
+static void job_answer(fast_job *job) {
+    if (!ms_engine_has_pending(job->e)) job_done(job, 1, NULL);
+    else if (ms_engine_after_flush(job->e, job_done, job) != 0) job_done(job, 0, "out of memory");
+}
+
+/* Runs the job's commands from job->at; 1 when all are done, 0 when one
+ * waits for its store (cmd_done goes on). A loop, not a recursion, for
+ * stores that answer at once. */
+static int step(fast_job *job) {
+    static const int OPS[] = { [K_READ] = MS_OP_READ, [K_HEAD] = MS_OP_HEAD, [K_WRITE] = MS_OP_WRITE,
+                               [K_DELETE] = MS_OP_DELETE };
+    while (job->at < job->ncmds) {
+        const fast_cmd *c = &job->cmds[job->at];
+        if (c->kind == K_EMIT) {
+            emit(job, c);
+            ms_batch_ok(job->batch);
+            job->at++;
+            continue;
+        }
+        ms_cmd cmd = { 0 };
+        cmd.op = OPS[c->kind];
+        cmd.name = job->names + c->name_off;
+        cmd.nlen = c->name_len;
+        if (c->kind == K_WRITE) {
+            cmd.data = job->data + c->data_off;
+            cmd.dlen = c->data_len;
+            cmd.has_version = (c->seen & F_VERSION) && c->version != -1;
+            cmd.version = c->version;
+        }
+        job->looping = 1;
+        job->answered = 0;
+        ms_engine_run(job->e, job->batch, &cmd, cmd_done, job);
+        job->looping = 0;
+        if (!job->answered) return 0;
+    }
+    count_commands(job);
+    return 1;
+}
+
+/* A command of a job that waited is done: the next, or the answer once the
+ * batch's writes are durable. */
+static void cmd_done(void *ud) {
+    fast_job *job = ud;
+    job->at++;
+    if (job->looping) {
+        job->answered = 1;  /* step's loop goes on */
+        return;
+    }
+    if (step(job)) job_answer(job);
 }
 
 /* Answers now: *out is f->resp (sync_err: the batch's changes failed). */
@@ -552,31 +599,72 @@ static int answer(ms_fast *f, const char *sync_err, const char **out, size_t *ou
     return MS_FAST_DONE;
 }
 
-/* Runs the parsed commands; answers now or after the group commit. */
+/* A job with its own copies of the parsed request and its own batch, for a
+ * store that answers later; NULL when out of memory. */
+static fast_job *job_copy(ms_fast *f, ms_engine *e, void *req) {
+    size_t ncmd = f->ncmds * sizeof *f->cmds;
+    fast_job *job = malloc(sizeof *job + ncmd + f->names.len + f->data.len + f->body_len + 1);
+    if (job == NULL) return NULL;
+    memset(job, 0, sizeof *job);
+    char *at = (char *)(job + 1);
+    memcpy(at, f->cmds, ncmd);
+    job->cmds = (const fast_cmd *)at;
+    at += ncmd;
+    if (f->names.len) memcpy(at, f->names.data, f->names.len);
+    job->names = at;
+    at += f->names.len;
+    if (f->data.len) memcpy(at, f->data.data, f->data.len);
+    job->data = at;
+    at += f->data.len;
+    if (f->body_len) memcpy(at, f->body, f->body_len);
+    job->body = at;
+    job->f = f;
+    job->e = e;
+    job->ncmds = f->ncmds;
+    if ((job->batch = ms_batch_new(e, 1)) == NULL || (job->waiter = ms_http_defer(req)) == NULL) {
+        ms_batch_free(job->batch);
+        free(job);
+        return NULL;
+    }
+    f->jobs++;
+    job->counted = 1;
+    return job;
+}
+
+/* Runs the parsed commands; answers now or after the group commit. A store
+ * that answers later: the job runs on from the loop (cmd_done). */
 static int run(ms_fast *f, ms_engine *e, void *req, const char **out, size_t *outlen) {
+    if (!ms_engine_immediate(e)) {
+        fast_job *later = job_copy(f, e, req);
+        if (later == NULL) return MS_FAST_DECLINE;  /* nothing ran: the Lua path answers */
+        if (step(later)) job_answer(later);  /* every store answered during the call */
+        return MS_FAST_LATER;
+    }
     ms_batch_reset(f->batch);
-    for (size_t i = 0; i < f->ncmds; i++) run_command(f, e, &f->cmds[i]);
-    count_commands(f);
+    fast_job job = { f, e, f->batch, NULL, f->cmds, f->ncmds, 0, f->names.data, f->data.data, f->body, 0, 0, 0 };
+    step(&job);  /* immediate stores: done */
     if (!ms_engine_has_pending(e)) return answer(f, NULL, out, outlen);
     /* answered once the batch's writes (or the unsynced data it saw) are
      * durable: the job takes the batch, the fast path a new one */
-    fast_job *job = calloc(1, sizeof *job);
+    fast_job *wait = calloc(1, sizeof *wait);
     ms_batch *next = ms_batch_new(e, 1);
-    if (job == NULL || next == NULL || (job->waiter = ms_http_defer(req)) == NULL) {
-        free(job);
+    if (wait == NULL || next == NULL || (wait->waiter = ms_http_defer(req)) == NULL) {
+        free(wait);
         ms_batch_free(next);
         return answer(f, "out of memory", out, outlen);  /* the commands ran: say so */
     }
-    job->batch = f->batch;
+    wait->f = f;
+    wait->e = e;
+    wait->batch = f->batch;
     f->batch = next;
-    if (ms_engine_after_flush(e, job_done, job) != 0) job_done(job, 0, "out of memory");
+    if (ms_engine_after_flush(e, job_done, wait) != 0) job_done(wait, 0, "out of memory");
     return MS_FAST_LATER;
 }
 
 int ms_fast_run(ms_fast *f, void *req, const char *url, const char *content_type,
                 const char *body, size_t len, const char **out, size_t *outlen) {
     ms_engine *e = *f->engine;
-    if (!f->enabled || e == NULL || !ms_engine_immediate(e) || f->api_path == NULL ||
+    if (!f->enabled || e == NULL || f->api_path == NULL ||
         strcmp(url, f->api_path) != 0 || !ms_http_is_json(content_type))
         return MS_FAST_DECLINE;
     if (!parse(f, body, len)) return MS_FAST_DECLINE;
@@ -686,6 +774,8 @@ static int fast_watch_emits(lua_State *L) {
 static int fast_close(lua_State *L) {
     ms_fast *f = luaL_checkudata(L, 1, FAST_MT);
     f->enabled = 0;
+    /* jobs waiting for their store point here: they finish first (shutdown) */
+    if (f->jobs > 0 && *f->engine) ms_engine_settle(*f->engine);
     ms_json_pool_delete(f->pool);
     f->pool = NULL;
     free(f->api_path);

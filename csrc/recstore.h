@@ -48,8 +48,11 @@ typedef struct ms_recstore_ops {
     int immediate;  /* 1: every callback runs before its call returns */
     /* A store that answers later (immediate 0): runs its own I/O until every
      * callback of the calls made so far has run, bounded by its timeout (then
-     * they fail). For callers that cannot wait for the loop yet
-     * (engine_lua.c). NULL for immediate stores. */
+     * they fail). Only where waiting is right: shutdown draining, and the
+     * Lua calls that still settle (engine_lua.c: handlers' ctx.records,
+     * permission rules that read records). Requests (POST /api, realtime
+     * records, tokens) never settle: they continue in the callbacks. NULL
+     * for immediate stores. */
     void (*settle)(void *self);
 } ms_recstore_ops;
 

@@ -41,6 +41,8 @@ struct ms_redis {
     double next_attempt;        /* ms (ms_loop_now); 0: none planned */
     double backoff;
     size_t waiting;
+    double reply_timeout;       /* ms without a reply while commands wait, then dropped; 0: none */
+    double last_progress;       /* when the last reply came, or the first waiting command went */
     char *host, *password;
     int port, db;
     size_t max_reply;
@@ -126,6 +128,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     pending *p = privdata;
     ms_redis *r = p->r;
     r->waiting--;
+    r->last_progress = ms_loop_now();
     const char *err = NULL;
     if (reply == NULL) {
         if (ac->err && ac->errstr[0]) set_err(r, ac->errstr);
@@ -181,6 +184,7 @@ static int send_raw(ms_redis *r, int argc, const char **argv, const size_t *lens
     p->r = r;
     p->fn = fn;
     p->ud = ud;
+    if (r->waiting == 0) r->last_progress = ms_loop_now();
     if (redisAsyncCommandArgv(r->ac, on_reply, p, argc, argv, lens) != REDIS_OK) {
         free(p);
         return -1;
@@ -224,10 +228,22 @@ static void connect_now(ms_redis *r) {
     if (!ok || send_raw(r, 1, ping, plen, on_ready, r) != 0) drop(r, "out of memory");
 }
 
-/* The loop's prepare source: reconnects when due. */
+/* A stalled Redis: commands wait and no reply came for reply_timeout. The
+ * connection is dropped, so they fail (with the caller's texts) rather than
+ * hang; -1, or the ms until the next check. */
+static long check_stall(ms_redis *r) {
+    if (r->reply_timeout <= 0 || r->waiting == 0 || r->closing) return -1;
+    double left = r->last_progress + r->reply_timeout - ms_loop_now();
+    if (left > 0) return (long)left + 1;
+    drop(r, "Redis did not answer in time");
+    return 1;  /* the reconnection is planned now */
+}
+
+/* The loop's prepare source: fails stalled commands, reconnects when due. */
 static long prepare(void *ud) {
     ms_redis *r = ud;
-    if (r->ac || r->closing || r->next_attempt == 0) return -1;
+    if (r->ac) return check_stall(r);
+    if (r->closing || r->next_attempt == 0) return -1;
     double left = r->next_attempt - ms_loop_now();
     if (left > 0) return (long)left + 1;
     connect_now(r);
@@ -288,6 +304,10 @@ int ms_redis_up(const ms_redis *r) {
 
 const char *ms_redis_error(const ms_redis *r) {
     return r->up ? "" : r->err;
+}
+
+void ms_redis_set_reply_timeout(ms_redis *r, double timeout_ms) {
+    r->reply_timeout = timeout_ms;
 }
 
 size_t ms_redis_waiting(const ms_redis *r) {

@@ -48,12 +48,16 @@ const char *ms_redis_error(const ms_redis *r);
  * connection is down or closed): fn does not run, *err says why. */
 int ms_redis_command(ms_redis *r, int argc, const char **argv, const size_t *argvlen, ms_redis_reply_fn fn,
                      void *ud, const char **err);
+/* Commands waiting with no reply for timeout_ms drop the connection (their
+ * callbacks fail): a stalled Redis never holds a caller that waits for the
+ * loop. 0 (the default): no bound. */
+void ms_redis_set_reply_timeout(ms_redis *r, double timeout_ms);
 /* Commands sent and not answered yet. */
 size_t ms_redis_waiting(const ms_redis *r);
 /* Runs this connection's I/O (and nothing else) until every command sent so
  * far has been answered, or timeout_ms passed: then the connection is
- * dropped and their callbacks fail. For callers that cannot wait for the
- * loop yet (see engine_lua.c). */
+ * dropped and their callbacks fail. Only for callers that must wait here:
+ * shutdown draining and the commands that still settle (see engine_lua.c). */
 void ms_redis_settle(ms_redis *r, double timeout_ms);
 
 /* Subscriber connections: (un)subscribe to a channel. The subscriptions are

@@ -8,6 +8,7 @@
  *   conn:settle(ms)   runs this connection's I/O until every command sent is
  *                     answered (callbacks included) or ms passed (then they
  *                     fail): for callers that must answer before returning
+ *   conn:reply_timeout(ms)  commands with no reply for ms fail (see redis.h)
  *
  * A reply is a string (bulk or status), an integer, nil (a nil bulk; false
  * inside an array) or a table (array); an error reply is nil, "ERR ...".
@@ -216,11 +217,25 @@ static int redis_waiting(lua_State *L) {
     return 1;
 }
 
-static int redis_settle(lua_State *L) {
-    ms_redis *r = redis_check(L, 1);
+/* Argument 2: a positive number of ms. */
+static double arg_ms(lua_State *L) {
     lua_Number ms = luaL_checknumber(L, 2);
     luaL_argcheck(L, ms > 0, 2, "a positive number of ms");
-    ms_redis_settle(r, (double)ms);
+    return (double)ms;
+}
+
+static int redis_settle(lua_State *L) {
+    ms_redis *r = redis_check(L, 1);
+    ms_redis_settle(r, arg_ms(L));
+    return 0;
+}
+
+/* conn:reply_timeout(ms): commands waiting with no reply for ms fail (the
+ * connection is dropped and reconnects); callers that wait for the loop
+ * then never hang on a stalled Redis. */
+static int redis_reply_timeout(lua_State *L) {
+    ms_redis *r = redis_check(L, 1);
+    ms_redis_set_reply_timeout(r, arg_ms(L));
     return 0;
 }
 
@@ -286,6 +301,7 @@ static const luaL_Reg redis_meth[] = {
     {"up", redis_up},
     {"waiting", redis_waiting},
     {"settle", redis_settle},
+    {"reply_timeout", redis_reply_timeout},
     {"close", redis_close},
     {NULL, NULL}
 };

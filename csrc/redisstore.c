@@ -12,8 +12,12 @@
  * A put is acknowledged when Redis answered it: with `appendfsync always`
  * Redis wrote it to its AOF with fsync before answering, so after_flush has
  * nothing more to wait for. The connection (redis.c) is one the store owns
- * alone: settle() runs that connection's I/O and nothing else, for the Lua
- * binding of the engine, which cannot wait for the loop yet. */
+ * alone, so many commands (of many requests) are in flight on it at once,
+ * pipelined, answered from the loop; a Redis that stops answering for the
+ * store's timeout drops the connection, and every waiting command fails with
+ * the engine's storage texts. settle() runs that connection's I/O and
+ * nothing else: for shutdown draining and the Lua commands that still
+ * wait (engine_lua.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,6 +206,13 @@ static int rs_has_pending(void *self) {
     return ((ms_redisstore *)self)->writes > 0;
 }
 
+/* Commands of any kind not answered yet. */
+static size_t rs_waiting(ms_redisstore *s) {
+    const char *err;
+    ms_redis *r = conn_of(s, &err);
+    return r ? ms_redis_waiting(r) : 0;
+}
+
 static void rs_settle(void *self) {
     ms_redisstore *s = self;
     const char *err;
@@ -327,6 +338,7 @@ static int rstore_new(lua_State *L) {
     memset(s, 0, sizeof *s);
     s->conn = slot;
     s->timeout_ms = (double)timeout;
+    ms_redis_set_reply_timeout(*slot, s->timeout_ms);  /* requests wait for the loop: bound them there */
     luaL_setmetatable(L, RSTORE_MT);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, UV_CONN);  /* the connection outlives the store */
@@ -338,8 +350,8 @@ static int rstore_has_pending(lua_State *L) {
     return 1;
 }
 
-/* after_flush(fn): fn(true). The engine's callers settle every command
- * before they return, so every write was answered (durable) already. */
+/* after_flush(fn): fn(true). A write's command is done (its request goes
+ * on) only once Redis answered it: durable already. */
 static int rstore_after_flush(lua_State *L) {
     check(L);
     luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -356,6 +368,13 @@ static int rstore_false(lua_State *L) {
     return 1;
 }
 
+/* waiting(), in_flight(): commands not answered yet (records.lua's drain
+ * runs the loop until there are none). */
+static int rstore_waiting(lua_State *L) {
+    lua_pushboolean(L, rs_waiting(check(L)) > 0);
+    return 1;
+}
+
 static int rstore_syncs(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)check(L)->acked);
     return 1;
@@ -364,7 +383,7 @@ static int rstore_syncs(lua_State *L) {
 static int rstore_close(lua_State *L) {
     ms_redisstore *s = luaL_checkudata(L, 1, RSTORE_MT);
     if (s->closed) return 0;
-    if (s->writes > 0) rs_settle(s);  /* nothing stays in flight with a pointer to s */
+    if (rs_waiting(s) > 0) rs_settle(s);  /* nothing stays in flight with a pointer to s */
     s->closed = 1;
     ms_jbuf_free(&s->key);
     ms_jbuf_free(&s->chan);
@@ -375,8 +394,8 @@ static const luaL_Reg rstore_meth[] = {
     {"has_pending", rstore_has_pending},
     {"after_flush", rstore_after_flush},
     {"flush", rstore_false},
-    {"waiting", rstore_false},
-    {"in_flight", rstore_false},
+    {"waiting", rstore_waiting},
+    {"in_flight", rstore_waiting},
     {"syncs", rstore_syncs},
     {"close", rstore_close},
     {NULL, NULL}

@@ -204,11 +204,14 @@ function Auth:request(token, auth_data, connection, callback)
     local address = connection and connection.remoteAddress
     local wait = self:_limited(address)
     if wait then return callback(nil, "limited", wait) end
-    local user = self.tokens and self.tokens:lookup(token)
-    if user then return callback(user) end
-    if self.open then return callback({ id = "open", isAuthenticated = true }) end
-    self:_failed(address)
-    return callback(nil, "invalid")
+    local function looked_up(user)
+      if user then return callback(user) end
+      if self.open then return callback({ id = "open", isAuthenticated = true }) end
+      self:_failed(address)
+      callback(nil, "invalid")
+    end
+    if not self.tokens then return looked_up(nil) end
+    return self.tokens:lookup_later(token, looked_up) -- cluster mode: answered from the loop
   end
   if self.open then return callback({ id = "open", isAuthenticated = true }) end
   callback(nil, "missing")

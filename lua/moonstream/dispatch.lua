@@ -1,6 +1,8 @@
 -- Runs a validated batch of commands in order, each seeing the effects of the
--- ones before it. Most commands finish at once; an
--- RPC handler may wait, and then the batch goes on when it answers. The
+-- ones before it. Most commands finish at once; an RPC handler may wait, and
+-- a record command waits when its store answers later (Redis, in cluster
+-- mode): then the batch goes on when it answers, and the loop serves other
+-- requests meanwhile. The
 -- response is sent when every command has a result and the batch's writes
 -- are durable (group commit, see record_engine.lua), or when requestTimeout passes.
 --
@@ -51,33 +53,38 @@ local function add(job, result)
   job.batch:add(result.success, text)
 end
 
--- Per topic and action: function(dispatcher, cmd, ctx, batch) adds one result
+-- Per topic and action: function(dispatcher, cmd, ctx, batch) adds one
+-- result and returns non-nil, or returns nil when the record store answers
+-- later (the batch's continuation then goes on: see execute)
 local run = { event = {}, record = {}, list = {}, presence = {} }
 
 function run.event.emit(d, cmd, ctx, job)
   d:emit(cmd.eventName, cmd.data, ctx)
   job.batch:ok()
+  return true
 end
 
-function run.record.read(d, cmd, _, job) d.records:read(job.batch, "record", cmd.recordName) end
-function run.record.head(d, cmd, _, job) d.records:head(job.batch, "record", cmd.recordName) end
+function run.record.read(d, cmd, _, job) return d.records:read(job.batch, "record", cmd.recordName) end
+function run.record.head(d, cmd, _, job) return d.records:head(job.batch, "record", cmd.recordName) end
 function run.record.write(d, cmd, _, job)
-  d.records:write(job.batch, "record", cmd.recordName, cmd.data, cmd.path, cmd.version)
+  return d.records:write(job.batch, "record", cmd.recordName, cmd.data, cmd.path, cmd.version)
 end
-function run.record.delete(d, cmd, _, job) d.records:delete(job.batch, "record", cmd.recordName) end
-function run.record.notify(d, cmd, _, job) d.records:notify(job.batch, cmd.recordNames) end
+function run.record.delete(d, cmd, _, job) return d.records:delete(job.batch, "record", cmd.recordName) end
+function run.record.notify(d, cmd, _, job) return d.records:notify(job.batch, cmd.recordNames) end
 
-function run.list.read(d, cmd, _, job) d.records:read(job.batch, "list", cmd.listName) end
+function run.list.read(d, cmd, _, job) return d.records:read(job.batch, "list", cmd.listName) end
 function run.list.write(d, cmd, _, job)
-  d.records:write(job.batch, "list", cmd.listName, cmd.data, nil, cmd.version)
+  return d.records:write(job.batch, "list", cmd.listName, cmd.data, nil, cmd.version)
 end
-function run.list.delete(d, cmd, _, job) d.records:delete(job.batch, "list", cmd.listName) end
+function run.list.delete(d, cmd, _, job) return d.records:delete(job.batch, "list", cmd.listName) end
 
 function run.presence.query(d, cmd, _, job)
   if cmd.names ~= nil then
-    return add(job, { success = true, users = d.presence:query(cmd.names) })
+    add(job, { success = true, users = d.presence:query(cmd.names) })
+  else
+    add(job, { success = true, users = json.array(d.presence:users()) })
   end
-  add(job, { success = true, users = json.array(d.presence:users()) })
+  return true
 end
 
 local NAME_FIELD = { event = "eventName", record = "recordName", list = "listName", rpc = "rpcName" }
@@ -140,8 +147,9 @@ function Dispatcher:_run(job, i)
         return -- resumes in the callback above
       end
       add(job, result)
-    else
-      run[topic][action](self, cmd, ctx, job)
+    elseif run[topic][action](self, cmd, ctx, job) == nil then
+      job.at = i
+      return -- resumes in the batch's continuation (execute)
     end
     job.batch_n = i
     i = i + 1
@@ -153,10 +161,13 @@ end
 -- respond(json_text) is called exactly once, possibly before this returns;
 -- respond(nil, err) when a result could not be encoded.
 function Dispatcher:execute(commands, ctx, respond)
-  local job = {
-    commands = commands, n = #commands, batch = self.records:batch(), batch_n = 0,
-    ctx = ctx, respond = respond,
-  }
+  local job = { commands = commands, n = #commands, batch_n = 0, ctx = ctx, respond = respond }
+  -- a record command the store answered later has joined the batch: go on
+  job.batch = self.records:batch(function()
+    if job.finished then return end
+    job.batch_n = job.at
+    self:_run(job, job.at + 1)
+  end)
   self:_run(job, 1)
 end
 

@@ -40,6 +40,7 @@ function M.new(store, opts)
   return setmetatable({
     loop = opts.loop,
     core = durable,
+    immediate = opts.durable == nil, -- LevelDB answers at once; Redis later
     engine = core.engine(durable, {
       max_response = opts.max_response, exclusions = opts.exclusion_prefixes, on_change = opts.on_change,
     }),
@@ -118,8 +119,72 @@ function RecordEngine:notify(batch, names) return self.engine:notify(batch, name
 -- Creates name at version 0 with {} when it is missing (a realtime subscription).
 function RecordEngine:create(name) return self.engine:create(name) end
 
--- A batch for one POST /api request (csrc/engine_lua.c).
-function RecordEngine:batch() return self.engine:batch() end
+-- ---- from a coroutine that may wait (the realtime protocol) ----
+-- These answer as get, write, delete, create and notify do (with a nil
+-- batch), but when the store answers later (Redis) the running coroutine
+-- yields, the loop serves everything else, and it is resumed with the
+-- answer. With a store that answers at once they are the plain calls.
+
+local function resume(co)
+  local ok, err = coroutine.resume(co)
+  if not ok then log.error("a command that waited for the store failed: %s", err) end
+end
+
+function RecordEngine:wait_get(name)
+  if self.immediate then return self.engine:get(name) end
+  local co, waiting, res = coroutine.running(), false, nil
+  local first = table.pack(self.engine:get(name, function(...)
+    res = table.pack(...)
+    if waiting then resume(co) end
+  end))
+  if first[1] ~= false then return table.unpack(first, 1, first.n) end
+  waiting = true
+  coroutine.yield()
+  return table.unpack(res, 1, res.n)
+end
+
+-- Runs call(batch) (an engine command) on a batch of its own; returns ok,
+-- result_text as the nil-batch call does.
+local function wait_cmd(self, call)
+  local co, waiting = coroutine.running(), false
+  local batch = self.engine:batch(function() if waiting then resume(co) end end)
+  if call(batch) == nil then
+    waiting = true
+    coroutine.yield()
+  end
+  local ok, text = batch:result(1)
+  batch:close()
+  return ok, text
+end
+
+function RecordEngine:wait_write(topic, name, data, path, version, origin)
+  if self.immediate then return self:write(nil, topic, name, data, path, version, origin) end
+  return wait_cmd(self, function(b) return self:write(b, topic, name, data, path, version, origin) end)
+end
+
+function RecordEngine:wait_delete(topic, name, origin)
+  if self.immediate then return self:delete(nil, topic, name, origin) end
+  return wait_cmd(self, function(b) return self:delete(b, topic, name, origin) end)
+end
+
+function RecordEngine:wait_notify(names)
+  if self.immediate then return self:notify(nil, names) end
+  return wait_cmd(self, function(b) return self:notify(b, names) end)
+end
+
+function RecordEngine:wait_create(name)
+  if self.immediate then return self:create(name) end
+  return (wait_cmd(self, function(b) return self.engine:create(name, b) end))
+end
+
+-- Whether JSON text may be a whole record's data (the engine's rule: an
+-- object or an array), for callers that must answer before writing.
+function RecordEngine.whole_data(_, text) return core.whole_record_data(text) end
+
+-- A batch for one POST /api request (csrc/engine_lua.c). With k its
+-- commands never wait for the store: one the store answers later returns
+-- nil, and k(ok) runs once its result has joined the batch.
+function RecordEngine:batch(k) return self.engine:batch(k) end
 
 -- True when writes are not on disk yet (gathering or being written).
 function RecordEngine:has_pending()

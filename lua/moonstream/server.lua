@@ -421,7 +421,8 @@ end
 function Server:_watch_emits()
   if not self.fast then return end
   local subs = self.realtime and self.realtime.events.subs
-  self.fast:watch_emits(self.listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
+  -- cluster: every emit goes to the bus (subscribers on other nodes are not known here)
+  self.fast:watch_emits(self.bus ~= nil or self.listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
 end
 
 function Server:_update_fast_path()

@@ -9,6 +9,7 @@
 --
 --   tokens.new(store, { ttl = ms, now = fn, workers = pool })   -> tokens
 --   tokens:issue(user, token, done)  done(token) | done(nil, err) once stored
+--   tokens:lookup_later(token, k)    k(user | nil), from the loop in cluster mode
 --                                    (token: supplied by a strategy, or nil)
 --   tokens:lookup(token)          -> user | nil          (unknown or expired: nil)
 --   tokens:revoke(token)          -> true if it existed
@@ -77,10 +78,10 @@ function Tokens:issue(user, token, done)
   local text, err = entry(self, user)
   if not text then return done(nil, "cannot store the token: " .. tostring(err)) end
   local key = KEY_PREFIX .. M.hash(token)
-  if not self.workers then -- a store that answers itself (the cluster's Redis, cluster/kv.lua)
-    local ok, perr = self.store:put(key, text, true)
-    if ok then done(token) else done(nil, perr) end
-    return
+  if not self.workers then -- the cluster's Redis (cluster/kv.lua): answers from the loop
+    return self.store:put_later(key, text, function(ok, perr)
+      if ok then done(token) else done(nil, perr) end
+    end)
   end
   local ok, perr = self.workers:put(self.store, key, text, function(stored, werr)
     if stored then done(token) else done(nil, werr) end
@@ -94,11 +95,14 @@ local function parse(text)
   return t
 end
 
--- The user a token belongs to, or nil (unknown, expired, or not a string).
-function Tokens:lookup(token)
+-- The stored key of a token, or nil when it cannot be one.
+local function key_of(token)
   if type(token) ~= "string" or token == "" or #token > MAX_TOKEN_LENGTH then return nil end
-  local key = KEY_PREFIX .. M.hash(token)
-  local text = self.store:get(key)
+  return KEY_PREFIX .. M.hash(token)
+end
+
+-- The user of the stored text of key, or nil (unknown, expired).
+local function user_of(self, key, text)
   if not text then return nil end
   local t = parse(text)
   if not t then return nil end
@@ -112,6 +116,21 @@ function Tokens:lookup(token)
     data = t.serverData ~= json.null and t.serverData or nil,
     isAuthenticated = true,
   }
+end
+
+-- The user a token belongs to, or nil (unknown, expired, or not a string).
+function Tokens:lookup(token)
+  local key = key_of(token)
+  return key and user_of(self, key, (self.store:get(key)))
+end
+
+-- As lookup, answering k(user | nil): from the loop when the store answers
+-- later (the cluster's Redis), which serves everything else meanwhile.
+function Tokens:lookup_later(token, k)
+  local key = key_of(token)
+  if not key then return k(nil) end
+  if not self.store.get_later then return k(user_of(self, key, (self.store:get(key)))) end
+  self.store:get_later(key, function(text) k(user_of(self, key, text)) end)
 end
 
 function Tokens:revoke_hash(hash)

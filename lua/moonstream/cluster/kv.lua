@@ -2,8 +2,12 @@
 -- put, delete, iterate, batch + write), over Redis, so that in cluster mode
 -- a token issued on one node is valid on all and a revocation on one
 -- applies on all. Keys live under "ms:k:" (tokens.lua's own prefix follows).
--- Each call answers before it returns: it settles the connection (runs its
--- I/O only, bounded by timeout_ms); Redis down: nil and the reason.
+-- get_later and put_later answer from the loop, which serves everything
+-- else meanwhile (token lookups of requests, logins); a Redis that stops
+-- answering for the connection's bound fails them. The other calls (the
+-- sweep at start-up, revocations by the operator) answer before they
+-- return: they settle the connection (run its I/O only, bounded by
+-- timeout_ms). Redis down: nil and the reason.
 local M = {}
 local KV = {}
 local mt = { __index = KV }
@@ -12,7 +16,27 @@ local PREFIX = "ms:k:"
 
 -- conn: a core.redis connection (commands), timeout_ms: per call
 function M.new(conn, timeout_ms)
+  conn:reply_timeout(timeout_ms) -- the *_later calls wait for the loop: bounded there
   return setmetatable({ conn = conn, timeout = timeout_ms }, mt)
+end
+
+-- Sends args; k(reply) or k(nil, err) from the loop (or at once when not sent).
+function KV:_send(args, k)
+  local ok, serr = self.conn:command(args, function(r, e)
+    if e then return k(nil, "Redis: " .. e) end
+    k(r)
+  end)
+  if not ok then k(nil, "Redis: " .. tostring(serr)) end
+end
+
+-- get_later(key, k): k(text | nil) or k(nil, err)
+function KV:get_later(key, k)
+  self:_send({ "GET", PREFIX .. key }, k)
+end
+
+-- put_later(key, text, k): k(true) once Redis answered (appendfsync always: on disk), or k(nil, err)
+function KV:put_later(key, text, k)
+  self:_send({ "SET", PREFIX .. key, text }, function(r, err) k(r and true or nil, err) end)
 end
 
 function KV:_call(args)

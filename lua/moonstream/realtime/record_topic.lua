@@ -15,6 +15,7 @@ local json = require "moonstream.json"
 local registry = require "moonstream.realtime.registry"
 local listen = require "moonstream.realtime.listen"
 local names = require "moonstream.realtime.names"
+local log = require "moonstream.log"
 
 local type, math_type = type, math.type
 
@@ -29,7 +30,7 @@ local names_of = names.names_of
 
 function M.new(rt)
   local cluster = rt.cluster
-  local self = setmetatable({ rt = rt, store = rt.records, subs = registry.new(nil, cluster and function(name, present)
+  local self = setmetatable({ rt = rt, store = rt.records, queues = {}, subs = registry.new(nil, cluster and function(name, present)
     cluster.interest("record", name, present)
   end) }, mt)
   self.listen = listen.new(rt, RECORD, RA, self.subs, "record")
@@ -77,7 +78,7 @@ function RecordTopic:changed(name, version, text, w)
 end
 
 function RecordTopic:_read_response(c, name)
-  local version, text, err = self.store:get(name)
+  local version, text, err = self.store:wait_get(name)
   if err then
     return c:send({ topic = RECORD, action = RA.RECORD_LOAD_ERROR, name = name, isError = true })
   end
@@ -124,7 +125,8 @@ function RecordTopic:subscribe_read(c, msg)
   c:send({ topic = RECORD, action = msg.action, names = msg.names, correlationId = msg.correlationId, isAck = true })
   for _, name in ipairs(names_of(msg)) do
     if type(name) == "string" and name ~= "" then
-      local version, _, err = store:get(name)
+      local version, _, err = store:wait_get(name)
+      if not c.open then return end -- closed while the store answered
       local missing = version == nil and not err
       local ok, denial = rt:permit(c, "record", "read", name, nil)
       if ok and missing and create then ok, denial = rt:permit(c, "record", "create", name, nil) end
@@ -132,7 +134,7 @@ function RecordTopic:subscribe_read(c, msg)
         c:send({ topic = RECORD, action = denial, originalAction = msg.action, name = name,
           isError = true, correlationId = msg.correlationId })
       else
-        if missing and create then store:create(name) end
+        if missing and create then store:wait_create(name) end
         self:_subscribe(c, msg, name)
         if not c.open then return end
         if missing and not create then
@@ -156,7 +158,7 @@ function RecordTopic:subscribe_head(c, msg)
   local store = self.store
   local versions, order, missing = {}, {}, {}
   for _, name in ipairs(names) do
-    local version, _, err = store:get(name)
+    local version, _, err = store:wait_get(name)
     if version ~= nil then
       if versions[name] == nil then order[#order + 1] = name end
       versions[name] = version
@@ -164,6 +166,7 @@ function RecordTopic:subscribe_head(c, msg)
       missing[#missing + 1] = { name, err }
     end
   end
+  if not c.open then return end -- closed while the store answered
   c:send({ topic = RECORD, action = RA.HEAD_RESPONSE_BULK, versions = versions, versionsOrder = order })
   for _, name in ipairs(names) do self:_subscribe(c, msg, name) end
   c:send({ topic = RECORD, action = msg.action, correlationId = msg.correlationId, isAck = true })
@@ -191,7 +194,7 @@ end
 function RecordTopic:notify_request(c, msg)
   local names = self:_permitted(c, msg, "notify")
   if #names == 0 then return end
-  self.store:notify(nil, names)
+  self.store:wait_notify(names)
   c:send({ topic = RECORD, action = msg.action, names = names, correlationId = msg.correlationId, isAck = true })
 end
 
@@ -218,7 +221,7 @@ end
 function RecordTopic:read(c, msg)
   local name = self:_readable(c, msg)
   if not name then return end
-  local version, _, err = self.store:get(name)
+  local version, _, err = self.store:wait_get(name)
   if version == nil and not err then
     return c:send(error_reply(msg, RA.RECORD_NOT_FOUND, name, true))
   end
@@ -228,7 +231,7 @@ end
 function RecordTopic:head(c, msg)
   local name = self:_readable(c, msg)
   if not name then return end
-  local version, _, err = self.store:get(name)
+  local version, _, err = self.store:wait_get(name)
   if err then return c:send(error_reply(msg, RA.RECORD_LOAD_ERROR, name, true)) end
   c:send({ topic = RECORD, action = RA.HEAD_RESPONSE, name = name, version = version or -1 })
 end
@@ -261,7 +264,8 @@ function RecordTopic:write(c, msg)
   if action == RA.ERASE then
     if not path then return echo_invalid(c, msg, nil) end
     value, text = nil, nil
-  elseif not path and not (type(value) == "table" and (getmetatable(value) == nil or json.is_array(value))) then
+  elseif not path and not (text and store:whole_data(text)) then
+    -- the engine's rule, asked before the existence check below (deepstream's reply order)
     return echo_invalid(c, msg, value)
   end
   local version = msg.version
@@ -273,14 +277,14 @@ function RecordTopic:write(c, msg)
   -- at version 0), which is what the client's setDataWithAck(name, path)
   -- (an ERASE) relies on
   if not CREATE_ACTIONS[action] and not msg.isWriteAck then
-    local current, _, err = store:get(name)
+    local current, _, err = store:wait_get(name)
     if current == nil and not err then
       return c:send({ topic = RECORD, action = RA.RECORD_UPDATE_ERROR, name = name, isError = true,
         isWriteAck = msg.isWriteAck and true or nil, correlationId = msg.isWriteAck and msg.correlationId or nil })
     end
   end
   local origin = { c = c, msg = msg, path = path, text = text }
-  local written, result = store:write(nil, "record", name, value, path, version, origin)
+  local written, result = store:wait_write("record", name, value, path, version, origin)
   if not written then
     local r = json.decode(result)
     local event = r.errorEvent
@@ -289,7 +293,7 @@ function RecordTopic:write(c, msg)
       -- client merges with it: the stored text), INVALID_VERSION echoes what was sent
       local reply = error_reply(msg, RA[event], name, nil)
       reply.version = r.currentVersion
-      reply.data = event == "VERSION_EXISTS" and (select(2, store:get(name)) or "null") or text
+      reply.data = event == "VERSION_EXISTS" and (select(2, store:wait_get(name)) or "null") or text
       return c:send(reply)
     elseif event == "INVALID_MESSAGE_DATA" then
       return echo_invalid(c, msg, value)
@@ -315,7 +319,7 @@ function RecordTopic:delete(c, msg)
   if not ok then
     return c:send(error_reply(msg, denial, name, true))
   end
-  store:delete(nil, "record", name, { c = c })
+  store:wait_delete("record", name, { c = c })
   store:after_flush(function(synced)
     if synced then
       c:send({ topic = RECORD, action = RA.DELETE_SUCCESS, name = name })
@@ -325,7 +329,46 @@ function RecordTopic:delete(c, msg)
   end)
 end
 
+-- A store that answers later (Redis): a connection's record messages run
+-- one after the other in a coroutine of their own, which waits for the
+-- store (record_engine.lua wait_*) while the loop serves everything else; the
+-- messages that arrive meanwhile queue behind it, so the replies keep the
+-- order of the requests (at most MAX_WAITING: a client that sends more
+-- while Redis is slow is disconnected). A store that answers at once needs
+-- neither.
+M.MAX_WAITING = 4096
+
 function RecordTopic:handle(c, msg)
+  if self.store.immediate then return self:_handle(c, msg) end
+  local queue = self.queues[c]
+  if queue then
+    if queue.last - queue.at >= M.MAX_WAITING then
+      log.warn("realtime: disconnected a client with %d record messages waiting for the store", M.MAX_WAITING)
+      return c:close()
+    end
+    queue.last = queue.last + 1
+    queue[queue.last] = msg
+    return
+  end
+  queue = { msg, at = 1, last = 1 }
+  self.queues[c] = queue
+  local co = coroutine.create(function()
+    while queue.at <= queue.last do
+      local ok, err = pcall(self._handle, self, c, queue[queue.at]) -- the next ones run whatever happens
+      if not ok then log.error("realtime record message failed: %s", err) end
+      queue[queue.at] = nil
+      queue.at = queue.at + 1
+    end
+    self.queues[c] = nil
+  end)
+  local ok, err = coroutine.resume(co)
+  if not ok then
+    self.queues[c] = nil
+    log.error("realtime record message failed: %s", err)
+  end
+end
+
+function RecordTopic:_handle(c, msg)
   local action = msg.action
   if action == RA.SUBSCRIBECREATEANDREAD or action == RA.SUBSCRIBEANDREAD then
     return self:subscribe_read(c, msg)
