@@ -1,7 +1,8 @@
 /* engine_lua: the record engine (engine.c) as Lua sees it.
  *
  *   core.engine(records | redis_records, { max_response = N, exclusions = { prefix, ... },
- *                          on_change = function(name, version|nil, text|nil, origin) })
+ *                          on_change = function(name, version|nil, text|nil, origin, notified) })
+ *   (notified: "shared" | "local" for notify's changes, see engine.h; else nil)
  *   e:read(batch|nil, topic, name)            e:head(batch|nil, topic, name)
  *   e:write(batch|nil, topic, name, data_text|nil, data_err|nil, version|nil, patch|nil, origin)
  *   e:delete(batch|nil, topic, name, origin)  e:notify(batch|nil, names)
@@ -67,6 +68,9 @@ static engine_box *check_engine(lua_State *L) {
 
 /* ---- calling Lua from inside the engine ---- */
 
+/* what a change's origin was (the listener's 4th and 5th arguments) */
+enum { ORIGIN_NONE, ORIGIN_COMMAND, ORIGIN_NOTIFY_SHARED, ORIGIN_NOTIFY_LOCAL };
+
 typedef struct change_args {
     engine_box *eb;
     const char *name, *text;
@@ -85,9 +89,12 @@ static int change_tramp(lua_State *L) {
     else lua_pushnil(L);
     if (a->text) lua_pushlstring(L, a->text, a->tlen);
     else lua_pushnil(L);
-    if (a->origin) lua_rawgeti(L, hooks, HOOK_ORIGIN);
+    if (a->origin == ORIGIN_COMMAND) lua_rawgeti(L, hooks, HOOK_ORIGIN);
     else lua_pushnil(L);
-    lua_call(L, 4, 0);
+    if (a->origin == ORIGIN_NOTIFY_SHARED) lua_pushliteral(L, "shared");
+    else if (a->origin == ORIGIN_NOTIFY_LOCAL) lua_pushliteral(L, "local");
+    else lua_pushnil(L);
+    lua_call(L, 5, 0);
     return 0;
 }
 
@@ -95,7 +102,10 @@ static void on_change(void *ud, const char *name, size_t nlen, long long version
                       void *origin) {
     engine_box *eb = ud;
     lua_State *L = eb->L;
-    change_args a = { eb, name, text, nlen, tlen, version, origin != NULL };
+    int kind = origin == NULL ? ORIGIN_NONE
+             : origin == &ms_engine_notified[0] ? ORIGIN_NOTIFY_SHARED
+             : origin == &ms_engine_notified[1] ? ORIGIN_NOTIFY_LOCAL : ORIGIN_COMMAND;
+    change_args a = { eb, name, text, nlen, tlen, version, kind };
     if (!lua_checkstack(L, 3)) return;
     lua_pushcfunction(L, change_tramp);
     lua_pushlightuserdata(L, &a);

@@ -11,7 +11,10 @@
 --   records  "ms:c:r:<name>"  "<version> <text>" or "-1" (deleted), published
 --            by the store's put script (csrc/redisstore.c) in the order Redis
 --            applied the writes; changes.lua puts them and the node's own
---            changes in version order, once.
+--            changes in version order, once. "n <version> <text>" or "n -1":
+--            a notify (the stored state told again), published by the node
+--            that read it; every node with subscribers hears it there once,
+--            the notifying node included, in order with the changes.
 local core = require "moonstream.core"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
@@ -114,9 +117,23 @@ function Bus:publish_value(name, data, user)
   self:publish_event(name, text, user)
 end
 
--- A record changed through this node's engine.
-function Bus:record_changed(name, version, text, origin)
+-- A record changed through this node's engine; notified: a notify's reading
+-- of a record in Redis ("shared": for every node) or in this node's memory
+-- ("local": storageExclusionPrefixes, for this node alone).
+function Bus:record_changed(name, version, text, origin, notified)
+  if notified == "shared" then return self:_publish_notify(name, version, text) end
+  if notified then return self.changes:notify(name, version, text) end
   self.changes:change(name, version, text, origin)
+end
+
+-- This node hears its own notify from Redis, as the others do (when it has
+-- subscribers of the record); when it cannot be sent they hear it at once.
+function Bus:_publish_notify(name, version, text)
+  local payload = version and ("n " .. version .. " " .. text) or "n -1"
+  local ok, err = self.cluster.commands:command({ "PUBLISH", RECORD_PREFIX .. name, payload }, noop)
+  if ok then return end
+  log.warn("cluster: notify of '%s' not sent to the other nodes: %s", name, err)
+  self.changes:notify(name, version, text)
 end
 
 function Bus:_message(channel, data)
@@ -124,9 +141,12 @@ function Bus:_message(channel, data)
   if channel:sub(1, #RECORD_PREFIX) == RECORD_PREFIX then
     local name = channel:sub(#RECORD_PREFIX + 1)
     if data == "-1" then return self.changes:change(name, nil, nil, nil) end
-    local version, text = data:match("^(%d+) (.*)$")
-    if version then self.changes:change(name, math.tointeger(tonumber(version)), text, nil) end
-    return
+    if data == "n -1" then return self.changes:notify(name, nil, nil) end
+    local notified, version, text = data:match("^(n?) ?(%d+) (.*)$")
+    if not version then return end
+    version = math.tointeger(tonumber(version))
+    if notified == "n" then return self.changes:notify(name, version, text) end
+    return self.changes:change(name, version, text, nil)
   end
   local name = channel:sub(#EVENT_PREFIX + 1)
   local from, uid, text = data:match("^([^\n]*)\n([^\n]*)\n(.*)$")
