@@ -41,7 +41,9 @@ function M.new(cluster, parts)
   self.changes = changes_mod.new(parts.loop, function(name, version, text, origin)
     self.realtime.record_topic:changed(name, version, text, origin)
   end)
-  self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end)
+  self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end, function()
+    if self.presence then self.presence:resync() end -- what was said while it was away is lost
+  end)
   if self.presence then self.sub:subscribe(self.presence.CHANNEL) end -- every node answers presence queries
   self:sync_listeners()
   return self
