@@ -73,6 +73,16 @@ describe("record changes in version order", function()
     assert.equal(7, #got)
   end)
 
+  it("catches up with the stored state after the subscriber was away", function()
+    ch:change("r", 1, "a")
+    ch:change("r", 3, "c")         -- 2 was lost while the subscriber was away
+    ch:catch_up("r", 1, "a")       -- not newer
+    ch:catch_up("r", 4, "d")       -- the stored state: 3 is dropped, 4 delivered at once
+    ch:change("r", 5, "e")
+    ch:catch_up("other", 9, "t")   -- nobody here watches it
+    assert.same({ { "r", 1, "a" }, { "r", 4, "d" }, { "r", 5, "e" } }, got)
+  end)
+
   it("passes on changes of records nobody here watches", function()
     ch:change("other", 7, "t")
     ch:change("other", 7, "t")

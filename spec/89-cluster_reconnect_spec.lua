@@ -2,8 +2,9 @@
 -- and restarted on the same port (AOF, fsync on every write) while two nodes
 -- run. Each node reconnects by itself, resubscribes its channels and writes
 -- its presence again (including users who came or went while Redis was
--- away): presence queries on every node answer for every user again, and
--- events and record changes cross nodes again. Every wait polls a real
+-- away), and reads the records its clients follow again (a change made
+-- before its subscriber was back): presence queries on every node answer for
+-- every user again, and events and record changes cross nodes again. Every wait polls a real
 -- signal with a deadline.
 local json = require "moonstream.json"
 local core = require "moonstream.core"
@@ -74,6 +75,11 @@ describe("a node after Redis was killed and restarted", function()
     bob.ws:close_handshake(1000)
     both_until(function() return not b.server.presence:is_online("bob") end, "b to see bob leave")
     redis:restart()
+    -- b writes before a's subscriber is back (only b's loop runs): a reads the
+    -- record again once it is, so ann still hears version 1
+    b:run_until(function() return b.server.cluster.up.records end)
+    local _, w = b:api({ { topic = "record", action = "write", recordName = "s89/rec", data = { n = 1 } } })
+    assert.is_true(w.body[1].success)
 
     local want = { ann = true, bob = false, carol = true, dave = true }
     local names = { "ann", "bob", "carol", "dave" }
@@ -93,13 +99,15 @@ describe("a node after Redis was killed and restarted", function()
     -- the channels were subscribed again: b's emit and write reach ann on a
     both_until(function() return numsub("ms:c:e:s89/ev") == 1 and numsub("ms:c:r:s89/rec") == 1 end,
       "a to subscribe again")
+    local m = ann.expect({ topic = 5, action = 18, name = "s89/rec", version = 1 })
+    assert.same({ n = 1 }, json.decode(m.data))
     b:api({ { topic = "event", action = "emit", eventName = "s89/ev", data = { from = "b" } } })
     both_until(function() return b.server.cluster.commands:waiting() == 0 end, "b's publish")
     assert.same({ from = "b" }, json.decode(ann.expect({ topic = 4, action = 2, name = "s89/ev" }).data))
-    local _, r = b:api({ { topic = "record", action = "write", recordName = "s89/rec", data = { n = 1 } } })
+    local _, r = b:api({ { topic = "record", action = "write", recordName = "s89/rec", data = { n = 2 } } })
     assert.is_true(r.body[1].success)
-    local m = ann.expect({ topic = 5, action = 18, name = "s89/rec", version = 1 })
-    assert.same({ n = 1 }, json.decode(m.data))
+    m = ann.expect({ topic = 5, action = 18, name = "s89/rec", version = 2 })
+    assert.same({ n = 2 }, json.decode(m.data))
     -- presence notifications cross again too
     ann.send({ topic = 7, action = 12 })
     ann.expect({ topic = 7, action = 12, isAck = true })

@@ -230,7 +230,7 @@ function Server:listen()
       announce = function(user, joined) if self.realtime then self.realtime.presence_topic:remote(user, joined) end end,
     })
     presence = self.cluster_presence
-    self.cluster:on_reconnect(function() self.cluster_presence:reconnected() end)
+    self.cluster:on_reconnect(function() self.cluster_presence:reregister() end)
   end
   self.dispatcher = dispatch.new({
     records = self.records, events = self.listeners, rpc = self.handlers, presence = presence,

@@ -26,6 +26,7 @@ local mt = { __index = Bus }
 
 local EVENT_PREFIX = "ms:c:e:"
 local RECORD_PREFIX = core.redis_record_channel_prefix
+local RECORD_KEY_PREFIX = core.redis_record_key_prefix
 M.EVENT_PREFIX = EVENT_PREFIX
 
 local function noop() end
@@ -42,8 +43,9 @@ function M.new(cluster, parts)
     self.realtime.record_topic:changed(name, version, text, origin)
   end)
   self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end, function()
-    if self.presence then self.presence:resync() end -- what was said while it was away is lost
+    self:_reread()
   end)
+  cluster:on_reconnect(function() self:_reread() end)
   if self.presence then self.sub:subscribe(self.presence.CHANNEL) end -- every node answers presence queries
   self:sync_listeners()
   return self
@@ -136,6 +138,30 @@ function Bus:_publish_notify(name, version, text)
   if ok then return end
   log.warn("cluster: notify of '%s' not sent to the other nodes: %s", name, err)
   self.changes:notify(name, version, text)
+end
+
+-- Once both the subscriber and the commands connection are back after
+-- either was down: what was said meanwhile is lost, so what this node's
+-- clients follow is read again.
+function Bus:_reread()
+  if not (self.sub and self.sub:up() and self.cluster.up.commands) then return end
+  if self.presence then self.presence:resync() end
+  self:_catch_up()
+end
+
+-- The watched records' stored state, after the subscriber came back. A
+-- record missing there is left alone (it may be one kept in memory): a
+-- deletion made while the subscriber was away is not caught up.
+function Bus:_catch_up()
+  for channel in pairs(self.count) do
+    if channel:sub(1, #RECORD_PREFIX) == RECORD_PREFIX then
+      local name = channel:sub(#RECORD_PREFIX + 1)
+      self.cluster.commands:command({ "HMGET", RECORD_KEY_PREFIX .. name, "v", "d" }, function(reply)
+        local version = type(reply) == "table" and reply[1] and math.tointeger(tonumber(reply[1]))
+        if version and type(reply[2]) == "string" then self.changes:catch_up(name, version, reply[2]) end
+      end)
+    end
+  end
 end
 
 function Bus:_message(channel, data)

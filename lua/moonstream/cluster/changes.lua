@@ -78,6 +78,20 @@ function Changes:notify(name, version, text)
   return self:change(name, version, text, nil)
 end
 
+-- A record's stored state, read after this node's subscriber came back
+-- (changes published meanwhile were lost): delivered when newer than what
+-- was, versions waited for up to it dropped.
+function Changes:catch_up(name, version, text)
+  local st = self.state[name]
+  if not st or (st.last ~= nil and st.last ~= DELETED and version <= st.last) then return end
+  for v in pairs(st.waiting) do
+    if v <= version then st.waiting[v] = nil end
+  end
+  st.last = version
+  self.deliver(name, version, text, nil)
+  return self:_flush(name, st, false)
+end
+
 function Changes:close()
   for name in pairs(self.state) do self:forget(name) end
 end

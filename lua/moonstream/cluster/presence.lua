@@ -10,8 +10,8 @@
 --
 -- After Redis was away, each node writes its users again (reregister: they
 -- may have changed meanwhile, or Redis lost them), and reads every node's
--- users again once its subscriber is back (resync: messages sent while it
--- was away are lost). A node that finds itself missing from the node set at
+-- users again once its subscriber and commands connection are both back
+-- (resync, called by bus.lua: messages sent while it was away are lost). A node that finds itself missing from the node set at
 -- a beat (another removed it as dead while it could not beat) writes itself
 -- again.
 --
@@ -228,13 +228,6 @@ function Presence:reregister()
   end
   self:_send({ "SADD", NODES, self.id })
   self:_send({ "PUBLISH", M.CHANNEL, "r " .. self.id })
-end
-
--- The commands connection came back: this node's users are written again,
--- every other node's read again.
-function Presence:reconnected()
-  self:reregister()
-  self:resync()
 end
 
 -- A graceful stop: this node's users leave at once.
