@@ -11,9 +11,9 @@
 -- After Redis was away, each node writes its users again (reregister: they
 -- may have changed meanwhile, or Redis lost them), and reads every node's
 -- users again once its subscriber and commands connection are both back
--- (resync, called by bus.lua: messages sent while it was away are lost). A node that finds itself missing from the node set at
--- a beat (another removed it as dead while it could not beat) writes itself
--- again.
+-- (resync, called by bus.lua: messages sent while it was away are lost). A
+-- node that finds itself missing from the node set at a beat (another
+-- removed it as dead while it could not beat) writes itself again.
 --
 -- It has the local registry's calls (join, leave, users, query, is_online),
 -- so dispatch.lua and the realtime presence topic use it unchanged.
