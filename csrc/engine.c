@@ -437,11 +437,14 @@ static void notify_next(ms_batch *b);
 
 /* notify: subscribers hear the current state of each record, or that it
  * was deleted when it is no longer stored (as deepstream's notify) */
+char ms_engine_notified[2];
+
 static void notify_got(void *ud, int status, long long version, const char *text, size_t len, const char *err) {
     ms_batch *b = ud;
     const ms_name *n = &b->cmd.names[b->at];
-    if (status == MS_REC_OK) changed(b->e, n->s, n->len, version, text, len, NULL);
-    else if (status == MS_REC_MISSING) changed(b->e, n->s, n->len, -1, NULL, 0, NULL);
+    void *origin = &ms_engine_notified[store_for(b->e, n->s, n->len) == &b->e->memory];
+    if (status == MS_REC_OK) changed(b->e, n->s, n->len, version, text, len, origin);
+    else if (status == MS_REC_MISSING) changed(b->e, n->s, n->len, -1, NULL, 0, origin);
     b->at++;
     if (b->looping) b->answered = 1;  /* notify_next's loop goes on */
     else notify_next(b);              /* a store that answered later */

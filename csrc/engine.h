@@ -52,7 +52,11 @@ typedef struct ms_cmd {
 } ms_cmd;
 
 /* A change: version and text, or version -1 and text NULL when deleted.
- * origin: the command's (NULL for notify and the fast path). */
+ * origin: the command's (NULL for the fast path); notify's changes carry
+ * &ms_engine_notified[0] for a record of the durable store and
+ * &ms_engine_notified[1] for one kept in memory: a record's stored state told
+ * again, not a new version (the cluster sends the first kind to every node). */
+extern char ms_engine_notified[2];
 typedef void (*ms_engine_change_fn)(void *ud, const char *name, size_t nlen, long long version,
                                     const char *text, size_t tlen, void *origin);
 typedef void (*ms_engine_done_fn)(void *ud);

@@ -1,7 +1,8 @@
 /* engine_lua: the record engine (engine.c) as Lua sees it.
  *
  *   core.engine(records | redis_records, { max_response = N, exclusions = { prefix, ... },
- *                          on_change = function(name, version|nil, text|nil, origin) })
+ *                          on_change = function(name, version|nil, text|nil, origin, notified) })
+ *   (notified: "shared" | "local" for notify's changes, see engine.h; else nil)
  *   e:read(batch|nil, topic, name)            e:head(batch|nil, topic, name)
  *   e:write(batch|nil, topic, name, data_text|nil, data_err|nil, version|nil, patch|nil, origin)
  *   e:delete(batch|nil, topic, name, origin)  e:notify(batch|nil, names)
@@ -113,7 +114,8 @@ typedef struct change_args {
     const char *name, *text;
     size_t nlen, tlen;
     long long version;
-    void *origin;                /* eb: hooks[HOOK_ORIGIN]; a batch_box: its anchored origin */
+    void *origin;                /* eb: hooks[HOOK_ORIGIN]; a batch_box: its anchored origin;
+                                    &ms_engine_notified[i]: a notify's (the listener's 5th argument) */
 } change_args;
 
 static void push_origin(lua_State *L, engine_box *eb, void *origin, int hooks) {
@@ -139,8 +141,13 @@ static int change_tramp(lua_State *L) {
     else lua_pushnil(L);
     if (a->text) lua_pushlstring(L, a->text, a->tlen);
     else lua_pushnil(L);
-    push_origin(L, a->eb, a->origin, hooks);
-    lua_call(L, 4, 0);
+    void *o = a->origin;
+    int notified = o == &ms_engine_notified[0] ? 1 : o == &ms_engine_notified[1] ? 2 : 0;
+    push_origin(L, a->eb, notified ? NULL : o, hooks);
+    if (notified == 1) lua_pushliteral(L, "shared");
+    else if (notified == 2) lua_pushliteral(L, "local");
+    else lua_pushnil(L);
+    lua_call(L, 5, 0);
     return 0;
 }
 

@@ -414,4 +414,6 @@ void ms_redisstore_open(lua_State *L) {
     lua_setfield(L, -2, "redis_records");
     lua_pushliteral(L, CHANNEL_PREFIX);
     lua_setfield(L, -2, "redis_record_channel_prefix");
+    lua_pushliteral(L, KEY_PREFIX);
+    lua_setfield(L, -2, "redis_record_key_prefix");
 }

@@ -28,8 +28,10 @@ local mt = { __index = RecordEngine }
 -- POST /api answer may carry: maxResponseSize), sync (default true),
 -- exclusion_prefixes (names kept in memory only), loop (write on the store's
 -- writer thread; without it flush writes at once), on_change
--- (function(name, version|nil, text|nil, origin): every change, whoever made
--- it; version nil: deleted; origin: what the command's caller passed),
+-- (function(name, version|nil, text|nil, origin, notified): every change,
+-- whoever made it; version nil: deleted; origin: what the command's caller
+-- passed; notified: "shared" | "local" when a notify told the stored state
+-- again, of a record in the durable store or kept in memory),
 -- durable (the cluster's Redis store, core.redis_records, instead of
 -- LevelDB records over store).
 function M.new(store, opts)

@@ -241,8 +241,10 @@ function Server:_open_storage()
     max_response = cfg.maxResponseSize,
     -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's);
     -- the realtime server reads and writes through this engine, so it is built after it
-    on_change = function(name, version, text, origin)
-      if self.bus then return self.bus:record_changed(name, version, text, origin) end -- cluster: in version order
+    on_change = function(name, version, text, origin, notified)
+      if self.bus then -- cluster: in version order, notifies to every node
+        return self.bus:record_changed(name, version, text, origin, notified)
+      end
       if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
     end,
   })

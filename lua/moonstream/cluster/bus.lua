@@ -11,7 +11,10 @@
 --   records  "ms:c:r:<name>"  "<version> <text>" or "-1" (deleted), published
 --            by the store's put script (csrc/redisstore.c) in the order Redis
 --            applied the writes; changes.lua puts them and the node's own
---            changes in version order, once.
+--            changes in version order, once. "n <version> <text>" or "n -1":
+--            a notify (the stored state told again), published by the node
+--            that read it; every node with subscribers hears it there once,
+--            the notifying node included, in order with the changes.
 local core = require "moonstream.core"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
@@ -23,6 +26,7 @@ local mt = { __index = Bus }
 
 local EVENT_PREFIX = "ms:c:e:"
 local RECORD_PREFIX = core.redis_record_channel_prefix
+local RECORD_KEY_PREFIX = core.redis_record_key_prefix
 
 local function noop() end
 
@@ -37,7 +41,10 @@ function M.new(cluster, parts)
   self.changes = changes_mod.new(parts.loop, function(name, version, text, origin)
     self.realtime.record_topic:changed(name, version, text, origin)
   end)
-  self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end)
+  self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end, function()
+    self:_reread()
+  end)
+  cluster:on_reconnect(function() self:_reread() end)
   if self.presence then self.sub:subscribe(self.presence.CHANNEL) end -- every node answers presence queries
   self:sync_listeners()
   return self
@@ -113,9 +120,47 @@ function Bus:publish_value(name, data, user)
   self:publish_event(name, text, user)
 end
 
--- A record changed through this node's engine.
-function Bus:record_changed(name, version, text, origin)
+-- A record changed through this node's engine; notified: a notify's reading
+-- of a record in Redis ("shared": for every node) or in this node's memory
+-- ("local": storageExclusionPrefixes, for this node alone).
+function Bus:record_changed(name, version, text, origin, notified)
+  if notified == "shared" then return self:_publish_notify(name, version, text) end
+  if notified then return self.changes:notify(name, version, text) end
   self.changes:change(name, version, text, origin)
+end
+
+-- This node hears its own notify from Redis, as the others do (when it has
+-- subscribers of the record); when it cannot be sent they hear it at once.
+function Bus:_publish_notify(name, version, text)
+  local payload = version and ("n " .. version .. " " .. text) or "n -1"
+  local ok, err = self.cluster.commands:command({ "PUBLISH", RECORD_PREFIX .. name, payload }, noop)
+  if ok then return end
+  log.warn("cluster: notify of '%s' not sent to the other nodes: %s", name, err)
+  self.changes:notify(name, version, text)
+end
+
+-- Once both the subscriber and the commands connection are back after
+-- either was down: what was said meanwhile is lost, so what this node's
+-- clients follow is read again.
+function Bus:_reread()
+  if not (self.sub and self.sub:up() and self.cluster.up.commands) then return end
+  if self.presence then self.presence:resync() end
+  self:_catch_up()
+end
+
+-- The watched records' stored state, after the subscriber came back. A
+-- record missing there is left alone (it may be one kept in memory): a
+-- deletion made while the subscriber was away is not caught up.
+function Bus:_catch_up()
+  for channel in pairs(self.count) do
+    if channel:sub(1, #RECORD_PREFIX) == RECORD_PREFIX then
+      local name = channel:sub(#RECORD_PREFIX + 1)
+      self.cluster.commands:command({ "HMGET", RECORD_KEY_PREFIX .. name, "v", "d" }, function(reply)
+        local version = type(reply) == "table" and reply[1] and math.tointeger(tonumber(reply[1]))
+        if version and type(reply[2]) == "string" then self.changes:catch_up(name, version, reply[2]) end
+      end)
+    end
+  end
 end
 
 function Bus:_message(channel, data)
@@ -123,9 +168,12 @@ function Bus:_message(channel, data)
   if channel:sub(1, #RECORD_PREFIX) == RECORD_PREFIX then
     local name = channel:sub(#RECORD_PREFIX + 1)
     if data == "-1" then return self.changes:change(name, nil, nil, nil) end
-    local version, text = data:match("^(%d+) (.*)$")
-    if version then self.changes:change(name, math.tointeger(tonumber(version)), text, nil) end
-    return
+    if data == "n -1" then return self.changes:notify(name, nil, nil) end
+    local notified, version, text = data:match("^(n?) ?(%d+) (.*)$")
+    if not version then return end
+    version = math.tointeger(tonumber(version))
+    if notified == "n" then return self.changes:notify(name, version, text) end
+    return self.changes:change(name, version, text, nil)
   end
   local name = channel:sub(#EVENT_PREFIX + 1)
   local from, uid, text = data:match("^([^\n]*)\n([^\n]*)\n(.*)$")

@@ -6,6 +6,8 @@
 -- or below it is a duplicate, the next one is delivered, and one that
 -- skips ahead waits (GAP_MS at most) for those before it. A deletion
 -- (version nil) is delivered once and lets the next version start anew.
+-- A notify tells a record's stored state again: delivered even when that
+-- version was, dropped when a newer one was (its subscribers know better).
 local M = {}
 local Changes = {}
 local mt = { __index = Changes }
@@ -66,6 +68,28 @@ function Changes:change(name, version, text, origin)
       if self.state[name] == st then self:_flush(name, st, true) end
     end)
   end
+end
+
+-- A notify's reading of name (version nil: no longer stored).
+function Changes:notify(name, version, text)
+  local st = self.state[name]
+  if not st or (version ~= nil and version == st.last) then return self.deliver(name, version, text, nil) end
+  if version ~= nil and st.last ~= nil and version < st.last then return end -- newer state was told
+  return self:change(name, version, text, nil)
+end
+
+-- A record's stored state, read after this node's subscriber came back
+-- (changes published meanwhile were lost): delivered when newer than what
+-- was, versions waited for up to it dropped.
+function Changes:catch_up(name, version, text)
+  local st = self.state[name]
+  if not st or (st.last ~= nil and st.last ~= DELETED and version <= st.last) then return end
+  for v in pairs(st.waiting) do
+    if v <= version then st.waiting[v] = nil end
+  end
+  st.last = version
+  self.deliver(name, version, text, nil)
+  return self:_flush(name, st, false)
 end
 
 function Changes:close()

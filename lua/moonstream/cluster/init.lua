@@ -115,9 +115,10 @@ function Cluster:on_reconnect(fn)
 end
 
 -- A subscriber connection: on_message(channel, data) for each message of
--- the channels it subscribes to (bus.lua); it resubscribes by itself.
-function Cluster:subscriber(on_message)
-  return self.conn("subscriber", nil, on_message)
+-- the channels it subscribes to (bus.lua); it resubscribes by itself, then
+-- calls on_up() (each time it is up: messages sent while it was down are lost).
+function Cluster:subscriber(on_message, on_up)
+  return self.conn("subscriber", on_up, on_message)
 end
 
 -- The store tokens.lua keeps tokens in, shared by every node.

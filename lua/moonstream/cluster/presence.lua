@@ -1,11 +1,19 @@
 -- Presence across nodes. Each node keeps its own users in its local
 -- registry (core.presence: connections per user) and in Redis (the set
 -- "ms:p:n:<node>"), tells the others on the channel "ms:c:p" ("+ node user",
--- "- node user", "x node" = that node is gone), and heartbeats: the key
--- "ms:p:alive:<node>" expires DEAD_MS after the last beat. Every node checks
--- the others' keys at each beat and removes a dead node with its users.
--- Each node holds the cluster-wide view (user -> nodes), so queries answer
--- at once, and a user on two nodes is online once.
+-- "- node user", "x node" = that node is gone, "r node" = that node wrote
+-- its users again: read them), and heartbeats: the key "ms:p:alive:<node>"
+-- expires DEAD_MS after the last beat. Every node checks the others' keys at
+-- each beat and removes a dead node with its users (one script: a node that
+-- beat in between stays). Each node holds the cluster-wide view (user ->
+-- nodes), so queries answer at once, and a user on two nodes is online once.
+--
+-- After Redis was away, each node writes its users again (reregister: they
+-- may have changed meanwhile, or Redis lost them), and reads every node's
+-- users again once its subscriber and commands connection are both back
+-- (resync, called by bus.lua: messages sent while it was away are lost). A
+-- node that finds itself missing from the node set at a beat (another
+-- removed it as dead while it could not beat) writes itself again.
 --
 -- It has the local registry's calls (join, leave, users, query, is_online),
 -- so dispatch.lua and the realtime presence topic use it unchanged.
@@ -23,6 +31,16 @@ local function users_key(node) return "ms:p:n:" .. node end
 local function alive_key(node) return "ms:p:alive:" .. node end
 
 local function noop() end
+
+-- KEYS: the node's alive key, its users' set, the node set; ARGV: the node,
+-- the channel. 1 when the node was removed.
+local REMOVE_DEAD = [[
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[2], 'x ' .. ARGV[1])
+return 1
+]]
 
 -- parts: loop, commands (core.redis), id (this node's), registry (core.presence),
 -- announce (function(user, joined): the realtime presence topic)
@@ -79,6 +97,7 @@ end
 
 function Presence:_gone(node)
   for _, fn in ipairs(self.gone_fns) do fn(node) end
+  if self.loaded then self.loaded[node] = nil end -- read it again if it comes back
   local set = self.nodes[node]
   if not set then return end
   for user in pairs(set) do
@@ -134,36 +153,65 @@ function Presence:message(data)
     if kind == "-" and self:_remove(node, user) then self.announce(user, false) end
     return
   end
-  node = data:match("^x (%S+)$")
-  if node and node ~= self.id then self:_gone(node) end
+  kind, node = data:match("^([xr]) (%S+)$")
+  if not node or node == self.id then return end
+  if kind == "x" then self:_gone(node) else self:_load(node) end
 end
 
--- Learns another node's users (at start, and when a node is first seen alive).
+-- Reads another node's users (when it is first seen alive, wrote its users
+-- again, or this node's subscriber came back): they replace what this node
+-- knew of them.
 function Presence:_load(node)
   self.commands:command({ "SMEMBERS", users_key(node) }, function(users)
-    if type(users) ~= "table" then return end
+    if type(users) ~= "table" or self.closed then return end
+    local now = {}
+    for _, user in ipairs(users) do now[user] = true end
+    for user in pairs(self.nodes[node] or {}) do
+      if not now[user] and self:_remove(node, user) then self.announce(user, false) end
+    end
     for _, user in ipairs(users) do
       if self:_add(node, user) then self.announce(user, true) end
     end
   end)
 end
 
+-- Every other node's users, read again (see the top).
+function Presence:resync()
+  self.commands:command({ "SMEMBERS", NODES }, function(nodes)
+    if type(nodes) ~= "table" or self.closed then return end
+    for _, node in ipairs(nodes) do
+      if node ~= self.id then self:_load(node) end
+    end
+  end)
+end
+
+function Presence:_remove_if_dead(node)
+  self.commands:command({ "EVAL", REMOVE_DEAD, "3", alive_key(node), users_key(node), NODES, node, M.CHANNEL },
+    function(removed)
+      if removed ~= 1 then return end
+      log.info("cluster presence: node %s stopped beating: removed with its users", node)
+      self:_gone(node)
+    end)
+end
+
 -- The heartbeat: this node is alive; every other node is checked.
 function Presence:_beat()
   if self.closed then return end
   self:_send({ "SET", alive_key(self.id), "1", "PX", M.DEAD_MS })
-  self:_send({ "SADD", NODES, self.id })
+  local first = not self.beaten
+  self.beaten = true
+  self.commands:command({ "SADD", NODES, self.id }, function(added)
+    if added ~= 1 or self.closed then return end
+    if not first then log.warn("cluster presence: this node was removed as dead: writing its users again") end
+    self:reregister()
+  end)
   self.commands:command({ "SMEMBERS", NODES }, function(nodes)
     if type(nodes) ~= "table" then return end
     for _, node in ipairs(nodes) do
       if node ~= self.id then
         self.commands:command({ "EXISTS", alive_key(node) }, function(alive)
           if alive == 0 then
-            log.info("cluster presence: node %s stopped beating: removing its users", node)
-            self:_send({ "DEL", users_key(node) })
-            self:_send({ "SREM", NODES, node })
-            self:_send({ "PUBLISH", M.CHANNEL, "x " .. node })
-            self:_gone(node)
+            self:_remove_if_dead(node)
           elseif alive == 1 and not self.nodes[node] and not (self.loaded and self.loaded[node]) then
             self.loaded = self.loaded or {}
             self.loaded[node] = true
@@ -179,11 +227,14 @@ end
 -- After a reconnection: this node's users are written again (Redis may have
 -- lost them, or another node may have removed this one as dead).
 function Presence:reregister()
+  self:_send({ "SET", alive_key(self.id), "1", "PX", M.DEAD_MS })
   self:_send({ "DEL", users_key(self.id) })
-  for _, user in ipairs(self.registry:users()) do
-    self:_send({ "SADD", users_key(self.id), user })
-    self:_send({ "PUBLISH", M.CHANNEL, "+ " .. self.id .. " " .. user })
+  local users = self.registry:users()
+  for i = 1, #users, 1000 do -- bounded commands, however many users
+    self:_send({ "SADD", users_key(self.id), table.unpack(users, i, math.min(i + 999, #users)) })
   end
+  self:_send({ "SADD", NODES, self.id })
+  self:_send({ "PUBLISH", M.CHANNEL, "r " .. self.id })
 end
 
 -- A graceful stop: this node's users leave at once.
