@@ -33,6 +33,11 @@
  *                         (on_close gets 1008, "send buffer full")
  *       close_timeout     ms (default 2000): how long a close handshake we
  *                         started may wait for the peer's close frame
+ *       idle_timeout      ms (default 0: none): a connection that receives
+ *                         no data message for longer is sent a close frame
+ *                         without a code and finished (on_close: 1005,
+ *                         "idle timeout"); checked every idle_timeout / 2,
+ *                         so it goes after 1 to 1.5 times idle_timeout
  *     Sends made while "connecting" are queued and go out once MHD hands
  *     over the socket.
  * ws:on_open(fn)      fn(ws): the socket is live (called from the loop)
@@ -56,6 +61,16 @@
  *     Starts the close handshake (code default 1000, none if 0; reason at most
  *     123 bytes). on_close follows once the peer answers or close_timeout
  *     passes. false if already closing or closed.
+ * ws:answer_pings(ping, pong, binary) -> ws
+ *     From now on a data message (text, or binary when binary is true) whose
+ *     bytes are exactly ping is answered with pong (same kind) in C and not
+ *     delivered to on_message (deepstream's heartbeat: idle clients then
+ *     cost no Lua work). A message that arrives while earlier ones still wait
+ *     for on_message goes to on_message as usual, so answers keep their
+ *     order. ws:answer_pings(nil) stops it. A server holds at most 8
+ *     different (ping, pong) pairs.
+ * ws:last_received() -> ms (core.now's clock) of the last complete data
+ *     message, or of the upgrade when none came yet
  * ws:id() -> integer, unique in the process
  * ws:remote_address() -> "127.0.0.1"
  * ws:buffered() -> bytes queued for sending, not yet taken by the socket
@@ -135,6 +150,7 @@ struct ms_ws {
     uint8_t msg_op;              /* TEXT or BINARY while a message is reassembled */
     uint8_t ctrl_len;
     uint8_t u8_need;             /* continuation bytes the text's current character still needs */
+    uint8_t beat;                /* 1 + index of the hub's heartbeat answered here, 0: none */
     uint8_t mask[4];
     uint32_t u8_cp, u8_min;      /* that character so far, and its smallest valid value */
     uint16_t code_sent, code_received;
@@ -153,6 +169,8 @@ struct ms_ws {
     char *reason;                /* the peer's close reason, NULL: none */
     double deadline;             /* ms (ms_loop_now) while in the closing list */
     double close_timeout;
+    double last_received;        /* ms (ms_loop_now): the last complete data message, or the upgrade */
+    double idle_timeout;         /* ms without a data message before the sweep closes it, 0: never */
     int forced_code;             /* close code decided by us without a frame, 0: none */
     const char *forced_reason;
     int self_ref, on_open_ref, on_message_ref, on_close_ref;
@@ -160,6 +178,16 @@ struct ms_ws {
     uint8_t ctrl[WS_CONTROL_MAX];   /* the control frame being read */
     char addr[INET6_ADDRSTRLEN];
 };
+
+/* An application-level heartbeat answered without Lua: a data message
+ * exactly equal to ping (of the same kind, text or binary) is answered with
+ * pong. A few per hub (one per transport), shared by every connection. */
+typedef struct ws_beat {
+    char *ping, *pong;
+    size_t ping_len, pong_len;
+    int binary;
+} ws_beat;
+#define WS_BEATS 8
 
 struct ms_ws_hub {
     lua_State *L;                /* main thread */
@@ -170,6 +198,10 @@ struct ms_ws_hub {
     int in_prepare, free_pending;
     int finished;                /* a connection went back to MHD since the last prepare */
     double trim_at;              /* when to give freed handshake memory back, 0: not due */
+    double sweep_at;             /* next idle sweep (ms), 0: none due */
+    double sweep_every;          /* half the smallest idle_timeout given, 0: none */
+    ws_beat beats[WS_BEATS];     /* heartbeats answered in C (ws:answer_pings) */
+    int nbeats;
 };
 
 /* After a burst of upgrades, MHD has freed each connection's request pool
@@ -437,6 +469,24 @@ static void ws_control(ms_ws *ws) {
     if (!ws->close_sent && ws_queue_close(ws, code == CODE_NONE ? 0 : code, NULL, 0) != 0) ws->dead = 1;
 }
 
+/* Answers m when it is the connection's heartbeat ping: the pong is queued
+ * here, Lua never sees the message. Only with nothing waiting for Lua before
+ * it, so that the pong does not overtake the answers to earlier messages.
+ * 1: answered (m is the caller's to free). */
+static int ws_answer_beat(ms_ws *ws, const ws_msg *m) {
+    if (ws->beat == 0 || ws->inbox != NULL || ws->hub == NULL || ws->state != WS_OPEN) return 0;
+    const ws_beat *b = &ws->hub->beats[ws->beat - 1];
+    if (m->binary != b->binary || m->len != b->ping_len || memcmp(m->data, b->ping, m->len) != 0) return 0;
+    if (ws_queue_frame(ws, b->binary ? OP_BINARY : OP_TEXT, b->pong, b->pong_len) != 0) ws->dead = 1;
+    else if (ws_buffered_bytes(ws) > ws->max_buffered && !ws->dead) {
+        /* pings from a client that does not read its pongs: as ws_send's limit */
+        ws->dead = 1;
+        ws->forced_code = CODE_POLICY;
+        ws->forced_reason = "send buffer full";
+    }
+    return 1;
+}
+
 /* The last frame of a data message arrived. */
 static void ws_message_done(ms_ws *ws) {
     ws_msg *m = ws->msg;
@@ -451,6 +501,8 @@ static void ws_message_done(ms_ws *ws) {
     }
     if (ws->close_sent || ws->state == WS_CLOSING) { free(m); return; }  /* we are closing: dropped */
     m->binary = !text;
+    ws->last_received = ms_loop_now();
+    if (ws_answer_beat(ws, m)) { free(m); return; }
     m->data[m->len] = '\0';
     m->next = NULL;
     if (ws->inbox_tail) ws->inbox_tail->next = m; else ws->inbox = m;
@@ -763,13 +815,40 @@ static void ws_io(void *ud, int fd, uint32_t events) {
     lua_settop(L, top);
 }
 
-/* Runs before the loop sleeps: finishes connections whose close handshake
- * timed out, and connections abandoned before their socket arrived. Returns
- * the ms until the next deadline. */
+static void ws_hub_free(ms_ws_hub *hub) {
+    for (int i = 0; i < hub->nbeats; i++) { free(hub->beats[i].ping); free(hub->beats[i].pong); }
+    free(hub);
+}
+
+/* The idle sweep, once every sweep_every ms: an open connection that has
+ * received no data message for more than its idle_timeout gets a close
+ * frame without a code and is finished at once (a silent peer is not waited
+ * for), through the deadline list so that on_close runs from ws_prepare's
+ * loop below. One pass in C over every connection: idle clients cost no Lua
+ * work (bench/RESULTS.md "WebSocket scale"). No Lua in here. */
+static void ws_sweep(ms_ws_hub *hub, double now) {
+    if (hub->sweep_at == 0 || now < hub->sweep_at) return;
+    for (ms_ws *ws = hub->head; ws; ws = ws->next) {
+        if (ws->idle_timeout <= 0 || ws->state != WS_OPEN || ws->dead || ws->close_sent) continue;
+        if (now - ws->last_received <= ws->idle_timeout) continue;
+        ws->read_off = 1;
+        if (ws_queue_close(ws, 0, NULL, 0) == 0) ws_out_flush(ws);
+        ws->forced_code = CODE_NONE;
+        ws->forced_reason = "idle timeout";
+        ws->dead = 1;
+        ws_closing_add(ws, 0);
+    }
+    hub->sweep_at = hub->count > 0 ? now + hub->sweep_every : 0;
+}
+
+/* Runs before the loop sleeps: the idle sweep, then finishes connections
+ * whose close handshake timed out, and connections abandoned before their
+ * socket arrived. Returns the ms until the next deadline. */
 static long ws_prepare(void *ud) {
     ms_ws_hub *hub = ud;
     double now = ms_loop_now(), next = -1;
     hub->in_prepare = 1;
+    ws_sweep(hub, now);
     for (;;) {
         ms_ws *due = NULL;
         for (ms_ws *ws = hub->closing; ws; ws = ws->cnext) {
@@ -782,7 +861,8 @@ static long ws_prepare(void *ud) {
         next = -1;  /* the list changed: scan again */
     }
     hub->in_prepare = 0;
-    if (hub->free_pending) { free(hub); return 0; }
+    if (hub->free_pending) { ws_hub_free(hub); return 0; }
+    if (hub->sweep_at > 0 && (next < 0 || hub->sweep_at < next)) next = hub->sweep_at;
     if (hub->trim_at > 0) {
         if (now >= hub->trim_at) {
             hub->trim_at = 0;
@@ -900,6 +980,7 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     lua_Integer max_msg = opt_field(L, opts_idx, "max_message_size", 1048576, 1);
     lua_Integer max_buf = opt_field(L, opts_idx, "max_buffered", 4194304, 1);
     lua_Integer close_timeout = opt_field(L, opts_idx, "close_timeout", 2000, 0);
+    lua_Integer idle_timeout = opt_field(L, opts_idx, "idle_timeout", 0, 0);
     char accept[29];
     if ((*err = ws_check_handshake(conn, accept)) != NULL) return NULL;
     if (max_conns > 0 && *hubp && (*hubp)->count >= (size_t)max_conns) {
@@ -923,6 +1004,8 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     ws->max_message = (size_t)max_msg;
     ws->max_buffered = (size_t)max_buf;
     ws->close_timeout = (double)close_timeout;
+    ws->idle_timeout = (double)idle_timeout;
+    ws->last_received = ms_loop_now();
     ws->id = ++ws_next_id;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr) {
@@ -940,6 +1023,11 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     if (hub->head) hub->head->prev = ws;
     hub->head = ws;
     hub->count++;
+    if (idle_timeout > 0) {
+        double every = (double)idle_timeout / 2;
+        if (hub->sweep_every == 0 || every < hub->sweep_every) hub->sweep_every = every;
+        if (hub->sweep_at == 0) hub->sweep_at = ms_loop_now() + hub->sweep_every;
+    }
     lua_pushvalue(L, -1);
     ws->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return r;
@@ -961,7 +1049,7 @@ void ms_ws_hub_close(lua_State *L, ms_ws_hub *hub) {
     }
     ms_loop_remove_prepare(hub->loop, ws_prepare, hub);
     while (hub->closing) ws_closing_remove(hub->closing);
-    if (hub->in_prepare) hub->free_pending = 1; else free(hub);
+    if (hub->in_prepare) hub->free_pending = 1; else ws_hub_free(hub);
 }
 
 /* ---- Lua API: WebSocket ---- */
@@ -1038,6 +1126,54 @@ static int ws_on_open(lua_State *L) { return ws_set_callback(L, &check_ws(L, 1)-
 static int ws_on_message(lua_State *L) { return ws_set_callback(L, &check_ws(L, 1)->on_message_ref); }
 static int ws_on_close(lua_State *L) { return ws_set_callback(L, &check_ws(L, 1)->on_close_ref); }
 
+/* The hub's entry for this heartbeat, added on first use; -1 when full. */
+static int ws_beat_index(lua_State *L, ms_ws_hub *hub, const char *ping, size_t plen,
+                         const char *pong, size_t qlen, int binary) {
+    for (int i = 0; i < hub->nbeats; i++) {
+        const ws_beat *b = &hub->beats[i];
+        if (b->binary == binary && b->ping_len == plen && b->pong_len == qlen &&
+            memcmp(b->ping, ping, plen) == 0 && memcmp(b->pong, pong, qlen) == 0) return i;
+    }
+    if (hub->nbeats == WS_BEATS) return -1;
+    ws_beat *b = &hub->beats[hub->nbeats];
+    b->ping = malloc(plen);
+    b->pong = malloc(qlen);
+    if (b->ping == NULL || b->pong == NULL) {
+        free(b->ping);
+        free(b->pong);
+        b->ping = b->pong = NULL;
+        luaL_error(L, "out of memory");
+    }
+    memcpy(b->ping, ping, plen);
+    memcpy(b->pong, pong, qlen);
+    b->ping_len = plen;
+    b->pong_len = qlen;
+    b->binary = binary;
+    return hub->nbeats++;
+}
+
+/* ws:answer_pings(ping, pong, binary) / ws:answer_pings(nil) */
+static int ws_answer_pings(lua_State *L) {
+    ms_ws *ws = check_ws(L, 1);
+    if (lua_isnoneornil(L, 2)) { ws->beat = 0; lua_settop(L, 1); return 1; }
+    size_t plen, qlen;
+    const char *ping = luaL_checklstring(L, 2, &plen);
+    const char *pong = luaL_checklstring(L, 3, &qlen);
+    int binary = lua_toboolean(L, 4);
+    luaL_argcheck(L, plen > 0 && qlen > 0, 2, "empty heartbeat");
+    if (ws->hub == NULL || ws->state == WS_CLOSED) { lua_settop(L, 1); return 1; }
+    int i = ws_beat_index(L, ws->hub, ping, plen, pong, qlen, binary);
+    if (i < 0) return luaL_error(L, "too many different heartbeats (at most %d)", WS_BEATS);
+    ws->beat = (uint8_t)(i + 1);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int ws_last_received(lua_State *L) {
+    lua_pushnumber(L, check_ws(L, 1)->last_received);
+    return 1;
+}
+
 static int ws_id(lua_State *L) {
     lua_pushinteger(L, check_ws(L, 1)->id);
     return 1;
@@ -1085,6 +1221,8 @@ static const luaL_Reg ws_meth[] = {
     {"on_open", ws_on_open},
     {"on_message", ws_on_message},
     {"on_close", ws_on_close},
+    {"answer_pings", ws_answer_pings},
+    {"last_received", ws_last_received},
     {"id", ws_id},
     {"remote_address", ws_remote_address},
     {"buffered", ws_buffered},

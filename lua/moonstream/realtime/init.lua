@@ -6,13 +6,13 @@
 -- records, RPCs and presence.
 --
 -- This module owns the connection lifecycle (challenge, login, heartbeats,
--- timeouts, slow consumers) and routes authenticated messages to one module
+-- timeouts, slow consumers; after login csrc/ws.c answers PINGs and drops
+-- silent connections without Lua work) and routes authenticated messages to one module
 -- per topic: events.lua (with listen.lua), records.lua, rpc.lua, presence.lua.
 --
 --   local rt = realtime.new(parts)       -- parts: see M.new
 --   rt:accept(ws_conn, "json" | "binary")
 --   rt:close()                           -- closes every connection
-local core = require "moonstream.core"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local names = require "moonstream.realtime.names"
@@ -172,7 +172,6 @@ function Realtime:accept(ws, transport, info)
     open = true,
     user = nil,
     auth_attempts = 0,
-    last_received = core.now(),
     info = info or {},
   }, conn_mt)
   self.conns[c] = true
@@ -190,7 +189,6 @@ function Realtime:accept(ws, transport, info)
       end
     end)
   end
-  if not self.heartbeat_timer then self:_arm_heartbeat() end
   return c
 end
 
@@ -198,8 +196,10 @@ end
 -- `transport`. Returns the connection, or nil, err for a bad handshake (the
 -- caller answers 400 with err).
 function Realtime:upgrade(req, transport)
+  -- heartbeat: any message counts; ws.c drops a connection silent for more
+  -- than two intervals (checked every interval, as the reference does)
   local ws, err = req:upgrade({ max_message_size = self.max_message_size, max_buffered = self.max_buffered,
-    max_connections = self.max_connections })
+    max_connections = self.max_connections, idle_timeout = 2 * self.heartbeat_interval })
   if not ws then return nil, err end
   return self:accept(ws, transport, {
     remoteAddress = req:client_address(),
@@ -216,31 +216,10 @@ function Realtime:close()
   for c in pairs(self.conns) do c:close() end
   self.events.listen:close()
   self.record_topic.listen:close()
-  if self.heartbeat_timer then self.heartbeat_timer:cancel(); self.heartbeat_timer = nil end
 end
 
 function Realtime:connections()
   return self.count
-end
-
--- Heartbeat: any frame counts; a connection silent for more than two
--- intervals is dropped, as the reference does. One sweep per interval over
--- every connection (no timer per connection); it stops when none is left.
-function Realtime:_arm_heartbeat()
-  local interval = self.heartbeat_interval
-  self.heartbeat_timer = self.loop:timer(interval, function()
-    self.heartbeat_timer = nil
-    local limit = core.now() - 2 * interval
-    local silent = {}
-    for c in next, self.conns do
-      if c.last_received < limit then silent[#silent + 1] = c end
-    end
-    for i = 1, #silent do
-      log.debug("realtime: closing a connection silent for more than %d ms", 2 * interval)
-      silent[i]:close()
-    end
-    if self.count > 0 then self:_arm_heartbeat() end
-  end)
 end
 
 -- Queues an encoded frame. A client that lets more than max_buffered bytes
@@ -307,7 +286,6 @@ end
 function Conn:receive(frame, is_binary)
   if not self.open then return end
   local rt = self.rt
-  self.last_received = core.now()
   rt.stats.received = rt.stats.received + 1
   -- a binary frame on the json endpoint, or a text frame on the binary one
   if (is_binary and true or false) ~= self.binary then return self:close() end
@@ -420,6 +398,10 @@ function Conn:logged_in(user)
     if text then reply.data = text end
   end
   self:send(reply)
+  -- from now on ws.c answers the client's PING itself (before login it is
+  -- ignored, as the reference does); any other spelling still comes here
+  local beat = self.codec.heartbeat
+  if beat and self.ws.answer_pings then self.ws:answer_pings(beat.ping, beat.pong, self.binary) end
   rt.presence_topic:login(self)
   local pending = self.pending
   self.pending = nil
