@@ -1082,6 +1082,75 @@ static int ws_send(lua_State *L, int binary) {
     return 1;
 }
 
+/* Queues one frame on ws for core.ws_fanout, without raising. Returns NULL,
+ * or why the connection cannot take it ("closed", "send buffer full"). */
+static const char *ws_send_frame(ms_ws *ws, int binary, const char *s, size_t len) {
+    if ((ws->state != WS_CONNECTING && ws->state != WS_OPEN) || ws->dead || ws->close_sent) return "closed";
+    if (ws_queue_frame(ws, binary ? OP_BINARY : OP_TEXT, s, len) != 0) {
+        ws_drop(ws, CODE_INTERNAL, "out of memory");
+        return "closed";
+    }
+    if (ws->dead) ws_drop(ws, CODE_LOST, "write failed");
+    else if (ws_buffered_bytes(ws) > 0) ws_update_watch(ws);
+    if (!ws->dead && ws_buffered_bytes(ws) > ws->max_buffered) ws_drop(ws, CODE_POLICY, "send buffer full");
+    if (ws->dead) return ws->forced_code == CODE_POLICY ? "send buffer full" : "closed";
+    return NULL;
+}
+
+/* core.ws_fanout(conns, except, encode) -> sent, failed
+ * One message to every connection of the set conns (keys: the realtime
+ * layer's connection tables, with fields open, binary and ws) but except:
+ * the frame is encoded once per transport, by encode(binary) -> frame |
+ * false (called at most once for each, only when a subscriber needs it),
+ * and written to each socket here, with no Lua call per subscriber.
+ * failed: nil, or a table conn -> reason ("closed", "send buffer full", or
+ * "not a WebSocket" for a connection this cannot write to) for the caller
+ * to handle as its own send would. Raises only what encode raises, or on
+ * memory exhaustion. */
+static int ws_fanout(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    lua_settop(L, 3);
+    lua_pushnil(L);  /* 4: the text frame (nil: not encoded yet, false: cannot) */
+    lua_pushnil(L);  /* 5: the binary frame */
+    lua_pushnil(L);  /* 6: failed */
+    lua_Integer sent = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {  /* key 7, value 8 */
+        lua_pop(L, 1);
+        if (lua_rawequal(L, 7, 2) || lua_type(L, 7) != LUA_TTABLE) continue;
+        lua_getfield(L, 7, "open");
+        int open = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (!open) continue;
+        lua_getfield(L, 7, "binary");
+        int binary = lua_toboolean(L, -1);
+        lua_getfield(L, 7, "ws");
+        ms_ws *ws = luaL_testudata(L, -1, WS_MT);
+        lua_pop(L, 2);
+        int fi = binary ? 5 : 4;
+        if (lua_isnil(L, fi)) {
+            lua_pushvalue(L, 3);
+            lua_pushboolean(L, binary);
+            lua_call(L, 1, 1);
+            if (!lua_isstring(L, -1)) { lua_pop(L, 1); lua_pushboolean(L, 0); }
+            lua_replace(L, fi);
+        }
+        if (!lua_isstring(L, fi)) continue;
+        size_t len;
+        const char *frame = lua_tolstring(L, fi, &len);
+        const char *err = ws ? ws_send_frame(ws, binary, frame, len) : "not a WebSocket";
+        if (err == NULL) { sent++; continue; }
+        if (lua_isnil(L, 6)) { lua_newtable(L); lua_replace(L, 6); }
+        lua_pushvalue(L, 7);
+        lua_pushstring(L, err);
+        lua_rawset(L, 6);
+    }
+    lua_pushinteger(L, sent);
+    lua_pushvalue(L, 6);
+    return 2;
+}
+
 static int ws_send_text(lua_State *L) { return ws_send(L, 0); }
 static int ws_send_binary(lua_State *L) { return ws_send(L, 1); }
 
@@ -1239,4 +1308,6 @@ static const luaL_Reg ws_metameth[] = {
 
 void ms_ws_open(lua_State *L) {
     ms_createmeta(L, WS_MT, ws_meth, ws_metameth);
+    lua_pushcfunction(L, ws_fanout);
+    lua_setfield(L, -2, "ws_fanout");
 }

@@ -13,6 +13,7 @@
 --   local rt = realtime.new(parts)       -- parts: see M.new
 --   rt:accept(ws_conn, "json" | "binary")
 --   rt:close()                           -- closes every connection
+local core = require "moonstream.core"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local names = require "moonstream.realtime.names"
@@ -20,6 +21,7 @@ local message = require "moonstream.realtime.message"
 local metrics = require "moonstream.metrics"
 
 local encode = json.encode
+local ws_fanout = core.ws_fanout
 local next, pairs = next, pairs
 
 local M = {}
@@ -125,29 +127,29 @@ end
 
 -- Sending
 
--- Encodes msg once per codec (lazily) and sends it to every connection in
--- the set `conns` (a table conn -> true) except `except`. Returns the count.
+-- Sends msg to every connection in the set `conns` (a table conn -> true)
+-- except `except`; returns the count. The message is encoded once per
+-- transport (only for the transports present) and written to every socket by
+-- csrc/ws.c's fan-out, without Lua work per subscriber; the few connections
+-- it could not write to are handled here as Conn:send_frame would.
 function Realtime:broadcast(conns, msg, except)
-  if not conns then return 0 end
-  local frames, n = {}, 0
-  for c in next, conns do
-    if c ~= except and c.open then
-      local kind = c.transport
-      local frame = frames[kind]
-      if frame == nil then
-        local ok, f = pcall(self.codecs[kind].encode, msg)
-        if ok and f then
-          frame = f
-        else
-          log.error("cannot encode a %s message: %s", kind, tostring(f))
-          frame = false
-        end
-        frames[kind] = frame
-      end
-      if frame then
-        c:send_frame(frame)
-        n = n + 1
-      end
+  if not conns or self.closing then return 0 end
+  local codecs = self.codecs
+  local function encode_for(binary)
+    local kind = binary and "binary" or "json"
+    local ok, frame = pcall(codecs[kind].encode, msg)
+    if ok and frame then return frame end
+    log.error("cannot encode a %s message: %s", kind, tostring(frame))
+    return false
+  end
+  local n, failed = ws_fanout(conns, except, encode_for)
+  self.stats.sent = self.stats.sent + n
+  for c, err in next, failed or {} do
+    if err ~= "not a WebSocket" then
+      c:send_failed(err)
+    else
+      local frame = encode_for(c.binary)
+      if frame and c:send_frame(frame) then n = n + 1 end
     end
   end
   metrics.ws_sent(msg, n)
@@ -230,18 +232,21 @@ function Conn:send_frame(frame)
   local ws, rt = self.ws, self.rt
   local ok, err
   if self.binary then ok, err = ws:send_binary(frame) else ok, err = ws:send_text(frame) end
-  if not ok then
-    -- "send buffer full": ws.c dropped a client that does not read (more
-    -- than realtime.maxBufferedBytes queued); on_close follows
-    if err == "send buffer full" then
-      rt.stats.slow = rt.stats.slow + 1
-      log.warn("realtime: disconnected a slow client (send buffer full)")
-    end
-    self:closed()
-    return false
-  end
+  if not ok then return self:send_failed(err) end
   rt.stats.sent = rt.stats.sent + 1
   return true
+end
+
+-- A send to this connection failed (err from ws.c): forget the connection.
+-- "send buffer full": ws.c dropped a client that does not read (more than
+-- realtime.maxBufferedBytes queued); on_close follows.
+function Conn:send_failed(err)
+  if err == "send buffer full" then
+    self.rt.stats.slow = self.rt.stats.slow + 1
+    log.warn("realtime: disconnected a slow client (send buffer full)")
+  end
+  self:closed()
+  return false
 end
 
 function Conn:send(msg)
