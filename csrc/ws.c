@@ -98,6 +98,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <microhttpd.h>
 #include <openssl/evp.h>
@@ -136,8 +137,10 @@ struct ms_ws {
     ms_ws_hub *hub;              /* NULL once closed */
     ms_ws *prev, *next;          /* the hub's list of live connections */
     ms_ws *cprev, *cnext;        /* the hub's list of connections with a deadline */
+    ms_ws *dprev, *dnext;        /* the hub's list of connections with corked frames */
     uint8_t state;               /* enum ws_state */
     uint8_t in_closing_list;
+    uint8_t in_dirty_list;
     uint8_t opened;              /* on_open was delivered */
     uint8_t dead;                /* finish at the next chance (I/O failure, drop) */
     uint8_t close_sent;          /* our close frame is queued: nothing may follow */
@@ -194,6 +197,8 @@ struct ms_ws_hub {
     ms_loop *loop;
     ms_ws *head;                 /* live connections */
     ms_ws *closing;              /* connections with a deadline */
+    ms_ws *dirty;                /* connections with corked frames to write */
+    int efd;                     /* eventfd: corked frames wait (wakes the loop), -1: none */
     size_t count;                /* live connections */
     int in_prepare, free_pending;
     int finished;                /* a connection went back to MHD since the last prepare */
@@ -335,6 +340,17 @@ static void ws_closing_add(ms_ws *ws, double deadline) {
     ws->in_closing_list = 1;
 }
 
+/* ---- the hub's list of connections with corked frames ---- */
+
+static void ws_dirty_remove(ms_ws *ws) {
+    if (!ws->in_dirty_list) return;
+    ms_ws_hub *hub = ws->hub;
+    if (ws->dprev) ws->dprev->dnext = ws->dnext; else hub->dirty = ws->dnext;
+    if (ws->dnext) ws->dnext->dprev = ws->dprev;
+    ws->dprev = ws->dnext = NULL;
+    ws->in_dirty_list = 0;
+}
+
 /* ---- sending (no Lua in here) ---- */
 
 static size_t ws_buffered_bytes(const ms_ws *ws) {
@@ -413,6 +429,38 @@ static int ws_queue_frame(ms_ws *ws, int op, const void *data, size_t len) {
     if (done < hl && ws_out_append(ws, h + done, hl - done) != 0) return -1;
     size_t skip = done > hl ? done - hl : 0;
     return ws_out_append(ws, (const char *)data + skip, len - skip);
+}
+
+/* Fan-out frames up to this size are corked: appended to the connection's
+ * output and written once per loop turn, so the emits handled in one turn
+ * reach each subscriber in one send(2) (the kernel's work per send is most of
+ * a delivery's cost: bench/RESULTS.md "Realtime fan-out"). Larger frames go
+ * out at once, uncopied: corking copies the frame once per subscriber. */
+#define WS_CORK_MAX 4096
+
+/* Appends one frame to ws's output without writing; the hub writes every
+ * corked connection before the loop sleeps (ws_prepare), and its eventfd
+ * makes sure the loop does not sleep first. -1 when out of memory. */
+static int ws_cork_frame(ms_ws *ws, int op, const void *data, size_t len) {
+    uint8_t h[4];
+    size_t hl = 2;
+    h[0] = (uint8_t)(0x80 | op);
+    if (len < 126) h[1] = (uint8_t)len;
+    else { h[1] = 126; h[2] = (uint8_t)(len >> 8); h[3] = (uint8_t)len; hl = 4; }
+    if (ws_out_append(ws, h, hl) != 0 || ws_out_append(ws, data, len) != 0) return -1;
+    ms_ws_hub *hub = ws->hub;
+    if (hub == NULL || ws->in_dirty_list) return 0;
+    if (hub->dirty == NULL && hub->efd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(hub->efd, &one, sizeof one);
+        (void)n;  /* EAGAIN: already signalled */
+    }
+    ws->dprev = NULL;
+    ws->dnext = hub->dirty;
+    if (hub->dirty) hub->dirty->dprev = ws;
+    hub->dirty = ws;
+    ws->in_dirty_list = 1;
+    return 0;
 }
 
 /* Queues our close frame (code 0: none); nothing may be sent after it. */
@@ -687,6 +735,22 @@ static void ws_flush(ms_ws *ws) {
     ws_update_watch(ws);
 }
 
+/* Writes every corked connection's output (no Lua). */
+static void ws_flush_dirty(ms_ws_hub *hub) {
+    while (hub->dirty) {
+        ms_ws *ws = hub->dirty;
+        ws_dirty_remove(ws);
+        ws_flush(ws);
+    }
+}
+
+static void ws_dirty_io(void *ud, int fd, uint32_t events) {
+    uint64_t n;
+    ssize_t r = read(fd, &n, sizeof n);
+    (void)r;  /* EAGAIN: drained already */
+    ws_flush_dirty(ud);
+}
+
 /* Delivers messages collected by the parser, in order, until the
  * connection stops being open (a peer that sent messages and then dropped
  * the connection still has them delivered). */
@@ -734,6 +798,7 @@ static void ws_finish(ms_ws *ws, int deliver) {
     ws->state = WS_CLOSED;
     if (hub) {
         ws_closing_remove(ws);
+        ws_dirty_remove(ws);
         if (ws->prev) ws->prev->next = ws->next; else hub->head = ws->next;
         if (ws->next) ws->next->prev = ws->prev;
         ws->prev = ws->next = NULL;
@@ -816,6 +881,7 @@ static void ws_io(void *ud, int fd, uint32_t events) {
 }
 
 static void ws_hub_free(ms_ws_hub *hub) {
+    if (hub->efd >= 0) close(hub->efd);
     for (int i = 0; i < hub->nbeats; i++) { free(hub->beats[i].ping); free(hub->beats[i].pong); }
     free(hub);
 }
@@ -848,6 +914,7 @@ static long ws_prepare(void *ud) {
     ms_ws_hub *hub = ud;
     double now = ms_loop_now(), next = -1;
     hub->in_prepare = 1;
+    ws_flush_dirty(hub);
     ws_sweep(hub, now);
     for (;;) {
         ms_ws *due = NULL;
@@ -942,7 +1009,10 @@ static ms_ws_hub *ws_hub_get(lua_State *L, ms_loop *loop, ms_ws_hub **hubp) {
     hub->L = lua_tothread(L, -1);
     lua_pop(L, 1);
     hub->loop = loop;
-    if (ms_loop_add_prepare(loop, ws_prepare, hub) != 0) {
+    hub->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (hub->efd < 0 || ms_loop_watch(loop, hub->efd, EPOLLIN, ws_dirty_io, hub) != 0 ||
+        ms_loop_add_prepare(loop, ws_prepare, hub) != 0) {
+        if (hub->efd >= 0) { ms_loop_unwatch(loop, hub->efd); close(hub->efd); }
         free(hub);
         luaL_error(L, "cannot add WebSockets to the event loop");
     }
@@ -1048,6 +1118,7 @@ void ms_ws_hub_close(lua_State *L, ms_ws_hub *hub) {
         ws_finish(ws, 1);
     }
     ms_loop_remove_prepare(hub->loop, ws_prepare, hub);
+    if (hub->efd >= 0) ms_loop_unwatch(hub->loop, hub->efd);
     while (hub->closing) ws_closing_remove(hub->closing);
     if (hub->in_prepare) hub->free_pending = 1; else ws_hub_free(hub);
 }
@@ -1086,12 +1157,15 @@ static int ws_send(lua_State *L, int binary) {
  * or why the connection cannot take it ("closed", "send buffer full"). */
 static const char *ws_send_frame(ms_ws *ws, int binary, const char *s, size_t len) {
     if ((ws->state != WS_CONNECTING && ws->state != WS_OPEN) || ws->dead || ws->close_sent) return "closed";
-    if (ws_queue_frame(ws, binary ? OP_BINARY : OP_TEXT, s, len) != 0) {
+    int op = binary ? OP_BINARY : OP_TEXT;
+    if ((len <= WS_CORK_MAX ? ws_cork_frame(ws, op, s, len) : ws_queue_frame(ws, op, s, len)) != 0) {
         ws_drop(ws, CODE_INTERNAL, "out of memory");
         return "closed";
     }
     if (ws->dead) ws_drop(ws, CODE_LOST, "write failed");
-    else if (ws_buffered_bytes(ws) > 0) ws_update_watch(ws);
+    else if (!ws->in_dirty_list && ws_buffered_bytes(ws) > 0) ws_update_watch(ws);
+    /* the limit is on what the socket does not take: corked bytes are offered to it first */
+    if (!ws->dead && ws_buffered_bytes(ws) > ws->max_buffered && ws->in_dirty_list) ws_flush(ws);
     if (!ws->dead && ws_buffered_bytes(ws) > ws->max_buffered) ws_drop(ws, CODE_POLICY, "send buffer full");
     if (ws->dead) return ws->forced_code == CODE_POLICY ? "send buffer full" : "closed";
     return NULL;
