@@ -36,7 +36,7 @@
 #include <unistd.h>
 
 #define PHASES 4
-#define BUCKETS 200000          /* 10 us each: 2 s; later arrivals go in the last */
+#define BUCKETS 1000000         /* 10 us each: 10 s; later arrivals go in the last */
 #define PING_EVERY_NS 10000000000ULL
 
 struct slot {                   /* one per process; the driver reads them all */
