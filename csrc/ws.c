@@ -99,6 +99,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <microhttpd.h>
 #include <openssl/evp.h>
@@ -897,6 +898,10 @@ static void ws_sweep(ms_ws_hub *hub, double now) {
     for (ms_ws *ws = hub->head; ws; ws = ws->next) {
         if (ws->idle_timeout <= 0 || ws->state != WS_OPEN || ws->dead || ws->close_sent) continue;
         if (now - ws->last_received <= ws->idle_timeout) continue;
+        /* this runs before the turn's reads: bytes the kernel holds for us
+         * count as received (a busy loop must not drop clients that spoke) */
+        int pending = 0;
+        if (ws->extra || (ws->fd >= 0 && ioctl(ws->fd, FIONREAD, &pending) == 0 && pending > 0)) continue;
         ws->read_off = 1;
         if (ws_queue_close(ws, 0, NULL, 0) == 0) ws_out_flush(ws);
         ws->forced_code = CODE_NONE;
