@@ -144,12 +144,14 @@ function Realtime:broadcast(conns, msg, except)
   end
   local n, failed = ws_fanout(conns, except, encode_for)
   self.stats.sent = self.stats.sent + n
-  for c, err in next, failed or {} do
-    if err ~= "not a WebSocket" then
-      c:send_failed(err)
-    else
-      local frame = encode_for(c.binary)
-      if frame and c:send_frame(frame) then n = n + 1 end
+  if failed then
+    for c, err in next, failed do
+      if err ~= "not a WebSocket" then
+        c:send_failed(err)
+      else
+        local frame = encode_for(c.binary)
+        if frame and c:send_frame(frame) then n = n + 1 end
+      end
     end
   end
   metrics.ws_sent(msg, n)
