@@ -183,7 +183,12 @@ function Realtime:accept(ws, transport, info)
   self.stats.accepted = self.stats.accepted + 1
   metrics.ws_opened(transport)
   ws:on_message(function(frame, is_binary) c:receive(frame, is_binary) end)
-  ws:on_close(function() c:closed() end)
+  ws:on_close(function(_, reason)
+    if reason == "idle timeout" then
+      log.debug("realtime: closed a connection silent for more than %d ms", 2 * self.heartbeat_interval)
+    end
+    c:closed()
+  end)
   if self.auth_timeout then
     c.auth_timer = self.loop:timer(self.auth_timeout, function()
       c.auth_timer = nil
