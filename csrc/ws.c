@@ -33,6 +33,11 @@
  *                         (on_close gets 1008, "send buffer full")
  *       close_timeout     ms (default 2000): how long a close handshake we
  *                         started may wait for the peer's close frame
+ *       idle_timeout      ms (default 0: none): a connection that receives
+ *                         no data message for longer is sent a close frame
+ *                         without a code and finished (on_close: 1005,
+ *                         "idle timeout"); checked every idle_timeout / 2,
+ *                         so it goes after 1 to 1.5 times idle_timeout
  *     Sends made while "connecting" are queued and go out once MHD hands
  *     over the socket.
  * ws:on_open(fn)      fn(ws): the socket is live (called from the loop)
@@ -56,6 +61,16 @@
  *     Starts the close handshake (code default 1000, none if 0; reason at most
  *     123 bytes). on_close follows once the peer answers or close_timeout
  *     passes. false if already closing or closed.
+ * ws:answer_pings(ping, pong, binary) -> ws
+ *     From now on a data message (text, or binary when binary is true) whose
+ *     bytes are exactly ping is answered with pong (same kind) in C and not
+ *     delivered to on_message (deepstream's heartbeat: idle clients then
+ *     cost no Lua work). A message that arrives while earlier ones still wait
+ *     for on_message goes to on_message as usual, so answers keep their
+ *     order. ws:answer_pings(nil) stops it. A server holds at most 8
+ *     different (ping, pong) pairs.
+ * ws:last_received() -> ms (core.now's clock) of the last complete data
+ *     message, or of the upgrade when none came yet
  * ws:id() -> integer, unique in the process
  * ws:remote_address() -> "127.0.0.1"
  * ws:buffered() -> bytes queued for sending, not yet taken by the socket
@@ -83,6 +98,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <microhttpd.h>
 #include <openssl/evp.h>
@@ -121,8 +138,10 @@ struct ms_ws {
     ms_ws_hub *hub;              /* NULL once closed */
     ms_ws *prev, *next;          /* the hub's list of live connections */
     ms_ws *cprev, *cnext;        /* the hub's list of connections with a deadline */
+    ms_ws *dprev, *dnext;        /* the hub's list of connections with corked frames */
     uint8_t state;               /* enum ws_state */
     uint8_t in_closing_list;
+    uint8_t in_dirty_list;
     uint8_t opened;              /* on_open was delivered */
     uint8_t dead;                /* finish at the next chance (I/O failure, drop) */
     uint8_t close_sent;          /* our close frame is queued: nothing may follow */
@@ -135,6 +154,7 @@ struct ms_ws {
     uint8_t msg_op;              /* TEXT or BINARY while a message is reassembled */
     uint8_t ctrl_len;
     uint8_t u8_need;             /* continuation bytes the text's current character still needs */
+    uint8_t beat;                /* 1 + index of the hub's heartbeat answered here, 0: none */
     uint8_t mask[4];
     uint32_t u8_cp, u8_min;      /* that character so far, and its smallest valid value */
     uint16_t code_sent, code_received;
@@ -153,6 +173,8 @@ struct ms_ws {
     char *reason;                /* the peer's close reason, NULL: none */
     double deadline;             /* ms (ms_loop_now) while in the closing list */
     double close_timeout;
+    double last_received;        /* ms (ms_loop_now): the last complete data message, or the upgrade */
+    double idle_timeout;         /* ms without a data message before the sweep closes it, 0: never */
     int forced_code;             /* close code decided by us without a frame, 0: none */
     const char *forced_reason;
     int self_ref, on_open_ref, on_message_ref, on_close_ref;
@@ -161,15 +183,31 @@ struct ms_ws {
     char addr[INET6_ADDRSTRLEN];
 };
 
+/* An application-level heartbeat answered without Lua: a data message
+ * exactly equal to ping (of the same kind, text or binary) is answered with
+ * pong. A few per hub (one per transport), shared by every connection. */
+typedef struct ws_beat {
+    char *ping, *pong;
+    size_t ping_len, pong_len;
+    int binary;
+} ws_beat;
+#define WS_BEATS 8
+
 struct ms_ws_hub {
     lua_State *L;                /* main thread */
     ms_loop *loop;
     ms_ws *head;                 /* live connections */
     ms_ws *closing;              /* connections with a deadline */
+    ms_ws *dirty;                /* connections with corked frames to write */
+    int efd;                     /* eventfd: corked frames wait (wakes the loop), -1: none */
     size_t count;                /* live connections */
     int in_prepare, free_pending;
     int finished;                /* a connection went back to MHD since the last prepare */
     double trim_at;              /* when to give freed handshake memory back, 0: not due */
+    double sweep_at;             /* next idle sweep (ms), 0: none due */
+    double sweep_every;          /* half the smallest idle_timeout given, 0: none */
+    ws_beat beats[WS_BEATS];     /* heartbeats answered in C (ws:answer_pings) */
+    int nbeats;
 };
 
 /* After a burst of upgrades, MHD has freed each connection's request pool
@@ -303,6 +341,17 @@ static void ws_closing_add(ms_ws *ws, double deadline) {
     ws->in_closing_list = 1;
 }
 
+/* ---- the hub's list of connections with corked frames ---- */
+
+static void ws_dirty_remove(ms_ws *ws) {
+    if (!ws->in_dirty_list) return;
+    ms_ws_hub *hub = ws->hub;
+    if (ws->dprev) ws->dprev->dnext = ws->dnext; else hub->dirty = ws->dnext;
+    if (ws->dnext) ws->dnext->dprev = ws->dprev;
+    ws->dprev = ws->dnext = NULL;
+    ws->in_dirty_list = 0;
+}
+
 /* ---- sending (no Lua in here) ---- */
 
 static size_t ws_buffered_bytes(const ms_ws *ws) {
@@ -383,6 +432,38 @@ static int ws_queue_frame(ms_ws *ws, int op, const void *data, size_t len) {
     return ws_out_append(ws, (const char *)data + skip, len - skip);
 }
 
+/* Fan-out frames up to this size are corked: appended to the connection's
+ * output and written once per loop turn, so the emits handled in one turn
+ * reach each subscriber in one send(2) (the kernel's work per send is most of
+ * a delivery's cost: bench/RESULTS.md "Realtime fan-out"). Larger frames go
+ * out at once, uncopied: corking copies the frame once per subscriber. */
+#define WS_CORK_MAX 4096
+
+/* Appends one frame to ws's output without writing; the hub writes every
+ * corked connection before the loop sleeps (ws_prepare), and its eventfd
+ * makes sure the loop does not sleep first. -1 when out of memory. */
+static int ws_cork_frame(ms_ws *ws, int op, const void *data, size_t len) {
+    uint8_t h[4];
+    size_t hl = 2;
+    h[0] = (uint8_t)(0x80 | op);
+    if (len < 126) h[1] = (uint8_t)len;
+    else { h[1] = 126; h[2] = (uint8_t)(len >> 8); h[3] = (uint8_t)len; hl = 4; }
+    if (ws_out_append(ws, h, hl) != 0 || ws_out_append(ws, data, len) != 0) return -1;
+    ms_ws_hub *hub = ws->hub;
+    if (hub == NULL || ws->in_dirty_list) return 0;
+    if (hub->dirty == NULL && hub->efd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(hub->efd, &one, sizeof one);
+        (void)n;  /* EAGAIN: already signalled */
+    }
+    ws->dprev = NULL;
+    ws->dnext = hub->dirty;
+    if (hub->dirty) hub->dirty->dprev = ws;
+    hub->dirty = ws;
+    ws->in_dirty_list = 1;
+    return 0;
+}
+
 /* Queues our close frame (code 0: none); nothing may be sent after it. */
 static int ws_queue_close(ms_ws *ws, unsigned code, const char *reason, size_t rlen) {
     uint8_t p[2 + WS_REASON_MAX];
@@ -437,6 +518,24 @@ static void ws_control(ms_ws *ws) {
     if (!ws->close_sent && ws_queue_close(ws, code == CODE_NONE ? 0 : code, NULL, 0) != 0) ws->dead = 1;
 }
 
+/* Answers m when it is the connection's heartbeat ping: the pong is queued
+ * here, Lua never sees the message. Only with nothing waiting for Lua before
+ * it, so that the pong does not overtake the answers to earlier messages.
+ * 1: answered (m is the caller's to free). */
+static int ws_answer_beat(ms_ws *ws, const ws_msg *m) {
+    if (ws->beat == 0 || ws->inbox != NULL || ws->hub == NULL || ws->state != WS_OPEN) return 0;
+    const ws_beat *b = &ws->hub->beats[ws->beat - 1];
+    if (m->binary != b->binary || m->len != b->ping_len || memcmp(m->data, b->ping, m->len) != 0) return 0;
+    if (ws_queue_frame(ws, b->binary ? OP_BINARY : OP_TEXT, b->pong, b->pong_len) != 0) ws->dead = 1;
+    else if (ws_buffered_bytes(ws) > ws->max_buffered && !ws->dead) {
+        /* pings from a client that does not read its pongs: as ws_send's limit */
+        ws->dead = 1;
+        ws->forced_code = CODE_POLICY;
+        ws->forced_reason = "send buffer full";
+    }
+    return 1;
+}
+
 /* The last frame of a data message arrived. */
 static void ws_message_done(ms_ws *ws) {
     ws_msg *m = ws->msg;
@@ -451,6 +550,8 @@ static void ws_message_done(ms_ws *ws) {
     }
     if (ws->close_sent || ws->state == WS_CLOSING) { free(m); return; }  /* we are closing: dropped */
     m->binary = !text;
+    ws->last_received = ms_loop_now();
+    if (ws_answer_beat(ws, m)) { free(m); return; }
     m->data[m->len] = '\0';
     m->next = NULL;
     if (ws->inbox_tail) ws->inbox_tail->next = m; else ws->inbox = m;
@@ -635,6 +736,22 @@ static void ws_flush(ms_ws *ws) {
     ws_update_watch(ws);
 }
 
+/* Writes every corked connection's output (no Lua). */
+static void ws_flush_dirty(ms_ws_hub *hub) {
+    while (hub->dirty) {
+        ms_ws *ws = hub->dirty;
+        ws_dirty_remove(ws);
+        ws_flush(ws);
+    }
+}
+
+static void ws_dirty_io(void *ud, int fd, uint32_t events) {
+    uint64_t n;
+    ssize_t r = read(fd, &n, sizeof n);
+    (void)r;  /* EAGAIN: drained already */
+    ws_flush_dirty(ud);
+}
+
 /* Delivers messages collected by the parser, in order, until the
  * connection stops being open (a peer that sent messages and then dropped
  * the connection still has them delivered). */
@@ -682,6 +799,7 @@ static void ws_finish(ms_ws *ws, int deliver) {
     ws->state = WS_CLOSED;
     if (hub) {
         ws_closing_remove(ws);
+        ws_dirty_remove(ws);
         if (ws->prev) ws->prev->next = ws->next; else hub->head = ws->next;
         if (ws->next) ws->next->prev = ws->prev;
         ws->prev = ws->next = NULL;
@@ -763,13 +881,46 @@ static void ws_io(void *ud, int fd, uint32_t events) {
     lua_settop(L, top);
 }
 
-/* Runs before the loop sleeps: finishes connections whose close handshake
- * timed out, and connections abandoned before their socket arrived. Returns
- * the ms until the next deadline. */
+static void ws_hub_free(ms_ws_hub *hub) {
+    if (hub->efd >= 0) close(hub->efd);
+    for (int i = 0; i < hub->nbeats; i++) { free(hub->beats[i].ping); free(hub->beats[i].pong); }
+    free(hub);
+}
+
+/* The idle sweep, once every sweep_every ms: an open connection that has
+ * received no data message for more than its idle_timeout gets a close
+ * frame without a code and is finished at once (a silent peer is not waited
+ * for), through the deadline list so that on_close runs from ws_prepare's
+ * loop below. One pass in C over every connection: idle clients cost no Lua
+ * work (bench/RESULTS.md "WebSocket scale"). No Lua in here. */
+static void ws_sweep(ms_ws_hub *hub, double now) {
+    if (hub->sweep_at == 0 || now < hub->sweep_at) return;
+    for (ms_ws *ws = hub->head; ws; ws = ws->next) {
+        if (ws->idle_timeout <= 0 || ws->state != WS_OPEN || ws->dead || ws->close_sent) continue;
+        if (now - ws->last_received <= ws->idle_timeout) continue;
+        /* this runs before the turn's reads: bytes the kernel holds for us
+         * count as received (a busy loop must not drop clients that spoke) */
+        int pending = 0;
+        if (ws->extra || (ws->fd >= 0 && ioctl(ws->fd, FIONREAD, &pending) == 0 && pending > 0)) continue;
+        ws->read_off = 1;
+        if (ws_queue_close(ws, 0, NULL, 0) == 0) ws_out_flush(ws);
+        ws->forced_code = CODE_NONE;
+        ws->forced_reason = "idle timeout";
+        ws->dead = 1;
+        ws_closing_add(ws, 0);
+    }
+    hub->sweep_at = hub->count > 0 ? now + hub->sweep_every : 0;
+}
+
+/* Runs before the loop sleeps: the idle sweep, then finishes connections
+ * whose close handshake timed out, and connections abandoned before their
+ * socket arrived. Returns the ms until the next deadline. */
 static long ws_prepare(void *ud) {
     ms_ws_hub *hub = ud;
     double now = ms_loop_now(), next = -1;
     hub->in_prepare = 1;
+    ws_flush_dirty(hub);
+    ws_sweep(hub, now);
     for (;;) {
         ms_ws *due = NULL;
         for (ms_ws *ws = hub->closing; ws; ws = ws->cnext) {
@@ -782,7 +933,8 @@ static long ws_prepare(void *ud) {
         next = -1;  /* the list changed: scan again */
     }
     hub->in_prepare = 0;
-    if (hub->free_pending) { free(hub); return 0; }
+    if (hub->free_pending) { ws_hub_free(hub); return 0; }
+    if (hub->sweep_at > 0 && (next < 0 || hub->sweep_at < next)) next = hub->sweep_at;
     if (hub->trim_at > 0) {
         if (now >= hub->trim_at) {
             hub->trim_at = 0;
@@ -862,7 +1014,10 @@ static ms_ws_hub *ws_hub_get(lua_State *L, ms_loop *loop, ms_ws_hub **hubp) {
     hub->L = lua_tothread(L, -1);
     lua_pop(L, 1);
     hub->loop = loop;
-    if (ms_loop_add_prepare(loop, ws_prepare, hub) != 0) {
+    hub->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (hub->efd < 0 || ms_loop_watch(loop, hub->efd, EPOLLIN, ws_dirty_io, hub) != 0 ||
+        ms_loop_add_prepare(loop, ws_prepare, hub) != 0) {
+        if (hub->efd >= 0) { ms_loop_unwatch(loop, hub->efd); close(hub->efd); }
         free(hub);
         luaL_error(L, "cannot add WebSockets to the event loop");
     }
@@ -900,6 +1055,7 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     lua_Integer max_msg = opt_field(L, opts_idx, "max_message_size", 1048576, 1);
     lua_Integer max_buf = opt_field(L, opts_idx, "max_buffered", 4194304, 1);
     lua_Integer close_timeout = opt_field(L, opts_idx, "close_timeout", 2000, 0);
+    lua_Integer idle_timeout = opt_field(L, opts_idx, "idle_timeout", 0, 0);
     char accept[29];
     if ((*err = ws_check_handshake(conn, accept)) != NULL) return NULL;
     if (max_conns > 0 && *hubp && (*hubp)->count >= (size_t)max_conns) {
@@ -923,6 +1079,8 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     ws->max_message = (size_t)max_msg;
     ws->max_buffered = (size_t)max_buf;
     ws->close_timeout = (double)close_timeout;
+    ws->idle_timeout = (double)idle_timeout;
+    ws->last_received = ms_loop_now();
     ws->id = ++ws_next_id;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr) {
@@ -940,6 +1098,11 @@ struct MHD_Response *ms_ws_upgrade(lua_State *L, ms_loop *loop, ms_ws_hub **hubp
     if (hub->head) hub->head->prev = ws;
     hub->head = ws;
     hub->count++;
+    if (idle_timeout > 0) {
+        double every = (double)idle_timeout / 2;
+        if (hub->sweep_every == 0 || every < hub->sweep_every) hub->sweep_every = every;
+        if (hub->sweep_at == 0) hub->sweep_at = ms_loop_now() + hub->sweep_every;
+    }
     lua_pushvalue(L, -1);
     ws->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return r;
@@ -960,8 +1123,9 @@ void ms_ws_hub_close(lua_State *L, ms_ws_hub *hub) {
         ws_finish(ws, 1);
     }
     ms_loop_remove_prepare(hub->loop, ws_prepare, hub);
+    if (hub->efd >= 0) ms_loop_unwatch(hub->loop, hub->efd);
     while (hub->closing) ws_closing_remove(hub->closing);
-    if (hub->in_prepare) hub->free_pending = 1; else free(hub);
+    if (hub->in_prepare) hub->free_pending = 1; else ws_hub_free(hub);
 }
 
 /* ---- Lua API: WebSocket ---- */
@@ -992,6 +1156,78 @@ static int ws_send(lua_State *L, int binary) {
     }
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* Queues one frame on ws for core.ws_fanout, without raising. Returns NULL,
+ * or why the connection cannot take it ("closed", "send buffer full"). */
+static const char *ws_send_frame(ms_ws *ws, int binary, const char *s, size_t len) {
+    if ((ws->state != WS_CONNECTING && ws->state != WS_OPEN) || ws->dead || ws->close_sent) return "closed";
+    int op = binary ? OP_BINARY : OP_TEXT;
+    if ((len <= WS_CORK_MAX ? ws_cork_frame(ws, op, s, len) : ws_queue_frame(ws, op, s, len)) != 0) {
+        ws_drop(ws, CODE_INTERNAL, "out of memory");
+        return "closed";
+    }
+    if (ws->dead) ws_drop(ws, CODE_LOST, "write failed");
+    else if (!ws->in_dirty_list && ws_buffered_bytes(ws) > 0) ws_update_watch(ws);
+    /* the limit is on what the socket does not take: corked bytes are offered to it first */
+    if (!ws->dead && ws_buffered_bytes(ws) > ws->max_buffered && ws->in_dirty_list) ws_flush(ws);
+    if (!ws->dead && ws_buffered_bytes(ws) > ws->max_buffered) ws_drop(ws, CODE_POLICY, "send buffer full");
+    if (ws->dead) return ws->forced_code == CODE_POLICY ? "send buffer full" : "closed";
+    return NULL;
+}
+
+/* core.ws_fanout(conns, except, encode) -> sent, failed
+ * One message to every connection of the set conns (keys: the realtime
+ * layer's connection tables, with fields open, binary and ws) but except:
+ * the frame is encoded once per transport, by encode(binary) -> frame |
+ * false (called at most once for each, only when a subscriber needs it),
+ * and written to each socket here, with no Lua call per subscriber.
+ * failed: nil, or a table conn -> reason ("closed", "send buffer full", or
+ * "not a WebSocket" for a connection this cannot write to) for the caller
+ * to handle as its own send would. Raises only what encode raises, or on
+ * memory exhaustion. */
+static int ws_fanout(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    lua_settop(L, 3);
+    lua_pushnil(L);  /* 4: the text frame (nil: not encoded yet, false: cannot) */
+    lua_pushnil(L);  /* 5: the binary frame */
+    lua_pushnil(L);  /* 6: failed */
+    lua_Integer sent = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {  /* key 7, value 8 */
+        lua_pop(L, 1);
+        if (lua_rawequal(L, 7, 2) || lua_type(L, 7) != LUA_TTABLE) continue;
+        lua_getfield(L, 7, "open");
+        int open = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (!open) continue;
+        lua_getfield(L, 7, "binary");
+        int binary = lua_toboolean(L, -1);
+        lua_getfield(L, 7, "ws");
+        ms_ws *ws = luaL_testudata(L, -1, WS_MT);
+        lua_pop(L, 2);
+        int fi = binary ? 5 : 4;
+        if (lua_isnil(L, fi)) {
+            lua_pushvalue(L, 3);
+            lua_pushboolean(L, binary);
+            lua_call(L, 1, 1);
+            if (!lua_isstring(L, -1)) { lua_pop(L, 1); lua_pushboolean(L, 0); }
+            lua_replace(L, fi);
+        }
+        if (!lua_isstring(L, fi)) continue;
+        size_t len;
+        const char *frame = lua_tolstring(L, fi, &len);
+        const char *err = ws ? ws_send_frame(ws, binary, frame, len) : "not a WebSocket";
+        if (err == NULL) { sent++; continue; }
+        if (lua_isnil(L, 6)) { lua_newtable(L); lua_replace(L, 6); }
+        lua_pushvalue(L, 7);
+        lua_pushstring(L, err);
+        lua_rawset(L, 6);
+    }
+    lua_pushinteger(L, sent);
+    lua_pushvalue(L, 6);
+    return 2;
 }
 
 static int ws_send_text(lua_State *L) { return ws_send(L, 0); }
@@ -1037,6 +1273,54 @@ static int ws_set_callback(lua_State *L, int *ref) {
 static int ws_on_open(lua_State *L) { return ws_set_callback(L, &check_ws(L, 1)->on_open_ref); }
 static int ws_on_message(lua_State *L) { return ws_set_callback(L, &check_ws(L, 1)->on_message_ref); }
 static int ws_on_close(lua_State *L) { return ws_set_callback(L, &check_ws(L, 1)->on_close_ref); }
+
+/* The hub's entry for this heartbeat, added on first use; -1 when full. */
+static int ws_beat_index(lua_State *L, ms_ws_hub *hub, const char *ping, size_t plen,
+                         const char *pong, size_t qlen, int binary) {
+    for (int i = 0; i < hub->nbeats; i++) {
+        const ws_beat *b = &hub->beats[i];
+        if (b->binary == binary && b->ping_len == plen && b->pong_len == qlen &&
+            memcmp(b->ping, ping, plen) == 0 && memcmp(b->pong, pong, qlen) == 0) return i;
+    }
+    if (hub->nbeats == WS_BEATS) return -1;
+    ws_beat *b = &hub->beats[hub->nbeats];
+    b->ping = malloc(plen);
+    b->pong = malloc(qlen);
+    if (b->ping == NULL || b->pong == NULL) {
+        free(b->ping);
+        free(b->pong);
+        b->ping = b->pong = NULL;
+        luaL_error(L, "out of memory");
+    }
+    memcpy(b->ping, ping, plen);
+    memcpy(b->pong, pong, qlen);
+    b->ping_len = plen;
+    b->pong_len = qlen;
+    b->binary = binary;
+    return hub->nbeats++;
+}
+
+/* ws:answer_pings(ping, pong, binary) / ws:answer_pings(nil) */
+static int ws_answer_pings(lua_State *L) {
+    ms_ws *ws = check_ws(L, 1);
+    if (lua_isnoneornil(L, 2)) { ws->beat = 0; lua_settop(L, 1); return 1; }
+    size_t plen, qlen;
+    const char *ping = luaL_checklstring(L, 2, &plen);
+    const char *pong = luaL_checklstring(L, 3, &qlen);
+    int binary = lua_toboolean(L, 4);
+    luaL_argcheck(L, plen > 0 && qlen > 0, 2, "empty heartbeat");
+    if (ws->hub == NULL || ws->state == WS_CLOSED) { lua_settop(L, 1); return 1; }
+    int i = ws_beat_index(L, ws->hub, ping, plen, pong, qlen, binary);
+    if (i < 0) return luaL_error(L, "too many different heartbeats (at most %d)", WS_BEATS);
+    ws->beat = (uint8_t)(i + 1);
+    lua_settop(L, 1);
+    return 1;
+}
+
+static int ws_last_received(lua_State *L) {
+    lua_pushnumber(L, check_ws(L, 1)->last_received);
+    return 1;
+}
 
 static int ws_id(lua_State *L) {
     lua_pushinteger(L, check_ws(L, 1)->id);
@@ -1092,6 +1376,8 @@ static const luaL_Reg ws_meth[] = {
     {"on_open", ws_on_open},
     {"on_message", ws_on_message},
     {"on_close", ws_on_close},
+    {"answer_pings", ws_answer_pings},
+    {"last_received", ws_last_received},
     {"id", ws_id},
     {"remote_address", ws_remote_address},
     {"buffered", ws_buffered},
@@ -1109,4 +1395,6 @@ static const luaL_Reg ws_metameth[] = {
 
 void ms_ws_open(lua_State *L) {
     ms_createmeta(L, WS_MT, ws_meth, ws_metameth);
+    lua_pushcfunction(L, ws_fanout);
+    lua_setfield(L, -2, "ws_fanout");
 }

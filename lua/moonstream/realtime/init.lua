@@ -6,7 +6,8 @@
 -- records, RPCs and presence.
 --
 -- This module owns the connection lifecycle (challenge, login, heartbeats,
--- timeouts, slow consumers) and routes authenticated messages to one module
+-- timeouts, slow consumers; after login csrc/ws.c answers PINGs and drops
+-- silent connections without Lua work) and routes authenticated messages to one module
 -- per topic: event_topic.lua (with listen.lua), record_topic.lua, rpc_topic.lua, presence.lua.
 --
 --   local rt = realtime.new(parts)       -- parts: see M.new
@@ -20,6 +21,7 @@ local message = require "moonstream.realtime.message"
 local metrics = require "moonstream.metrics"
 
 local encode = json.encode
+local ws_fanout = core.ws_fanout
 local next, pairs = next, pairs
 
 local M = {}
@@ -129,28 +131,30 @@ end
 
 -- Sending
 
--- Encodes msg once per codec (lazily) and sends it to every connection in
--- the set `conns` (a table conn -> true) except `except`. Returns the count.
+-- Sends msg to every connection in the set `conns` (a table conn -> true)
+-- except `except`; returns the count. The message is encoded once per
+-- transport (only for the transports present) and written to every socket by
+-- csrc/ws.c's fan-out, without Lua work per subscriber; the few connections
+-- it could not write to are handled here as Conn:send_frame would.
 function Realtime:broadcast(conns, msg, except)
-  if not conns then return 0 end
-  local frames, n = {}, 0
-  for c in next, conns do
-    if c ~= except and c.open then
-      local kind = c.transport
-      local frame = frames[kind]
-      if frame == nil then
-        local ok, f = pcall(self.codecs[kind].encode, msg)
-        if ok and f then
-          frame = f
-        else
-          log.error("cannot encode a %s message: %s", kind, tostring(f))
-          frame = false
-        end
-        frames[kind] = frame
-      end
-      if frame then
-        c:send_frame(frame)
-        n = n + 1
+  if not conns or self.closing then return 0 end
+  local codecs = self.codecs
+  local function encode_for(binary)
+    local kind = binary and "binary" or "json"
+    local ok, frame = pcall(codecs[kind].encode, msg)
+    if ok and frame then return frame end
+    log.error("cannot encode a %s message: %s", kind, tostring(frame))
+    return false
+  end
+  local n, failed = ws_fanout(conns, except, encode_for)
+  self.stats.sent = self.stats.sent + n
+  if failed then
+    for c, err in next, failed do
+      if err ~= "not a WebSocket" then
+        c:send_failed(err)
+      else
+        local frame = encode_for(c.binary)
+        if frame and c:send_frame(frame) then n = n + 1 end
       end
     end
   end
@@ -176,7 +180,6 @@ function Realtime:accept(ws, transport, info)
     open = true,
     user = nil,
     auth_attempts = 0,
-    last_received = core.now(),
     info = info or {},
   }, conn_mt)
   self.conns[c] = true
@@ -184,7 +187,12 @@ function Realtime:accept(ws, transport, info)
   self.stats.accepted = self.stats.accepted + 1
   metrics.ws_opened(transport)
   ws:on_message(function(frame, is_binary) c:receive(frame, is_binary) end)
-  ws:on_close(function() c:closed() end)
+  ws:on_close(function(_, reason)
+    if reason == "idle timeout" then
+      log.debug("realtime: closed a connection silent for more than %d ms", 2 * self.heartbeat_interval)
+    end
+    c:closed()
+  end)
   if self.auth_timeout then
     c.auth_timer = self.loop:timer(self.auth_timeout, function()
       c.auth_timer = nil
@@ -194,7 +202,6 @@ function Realtime:accept(ws, transport, info)
       end
     end)
   end
-  if not self.heartbeat_timer then self:_arm_heartbeat() end
   return c
 end
 
@@ -202,8 +209,10 @@ end
 -- `transport`. Returns the connection, or nil, err for a bad handshake (the
 -- caller answers 400 with err).
 function Realtime:upgrade(req, transport)
+  -- heartbeat: any message counts; ws.c drops a connection silent for more
+  -- than two intervals (checked every interval, as the reference does)
   local ws, err = req:upgrade({ max_message_size = self.max_message_size, max_buffered = self.max_buffered,
-    max_connections = self.max_connections })
+    max_connections = self.max_connections, idle_timeout = 2 * self.heartbeat_interval })
   if not ws then return nil, err end
   return self:accept(ws, transport, {
     remoteAddress = req:client_address(),
@@ -220,31 +229,10 @@ function Realtime:close()
   for c in pairs(self.conns) do c:close() end
   self.events.listen:close()
   self.record_topic.listen:close()
-  if self.heartbeat_timer then self.heartbeat_timer:cancel(); self.heartbeat_timer = nil end
 end
 
 function Realtime:connections()
   return self.count
-end
-
--- Heartbeat: any frame counts; a connection silent for more than two
--- intervals is dropped, as the reference does. One sweep per interval over
--- every connection (no timer per connection); it stops when none is left.
-function Realtime:_arm_heartbeat()
-  local interval = self.heartbeat_interval
-  self.heartbeat_timer = self.loop:timer(interval, function()
-    self.heartbeat_timer = nil
-    local limit = core.now() - 2 * interval
-    local silent = {}
-    for c in next, self.conns do
-      if c.last_received < limit then silent[#silent + 1] = c end
-    end
-    for i = 1, #silent do
-      log.debug("realtime: closing a connection silent for more than %d ms", 2 * interval)
-      silent[i]:close()
-    end
-    if self.count > 0 then self:_arm_heartbeat() end
-  end)
 end
 
 -- Queues an encoded frame. A client that lets more than max_buffered bytes
@@ -255,18 +243,21 @@ function Conn:send_frame(frame)
   local ws, rt = self.ws, self.rt
   local ok, err
   if self.binary then ok, err = ws:send_binary(frame) else ok, err = ws:send_text(frame) end
-  if not ok then
-    -- "send buffer full": ws.c dropped a client that does not read (more
-    -- than realtime.maxBufferedBytes queued); on_close follows
-    if err == "send buffer full" then
-      rt.stats.slow = rt.stats.slow + 1
-      log.warn("realtime: disconnected a slow client (send buffer full)")
-    end
-    self:closed()
-    return false
-  end
+  if not ok then return self:send_failed(err) end
   rt.stats.sent = rt.stats.sent + 1
   return true
+end
+
+-- A send to this connection failed (err from ws.c): forget the connection.
+-- "send buffer full": ws.c dropped a client that does not read (more than
+-- realtime.maxBufferedBytes queued); on_close follows.
+function Conn:send_failed(err)
+  if err == "send buffer full" then
+    self.rt.stats.slow = self.rt.stats.slow + 1
+    log.warn("realtime: disconnected a slow client (send buffer full)")
+  end
+  self:closed()
+  return false
 end
 
 function Conn:send(msg)
@@ -311,7 +302,6 @@ end
 function Conn:receive(frame, is_binary)
   if not self.open then return end
   local rt = self.rt
-  self.last_received = core.now()
   rt.stats.received = rt.stats.received + 1
   -- a binary frame on the json endpoint, or a text frame on the binary one
   if (is_binary and true or false) ~= self.binary then return self:close() end
@@ -424,6 +414,10 @@ function Conn:logged_in(user)
     if text then reply.data = text end
   end
   self:send(reply)
+  -- from now on ws.c answers the client's PING itself (before login it is
+  -- ignored, as the reference does); any other spelling still comes here
+  local beat = self.codec.heartbeat
+  if beat and self.ws.answer_pings then self.ws:answer_pings(beat.ping, beat.pong, self.binary) end
   rt.presence_topic:login(self)
   local pending = self.pending
   self.pending = nil
