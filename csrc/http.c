@@ -418,6 +418,42 @@ static int opt_int(lua_State *L, int t, const char *k, lua_Integer dflt) {
     return (int)v;
 }
 
+/* opts.endpoints (exact path -> metrics label) into srv->endpoints */
+static void read_endpoints(lua_State *L, http_server *srv) {
+    if (lua_getfield(L, 2, "endpoints") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (srv->nendpoints < HTTP_MAX_ENDPOINTS && lua_type(L, -2) == LUA_TSTRING &&
+                lua_type(L, -1) == LUA_TSTRING) {
+                char *path = strdup(lua_tostring(L, -2));
+                if (path) {
+                    srv->endpoints[srv->nendpoints].path = path;
+                    srv->endpoints[srv->nendpoints++].id = ms_metrics_endpoint_id(lua_tostring(L, -1));
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+static struct MHD_Daemon *start_daemon(http_server *srv, const struct sockaddr_storage *ss, int conn_limit,
+                                       int conn_timeout, int mem_limit, int per_ip_limit) {
+    /* MHD_USE_TURBO also makes MHD close a connection without shutdown(2):
+     * ws.c hands upgraded connections back while it keeps their socket */
+    unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_ALLOW_UPGRADE;
+    if (ss->ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    return MHD_start_daemon(flags, 0, NULL, NULL, http_access, srv,
+        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss,
+        MHD_OPTION_NOTIFY_COMPLETED, http_completed, srv,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_limit,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)mem_limit,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)per_ip_limit,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024,
+        MHD_OPTION_END);
+}
+
 /* core.http_server(loop, opts) -> server | nil, err
  * opts: handler (function, required), host ("127.0.0.1"), port (0 = any),
  * max_body (bytes), connection_limit, connection_timeout (s, idle time
@@ -456,21 +492,7 @@ static int http_server_new(lua_State *L) {
     srv->L = lua_tothread(L, -1);
     lua_pop(L, 1);
     srv->max_body = (size_t)max_body;
-    if (lua_getfield(L, 2, "endpoints") == LUA_TTABLE) {
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-            if (srv->nendpoints < HTTP_MAX_ENDPOINTS && lua_type(L, -2) == LUA_TSTRING &&
-                lua_type(L, -1) == LUA_TSTRING) {
-                char *path = strdup(lua_tostring(L, -2));
-                if (path) {
-                    srv->endpoints[srv->nendpoints].path = path;
-                    srv->endpoints[srv->nendpoints++].id = ms_metrics_endpoint_id(lua_tostring(L, -1));
-                }
-            }
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
+    read_endpoints(L, srv);
 
     struct sockaddr_storage ss;
     const char *err = NULL;
@@ -479,19 +501,7 @@ static int http_server_new(lua_State *L) {
         lua_pushfstring(L, "cannot resolve host '%s': %s", host, err);
         return 2;
     }
-    /* MHD_USE_TURBO also makes MHD close a connection without shutdown(2):
-     * ws.c hands upgraded connections back while it keeps their socket */
-    unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_ALLOW_UPGRADE;
-    if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, http_access, srv,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_NOTIFY_COMPLETED, http_completed, srv,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_limit,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)conn_timeout,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)mem_limit,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)per_ip_limit,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024,
-        MHD_OPTION_END);
+    srv->daemon = start_daemon(srv, &ss, conn_limit, conn_timeout, mem_limit, per_ip_limit);
     if (srv->daemon == NULL) {
         int e = errno;
         lua_pushnil(L);
