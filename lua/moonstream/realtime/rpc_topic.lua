@@ -57,6 +57,7 @@ function M.new(rt)
     http_seq = 0,
     key_seq = 0,
   }, mt)
+  if rt.rpc_providers then rt.rpc_providers:register(self) end -- POST /api's calls no Lua handler takes
   return self
 end
 
@@ -304,7 +305,7 @@ function RpcTopic:node_gone(node)
   for _, call in ipairs(ending) do self:_finish(call) end
 end
 
--- POST /api (rpc_handlers.lua's fallback when no Lua handler has the name): returns
+-- POST /api (through rpc_providers.lua when no Lua handler has the name): returns
 -- false when no client provides it (rpc_handlers.lua answers NO_RPC_PROVIDER), else
 -- nil and calls done(result) later. In a cluster another node may provide
 -- it: Redis is asked first.
