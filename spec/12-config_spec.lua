@@ -15,6 +15,17 @@ end
 
 local write = require("spec.support.helpers").write_file
 
+-- One test a case { config table, the error validate returns for it }.
+local function refusals(cases)
+  for _, case in ipairs(cases) do
+    it("returns \"" .. case[2] .. "\"", function()
+      local cfg, err = config.validate(case[1])
+      assert.is_nil(cfg)
+      assert.equal(case[2], err)
+    end)
+  end
+end
+
 local function mkdir(path)
   assert(os.execute("mkdir -p '" .. path .. "'"))
 end
@@ -148,13 +159,7 @@ describe("moonstream.config", function()
         { { storage = { paht = "x" } }, "unknown config key 'storage.paht' (did you mean 'storage.path'?)" },
         { { events = { listener = {} } }, "unknown config key 'events.listener' (did you mean 'events.listeners'?)" },
       }
-      for _, case in ipairs(cases) do
-        it("returns \"" .. case[2] .. "\"", function()
-          local cfg, err = config.validate(case[1])
-          assert.is_nil(cfg)
-          assert.equal(case[2], err)
-        end)
-      end
+      refusals(cases)
     end)
 
     describe("wrong values", function()
@@ -228,13 +233,7 @@ describe("moonstream.config", function()
         { { events = { listeners = { ["chat/x"] = 1 } } },
           [[config key 'events.listeners["chat/x"]' must be a function or a file path (got 1)]] },
       }
-      for _, case in ipairs(cases) do
-        it("returns \"" .. case[2] .. "\"", function()
-          local cfg, err = config.validate(case[1])
-          assert.is_nil(cfg)
-          assert.equal(case[2], err)
-        end)
-      end
+      refusals(cases)
 
       it("reports unknown keys before wrong values", function()
         local cfg, err = config.validate({ port = "x", prot = 1 })
