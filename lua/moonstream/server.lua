@@ -298,7 +298,7 @@ function Server:_assemble()
       interest = function(kind, name, present) bus:interest(kind, name, present) end,
       publish_event = function(name, text, user) bus:publish_event(name, text, user) end,
     },
-    remote_events = bus, remote_presence = self.cluster_presence,
+    remote_events = bus, remote_presence = self.cluster_presence, cluster_rpc = self.cluster_rpc,
   })
   self.realtime = realtime
   if bus then self:_cluster_calls(bus, realtime) end
@@ -314,30 +314,31 @@ function Server:_assemble()
   self.built.dispatcher = self.dispatcher
 end
 
--- Cluster mode: the bus between the nodes. Lua listeners' names are
--- interest as realtime subscriptions are.
+-- Cluster mode: the bus between the nodes (Lua listeners' names are
+-- interest as realtime subscriptions are) and RPCs across nodes, over
+-- messages to one node.
 function Server:_bus()
   local bus = bus_mod.new(self.cluster, {
     loop = self.loop, records = self.records, listeners = self.listeners, presence = self.cluster_presence,
   })
   self.bus = bus
   self.listeners_changed:subscribe(function() bus:sync_listeners() end)
+  self.cluster_nodes = cluster_nodes.new(self.cluster)
+  self.cluster_rpc = cluster_rpc.new(self.cluster, self.cluster_nodes)
   return bus
 end
 
--- Cluster mode, once the realtime server exists: RPC and listen (active
--- providers) across nodes, over messages to one node.
+-- Cluster mode, once the realtime server exists: listen (active providers)
+-- across nodes, over messages to one node; then wait for Redis.
 function Server:_cluster_calls(bus, realtime)
   if not bus:wait_ready(CLUSTER_WAIT_MS) then
     log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
   end
-  local nodes = cluster_nodes.new(self.cluster)
-  local rpc = cluster_rpc.new(self.cluster, nodes, realtime.rpc)
-  realtime.rpc:attach_cluster(rpc)
+  local nodes, rpc = self.cluster_nodes, self.cluster_rpc
   local listen = cluster_listen.new(self.cluster, nodes, {
     event = realtime.events.listen, record = realtime.record_topic.listen,
   })
-  self.cluster_nodes, self.cluster_rpc, self.cluster_listen = nodes, rpc, listen
+  self.cluster_listen = listen
   self.cluster_presence:on_node_gone(function(node)
     rpc:node_gone(node)
     listen:node_gone(node)

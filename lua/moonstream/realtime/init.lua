@@ -64,6 +64,7 @@ M.payload = payload
 --   cluster (optional, cluster mode: interest(kind, name, present) hears which
 --   event and record names local clients use; publish_event(name, text, user)
 --   takes client emits to the other nodes)
+--   cluster_rpc (optional, cluster mode: cluster/rpc.lua, RPCs across nodes)
 --   remote_events (optional, cluster mode: the bus, whose subscribe_events
 --   tells the other nodes' emits), remote_presence (optional, cluster mode:
 --   cluster/presence.lua, whose subscribe tells joins and leaves elsewhere)
@@ -79,6 +80,7 @@ function M.new(parts)
     listeners = parts.listeners,
     handlers = parts.handlers,
     rpc_providers = parts.rpc_providers,
+    cluster_rpc = parts.cluster_rpc,
     cluster = parts.cluster,
     permit_rules = parts.permit,
     events_used = parts.events_used,
