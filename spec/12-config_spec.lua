@@ -15,6 +15,17 @@ end
 
 local write = require("spec.support.helpers").write_file
 
+-- One test a case { config table, the error validate returns for it }.
+local function refusals(cases)
+  for _, case in ipairs(cases) do
+    it("returns \"" .. case[2] .. "\"", function()
+      local cfg, err = config.validate(case[1])
+      assert.is_nil(cfg)
+      assert.equal(case[2], err)
+    end)
+  end
+end
+
 local function mkdir(path)
   assert(os.execute("mkdir -p '" .. path .. "'"))
 end
@@ -148,13 +159,7 @@ describe("moonstream.config", function()
         { { storage = { paht = "x" } }, "unknown config key 'storage.paht' (did you mean 'storage.path'?)" },
         { { events = { listener = {} } }, "unknown config key 'events.listener' (did you mean 'events.listeners'?)" },
       }
-      for _, case in ipairs(cases) do
-        it("returns \"" .. case[2] .. "\"", function()
-          local cfg, err = config.validate(case[1])
-          assert.is_nil(cfg)
-          assert.equal(case[2], err)
-        end)
-      end
+      refusals(cases)
     end)
 
     describe("wrong values", function()
@@ -228,13 +233,7 @@ describe("moonstream.config", function()
         { { events = { listeners = { ["chat/x"] = 1 } } },
           [[config key 'events.listeners["chat/x"]' must be a function or a file path (got 1)]] },
       }
-      for _, case in ipairs(cases) do
-        it("returns \"" .. case[2] .. "\"", function()
-          local cfg, err = config.validate(case[1])
-          assert.is_nil(cfg)
-          assert.equal(case[2], err)
-        end)
-      end
+      refusals(cases)
 
       it("reports unknown keys before wrong values", function()
         local cfg, err = config.validate({ port = "x", prot = 1 })
@@ -333,6 +332,13 @@ describe("moonstream.config", function()
       return path, config.load(path)
     end
 
+    -- text (the file named name) is refused with path .. message
+    local function refused(text, message, name)
+      local path, cfg, err = load_text(text, name)
+      assert.is_nil(cfg)
+      assert.equal(path .. message, err)
+    end
+
     it("returns the validated configuration of a file", function()
       local path, cfg, err = load_text("return { port = 7000, rpc = { responseTimeout = 500 } }\n")
       assert.is_nil(err)
@@ -400,9 +406,8 @@ return {
     end)
 
     it("returns the line of allowAllOrigins when origins is missing", function()
-      local path, cfg, err = load_text("return {\n  port = 1,\n  allowAllOrigins = false,\n}\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":3: config key 'origins' must be given when 'allowAllOrigins' is false", err)
+      refused("return {\n  port = 1,\n  allowAllOrigins = false,\n}\n",
+        ":3: config key 'origins' must be given when 'allowAllOrigins' is false")
     end)
 
     it("resolves relative paths against the directory of the file", function()
@@ -435,42 +440,30 @@ return {
     end)
 
     it("returns a syntax error with file and line", function()
-      local path, cfg, err = load_text("return {\n  port = 1\n  host = 'x',\n}\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":3: '}' expected (to close '{' at line 1) near 'host'", err)
+      refused("return {\n  port = 1\n  host = 'x',\n}\n", ":3: '}' expected (to close '{' at line 1) near 'host'")
     end)
 
     it("returns the whole path of a long file name in a syntax error", function()
       local dir = tmp .. "/" .. string.rep("d", 80)
       mkdir(dir)
-      local path, cfg, err = load_text("return {\n  port = = 1,\n}\n", string.rep("d", 80) .. "/config.lua")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":2: unexpected symbol near '='", err)
+      refused("return {\n  port = = 1,\n}\n", ":2: unexpected symbol near '='", string.rep("d", 80) .. "/config.lua")
     end)
 
     it("returns a runtime error with file and line", function()
-      local path, cfg, err = load_text("local t = {}\nreturn { port = t.x.y }\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":2: attempt to index a nil value (field 'x')", err)
+      refused("local t = {}\nreturn { port = t.x.y }\n", ":2: attempt to index a nil value (field 'x')")
     end)
 
     it("adds the line to an error raised without a position", function()
-      local path, cfg, err = load_text("local x = 1\nerror('boom', 0)\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":2: boom", err)
-      path, cfg, err = load_text("local x = 1\n\nerror({})\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":3: (error object is a table value)", err)
+      refused("local x = 1\nerror('boom', 0)\n", ":2: boom")
+      refused("local x = 1\n\nerror({})\n", ":3: (error object is a table value)")
     end)
 
     it("runs the file without require, io or print but with os.getenv", function()
-      local path, cfg, err = load_text("return { host = os.getenv('HOME') and 'ok' or 'no-home' }\n")
+      local _, cfg, err = load_text("return { host = os.getenv('HOME') and 'ok' or 'no-home' }\n")
       assert.is_nil(err)
       assert.equal(os.getenv("HOME") and "ok" or "no-home", cfg.host)
-      path, cfg, err = load_text("local x = 1\nlocal json = require 'cjson'\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":2: attempt to call a nil value (global 'require')", err)
-      path, cfg, err = load_text("return { host = io and 'io' or print and 'print' or string.format('%s', 'none') }\n")
+      refused("local x = 1\nlocal json = require 'cjson'\n", ":2: attempt to call a nil value (global 'require')")
+      _, cfg, err = load_text("return { host = io and 'io' or print and 'print' or string.format('%s', 'none') }\n")
       assert.is_nil(err)
       assert.equal("none", cfg.host)
     end)
@@ -482,18 +475,13 @@ return {
     end)
 
     it("skips a shebang line and keeps the line numbers", function()
-      local path, cfg, err = load_text("#!/usr/bin/env moonstream\nreturn {\n  port = 'x',\n}\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ":3: config key 'port' must be an integer from 0 to 65535 (got string)", err)
+      refused("#!/usr/bin/env moonstream\nreturn {\n  port = 'x',\n}\n",
+        ":3: config key 'port' must be an integer from 0 to 65535 (got string)")
     end)
 
     it("returns an error when the file does not return a table", function()
-      local path, cfg, err = load_text("return 42\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ": the configuration file must return a table (got number)", err)
-      path, cfg, err = load_text("local port = 1\n")
-      assert.is_nil(cfg)
-      assert.equal(path .. ": the configuration file must return a table (got nil)", err)
+      refused("return 42\n", ": the configuration file must return a table (got number)")
+      refused("local port = 1\n", ": the configuration file must return a table (got nil)")
     end)
 
     it("returns an error when the file does not exist", function()

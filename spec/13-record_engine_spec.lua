@@ -136,27 +136,29 @@ describe("moonstream.record_engine", function()
     assert.is_true(cmd("read", "good").success)
   end)
 
-  it("tells the change listener every change, with the caller's origin", function()
-    local seen = {}
-    local r = records_mod.new(store, {
-      max_response = MAX,
-      on_change = function(name, version, text, origin) seen[#seen + 1] = { name, version, text, origin } end,
-    })
+  it("tells every subscriber every change, with the caller's origin, until it unsubscribes", function()
+    local seen, others = {}, 0
+    local r = records_mod.new(store, { max_response = MAX })
+    r:subscribe(function(name, version, text, origin) seen[#seen + 1] = { name, version, text, origin } end)
+    local unsubscribe = r:subscribe(function() others = others + 1 end)
     local me = {}
     assert.is_true((r:write(nil, "record", "o", { a = 1 }, nil, nil, me)))
     assert.is_true((r:write(nil, "record", "o", 2, "a")))
+    unsubscribe()
     assert.is_true((r:delete(nil, "record", "o", me)))
     assert.is_true((r:create("fresh")))
     assert.same({
       { "o", 1, '{"a":1}', me }, { "o", 2, '{"a":2}', nil }, { "o", nil, nil, me }, { "fresh", 0, "{}", nil },
     }, seen)
+    assert.equal(2, others)
   end)
 
   it("notifies each named record, a missing one as deleted, however many names there are", function()
     local n, deleted = 0, 0
-    local r = records_mod.new(store, { max_response = MAX, on_change = function(_, version)
+    local r = records_mod.new(store, { max_response = MAX })
+    r:subscribe(function(_, version)
       if version == nil then deleted = deleted + 1 else n = n + 1 end
-    end })
+    end)
     r:write(nil, "record", "x", { v = 1 })
     n = 0
     local names = {}

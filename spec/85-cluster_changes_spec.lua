@@ -99,16 +99,8 @@ describe("notify across nodes", function()
   local C = require "spec.support.cluster"
   local json = require "moonstream.json"
   local redis, a, b
-  setup(function() redis = C.redis() end)
-  teardown(function() redis:stop() end)
-  before_each(function()
-    local cfg = { cluster = { redis = redis.url }, storageExclusionPrefixes = { "s85mem/" } }
-    a, b = H.start(cfg), H.start(cfg)
-  end)
-  after_each(function()
-    a:stop()
-    b:stop()
-  end)
+  C.two_nodes(function(r) return { cluster = { redis = r.url }, storageExclusionPrefixes = { "s85mem/" } } end,
+    function(r, x, y) redis, a, b = r, x, y end)
 
   local function until_true(t, done, what)
     for _ = 1, 1000 do

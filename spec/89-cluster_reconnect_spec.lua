@@ -15,16 +15,7 @@ local DEADLINE_MS = 30000 -- for a shared, slow machine; reached only when somet
 
 describe("a node after Redis was killed and restarted", function()
   local redis, a, b
-  setup(function() redis = C.redis() end)
-  teardown(function() redis:stop() end)
-  before_each(function()
-    local cfg = { cluster = { redis = redis.url } }
-    a, b = H.start(cfg), H.start(cfg)
-  end)
-  after_each(function()
-    a:stop()
-    b:stop()
-  end)
+  C.two_nodes(function(r) return { cluster = { redis = r.url } } end, function(r, x, y) redis, a, b = r, x, y end)
 
   -- Runs both nodes' loops until done() is true.
   local function both_until(done, what)

@@ -135,6 +135,7 @@ end
 
 local function hash(a)
   local file = require "moonstream.auth.file"
+  local strategies = require "moonstream.auth.strategies"
   local settings = { hash = file.DEFAULTS.hash, iterations = file.DEFAULTS.iterations,
                      keyLength = file.DEFAULTS.keyLength }
   if a.path then
@@ -142,7 +143,7 @@ local function hash(a)
     if not cfg then return fail(err) end
     local found
     for _, s in ipairs(cfg.auth) do
-      if s.type == "file" then found = s.options or s break end
+      if s.type == "file" then found = strategies.options_of(s) break end
     end
     if not found then return fail(a.path .. " has no file auth strategy") end
     for _, k in ipairs({ "hash", "iterations", "keyLength" }) do

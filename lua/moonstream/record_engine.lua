@@ -16,6 +16,7 @@ local core = require "moonstream.core"
 local json = require "moonstream.json"
 local paths = require "moonstream.paths"
 local log = require "moonstream.log"
+local subscribers = require "moonstream.subscribers"
 
 local encode, decode = json.encode, json.decode
 local type, tonumber, tostring, math_type = type, tonumber, tostring, math.type
@@ -27,26 +28,34 @@ local mt = { __index = RecordEngine }
 -- store: the open core store. opts: max_response (bytes of record data one
 -- POST /api answer may carry: maxResponseSize), sync (default true),
 -- exclusion_prefixes (names kept in memory only), loop (write on the store's
--- writer thread; without it flush writes at once), on_change
--- (function(name, version|nil, text|nil, origin, notified): every change,
--- whoever made it; version nil: deleted; origin: what the command's caller
--- passed; notified: "shared" | "local" when a notify told the stored state
--- again, of a record in the durable store or kept in memory),
--- durable (the cluster's Redis store, core.redis_records, instead of
--- LevelDB records over store).
+-- writer thread; without it flush writes at once), durable (the cluster's
+-- Redis store, core.redis_records, instead of LevelDB records over store).
+-- Changes are heard through subscribe.
 function M.new(store, opts)
   local durable = opts.durable or core.records(store, opts.loop, {
     sync = opts.sync ~= false,
     on_error = function(_, err) log.error("storage write failed: %s", err) end,
   })
+  local changed = subscribers.new()
   return setmetatable({
     loop = opts.loop,
     core = durable,
     immediate = opts.durable == nil, -- LevelDB answers at once; Redis later
+    changed = changed,
     engine = core.engine(durable, {
-      max_response = opts.max_response, exclusions = opts.exclusion_prefixes, on_change = opts.on_change,
+      max_response = opts.max_response, exclusions = opts.exclusion_prefixes,
+      on_change = function(...) changed:publish(...) end,
     }),
   }, mt)
+end
+
+-- fn(name, version|nil, text|nil, origin, notified) hears every change,
+-- whoever made it: version nil: deleted; origin: what the command's caller
+-- passed; notified: "shared" | "local" when a notify told the stored state
+-- again, of a record in the durable store or kept in memory. Returns the
+-- function that ends the subscription.
+function RecordEngine:subscribe(fn)
+  return self.changed:subscribe(fn)
 end
 
 -- Current state of a record: version, json_text; nil when it does not exist;

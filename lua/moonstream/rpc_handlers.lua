@@ -44,14 +44,14 @@ end
 
 -- loop: the server's loop (timers); opts.response_timeout in ms;
 -- opts.api: table of functions every handler context can use (records, emit...);
--- opts.fallback: function(name, data, ctx_fields, done) for names no Lua
--- handler has (realtime client providers)
+-- opts.providers: rpc_providers.lua, asked about names no Lua handler has
+-- (realtime client providers)
 function M.new(loop, opts)
   local self = setmetatable({
     loop = loop,
     handlers = {},
     response_timeout = opts.response_timeout, -- the default is config/schema.lua's
-    fallback = opts.fallback,
+    providers = opts.providers,
   }, mt)
   local api = {}
   for k, v in pairs(opts.api or {}) do api[k] = v end
@@ -161,8 +161,8 @@ function RpcHandlers:_make(name, data, ctx_fields, done)
   local fn = self.handlers[name]
   if not fn then
     -- realtime clients that provide the name (realtime/rpc_topic.lua); false: none does
-    if self.fallback then
-      local result = self.fallback(name, data, ctx_fields, done)
+    if self.providers then
+      local result = self.providers:make(name, data, done)
       if result ~= false then return result end
     end
     return M.failed("NO_RPC_PROVIDER", name)

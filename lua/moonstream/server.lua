@@ -28,6 +28,8 @@ local json = require "moonstream.json"
 local metrics = require "moonstream.metrics"
 local monitoring = require "moonstream.monitoring"
 local validate = require "moonstream.validate"
+local subscribers = require "moonstream.subscribers"
+local rpc_providers = require "moonstream.rpc_providers"
 local cluster_mod = require "moonstream.cluster"
 local bus_mod = require "moonstream.cluster.bus"
 local cluster_presence = require "moonstream.cluster.presence"
@@ -43,34 +45,35 @@ local DRAIN_TIMEOUT_MS = 10000
 local CLUSTER_WAIT_MS = 5000 -- at start, for Redis; then the node serves anyway
 
 -- Context API every RPC handler and listener gets (ctx.records, ctx.emit...).
-local function handler_api(self)
+-- built: the parts listen() builds (records, dispatcher), filled in then.
+local function handler_api(built)
   local records = {}
   -- records.read(name) -> data, version | nil (missing) | nil, err
   function records.read(name)
-    local version, text, err = self.records:get(name)
+    local version, text, err = built.records:get(name)
     if err then return nil, err end
     if version == nil then return nil end
     return json.decode(text), version
   end
   function records.head(name)
-    local version, _, err = self.records:get(name)
+    local version, _, err = built.records:get(name)
     if err then return nil, err end
     return version or -1
   end
   -- records.write(name, data [, path [, version]]) -> true | nil, err, event (durable at the next flush)
   function records.write(name, data, path, version)
-    local ok, text = self.records:write(nil, "record", name, data, path, version)
+    local ok, text = built.records:write(nil, "record", name, data, path, version)
     if ok then return true end
     local r = json.decode(text)
     return nil, r.error, r.errorEvent
   end
   function records.delete(name)
-    self.records:delete(nil, "record", name)
+    built.records:delete(nil, "record", name)
     return true
   end
   return {
     records = records,
-    emit = function(name, data) self.dispatcher:emit(name, data, { user = { id = "server" } }) end,
+    emit = function(name, data) built.dispatcher:emit(name, data, { user = { id = "server" } }) end,
     log = log,
     json = json,
   }
@@ -91,20 +94,22 @@ function M.new(cfg, validated)
   self.loop = core.loop()
   self.presence = core.presence()
   -- The parts built here exist before the storage does, so that handlers,
-  -- listeners and a config error come before listen(). What they reach
-  -- through self (the record engine, the dispatcher, the realtime server,
-  -- the bus, the fast path) is built by listen(): a callback that can run
-  -- before it (a listener added) checks for what it needs.
-  local api = handler_api(self)
-  -- the fast path asks Lua about emits only while someone listens
-  self.listeners = lua_listeners.new(api, function()
-    self:_watch_emits()
-    if self.bus then self.bus:sync_listeners() end -- cluster: listened names are interest
-  end)
+  -- listeners and a config error come before listen(). What they need of
+  -- the parts listen() builds reaches them through objects made here and
+  -- given to both: `built` (the record engine and the dispatcher, set by
+  -- listen() for the handler API and the permission rules), the RPC
+  -- providers (the realtime RPC topic registers there) and the news of
+  -- listeners added or removed (the fast path and the cluster bus subscribe).
+  local built = {}
+  self.built = built
+  local api = handler_api(built)
+  local listeners_changed = subscribers.new()
+  self.listeners_changed = listeners_changed
+  self.listeners = lua_listeners.new(api, function() listeners_changed:publish() end)
   -- an RPC no Lua handler answers goes to realtime client providers
+  self.rpc_providers = rpc_providers.new()
   self.handlers = rpc_handlers.new(self.loop, {
-    response_timeout = cfg.rpc.responseTimeout, api = api,
-    fallback = function(name, data, _, done) return self.realtime.rpc:make_from_server(name, data, done) end,
+    response_timeout = cfg.rpc.responseTimeout, api = api, providers = self.rpc_providers,
   })
   -- threads for work that must not stall the loop: password hashes, token writes
   self.workers = core.workers(self.loop)
@@ -115,7 +120,7 @@ function M.new(cfg, validated)
   if not self.auth then return nil, err end
   -- rules read records (oldData, ctx.read, Valve's _()) once the store is open
   self.permissions, err = permissions_mod.new(cfg.permissions or cfg.permission, {
-    records = { get = function(_, name) return self.records:get(name) end },
+    records = { get = function(_, name) return built.records:get(name) end },
   })
   if not self.permissions then
     return nil, string.format("config key '%s': %s", cfg.permission and "permission" or "permissions", err)
@@ -239,15 +244,8 @@ function Server:_open_storage()
     durable = self.cluster and self.cluster:record_store(),
     sync = cfg.storage.sync, exclusion_prefixes = cfg.storageExclusionPrefixes, loop = self.loop,
     max_response = cfg.maxResponseSize,
-    -- every change, whoever made it, reaches realtime subscribers (origin: the writing connection's);
-    -- the realtime server reads and writes through this engine, so it is built after it
-    on_change = function(name, version, text, origin, notified)
-      if self.bus then -- cluster: in version order, notifies to every node
-        return self.bus:record_changed(name, version, text, origin, notified)
-      end
-      if self.realtime then self.realtime.record_topic:changed(name, version, text, origin) end
-    end,
   })
+  self.built.records = self.records
   if self.cluster then
     self.tokens = tokens_mod.new(self.cluster:kv(), { ttl = cfg.tokenTTL })
   else
@@ -262,22 +260,25 @@ function Server:_open_storage()
 end
 
 -- Who is online: this process's registry, or in cluster mode every node's
--- (lua/moonstream/cluster/presence.lua), which announces remote joins and
--- leaves to the realtime server built after it.
+-- (lua/moonstream/cluster/presence.lua), whose subscribe tells the realtime
+-- server built after it of remote joins and leaves.
 function Server:_presence()
   if not self.cluster then return self.presence end
-  self.cluster_presence = cluster_presence.new({
+  local presence = cluster_presence.new({
     loop = self.loop, commands = self.cluster.commands, id = self.cluster.id, registry = self.presence,
-    announce = function(user, joined) if self.realtime then self.realtime.presence_topic:remote(user, joined) end end,
   })
-  self.cluster:on_reconnect(function() self.cluster_presence:reregister() end)
-  return self.cluster_presence
+  self.cluster_presence = presence
+  self.cluster:on_reconnect(function() presence:reregister() end)
+  return presence
 end
 
--- The realtime server, the cluster bus and the dispatcher. One permission
--- check serves HTTP commands and realtime actions; an emit (POST /api, the
--- fast path, ctx.emit) reaches Lua listeners, realtime subscribers and, in
--- cluster mode, the other nodes.
+-- The cluster bus, the realtime server and the dispatcher, each built
+-- after what it needs: record changes reach the realtime server through the
+-- record engine's subscribe, or in cluster mode through the bus's (which
+-- subscribes to the engine and puts every node's changes in order). One
+-- permission check serves HTTP commands and realtime actions; an emit (POST
+-- /api, the fast path, ctx.emit) reaches Lua listeners, realtime
+-- subscribers and, in cluster mode, the other nodes.
 function Server:_assemble()
   local cfg = self.config
   if not self.permissions:configured() then
@@ -285,42 +286,22 @@ function Server:_assemble()
   end
   local permit = self.permissions:permit()
   local presence = self:_presence()
+  local bus = self.cluster and self:_bus()
+  self.events_used = subscribers.new() -- an event name got its first subscriber or lost its last
+  local events_used = self.events_used
   local realtime = realtime_mod.new({
-    loop = self.loop, presence = presence, auth = self.auth, records = self.records,
-    listeners = self.listeners, handlers = self.handlers, config = cfg, permit = permit,
-    events_used = function() self:_watch_emits() end,
-    -- the bus and the realtime server talk both ways: the bus is built next
-    cluster = self.cluster and {
-      interest = function(kind, name, present) self.bus:interest(kind, name, present) end,
-      publish_event = function(name, text, user) self.bus:publish_event(name, text, user) end,
+    loop = self.loop, presence = presence, auth = self.auth, records = self.records, changes = bus or self.records,
+    listeners = self.listeners, handlers = self.handlers, rpc_providers = self.rpc_providers,
+    config = cfg, permit = permit,
+    events_used = function(used) events_used:publish(used) end,
+    cluster = bus and {
+      interest = function(kind, name, present) bus:interest(kind, name, present) end,
+      publish_event = function(name, text, user) bus:publish_event(name, text, user) end,
     },
+    remote_events = bus, remote_presence = self.cluster_presence, cluster_rpc = self.cluster_rpc,
   })
   self.realtime = realtime
-  local bus
-  if self.cluster then
-    bus = bus_mod.new(self.cluster, {
-      loop = self.loop, realtime = realtime, listeners = self.listeners, presence = self.cluster_presence,
-    })
-    self.bus = bus
-    if not bus:wait_ready(CLUSTER_WAIT_MS) then
-      log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
-    end
-    -- RPC and listen (active providers) across nodes, over messages to one node
-    self.cluster_nodes = cluster_nodes.new(self.cluster)
-    self.cluster_rpc = cluster_rpc.new(self.cluster, self.cluster_nodes, realtime.rpc)
-    realtime.rpc:attach_cluster(self.cluster_rpc)
-    self.cluster_listen = cluster_listen.new(self.cluster, self.cluster_nodes, {
-      event = realtime.events.listen, record = realtime.record_topic.listen,
-    })
-    self.cluster_presence:on_node_gone(function(node)
-      self.cluster_rpc:node_gone(node)
-      self.cluster_listen:node_gone(node)
-    end)
-    if not self.cluster_nodes:wait_ready(CLUSTER_WAIT_MS) then
-      log.warn("cluster: this node's channel is not subscribed in Redis yet: RPCs and listen requests from other"
-        .. " nodes reach it once it is")
-    end
-  end
+  if bus then self:_cluster_calls(bus, realtime) end
   local events = realtime.events
   self.dispatcher = dispatch.new({
     records = self.records, events = self.listeners, rpc = self.handlers, presence = presence,
@@ -330,6 +311,42 @@ function Server:_assemble()
       if bus then bus:publish_value(name, data, ctx and ctx.user) end -- cluster: the other nodes
     end,
   })
+  self.built.dispatcher = self.dispatcher
+end
+
+-- Cluster mode: the bus between the nodes (Lua listeners' names are
+-- interest as realtime subscriptions are) and RPCs across nodes, over
+-- messages to one node.
+function Server:_bus()
+  local bus = bus_mod.new(self.cluster, {
+    loop = self.loop, records = self.records, listeners = self.listeners, presence = self.cluster_presence,
+  })
+  self.bus = bus
+  self.listeners_changed:subscribe(function() bus:sync_listeners() end)
+  self.cluster_nodes = cluster_nodes.new(self.cluster)
+  self.cluster_rpc = cluster_rpc.new(self.cluster, self.cluster_nodes)
+  return bus
+end
+
+-- Cluster mode, once the realtime server exists: listen (active providers)
+-- across nodes, over messages to one node; then wait for Redis.
+function Server:_cluster_calls(bus, realtime)
+  if not bus:wait_ready(CLUSTER_WAIT_MS) then
+    log.warn("cluster: not subscribed in Redis yet: messages from other nodes arrive once it is")
+  end
+  local nodes, rpc = self.cluster_nodes, self.cluster_rpc
+  local listen = cluster_listen.new(self.cluster, nodes, {
+    event = realtime.events.listen, record = realtime.record_topic.listen,
+  })
+  self.cluster_listen = listen
+  self.cluster_presence:on_node_gone(function(node)
+    rpc:node_gone(node)
+    listen:node_gone(node)
+  end)
+  if not nodes:wait_ready(CLUSTER_WAIT_MS) then
+    log.warn("cluster: this node's channel is not subscribed in Redis yet: RPCs and listen requests from other"
+      .. " nodes reach it once it is")
+  end
 end
 
 -- The HTTP daemon (POST /api, /api/auth, the WebSocket upgrade, the operator
@@ -407,24 +424,22 @@ function Server:_fast_path()
   local fast = core.fast_path(self.records.engine, {
     api_path = cfg.apiPath,
     rules = validate.rules(), -- the commands it may take: validate.lua's table
-    -- the emit the Lua path runs (record changes reach Lua through the engine's on_change)
+    -- the emit the Lua path runs (record changes reach Lua through the engine's subscribe)
     emit_hook = function(name, text)
       dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous() })
     end,
   })
   self.fast = fast
-  self:_watch_emits()
+  -- cluster: every emit goes to the bus (subscribers on other nodes are not known here)
+  local bus, listeners, subs = self.bus, self.listeners, self.realtime.events.subs
+  local function watch()
+    fast:watch_emits(bus ~= nil or listeners:any() or next(subs.by_name) ~= nil)
+  end
+  self.listeners_changed:subscribe(watch)
+  self.events_used:subscribe(watch)
+  watch()
   self:_update_fast_path()
   self.http:set_fast_path(fast, self.api:json_headers())
-end
-
--- Emits reach Lua from the fast path only while a listener or a realtime
--- subscriber exists.
-function Server:_watch_emits()
-  if not self.fast then return end
-  local subs = self.realtime and self.realtime.events.subs
-  -- cluster: every emit goes to the bus (subscribers on other nodes are not known here)
-  self.fast:watch_emits(self.bus ~= nil or self.listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
 end
 
 function Server:_update_fast_path()

@@ -10,6 +10,25 @@ local C = {}
 
 local DEADLINE_S = 20
 
+-- In a describe block: one Redis for the block and two in-process nodes on
+-- it for each test, configured by config_of(redis); got(redis, a, b) hears
+-- them (a and b nil at the block's setup), and each test's nodes stop after it.
+function C.two_nodes(config_of, got)
+  local busted = require "busted" -- its block functions, which only spec files see as globals
+  local redis, a, b
+  busted.setup(function() redis = C.redis(); got(redis) end)
+  busted.teardown(function() redis:stop() end)
+  busted.before_each(function()
+    local cfg = config_of(redis)
+    a, b = H.start(cfg), H.start(cfg)
+    got(redis, a, b)
+  end)
+  busted.after_each(function()
+    a:stop()
+    b:stop()
+  end)
+end
+
 -- A port the kernel says is free now (bind to 0, read it, close).
 function C.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))

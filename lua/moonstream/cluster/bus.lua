@@ -19,6 +19,7 @@ local core = require "moonstream.core"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
 local changes_mod = require "moonstream.cluster.changes"
+local subscribers = require "moonstream.subscribers"
 
 local M = {}
 local Bus = {}
@@ -30,16 +31,21 @@ local RECORD_KEY_PREFIX = core.redis_record_key_prefix
 
 local function noop() end
 
--- cluster: cluster/init.lua's (connections); parts: loop, realtime (the
--- realtime server: events:deliver, record_topic:changed), listeners
--- (lua_listeners.lua), presence (cluster/presence.lua: its channel)
+-- cluster: cluster/init.lua's (connections); parts: loop, records (the
+-- record engine: this node's changes, heard through its subscribe),
+-- listeners (lua_listeners.lua), presence (cluster/presence.lua: its channel).
+-- What the other nodes say reaches the parts built after the bus through
+-- subscribe (record changes) and subscribe_events.
 function M.new(cluster, parts)
   local self = setmetatable({
-    cluster = cluster, realtime = parts.realtime, listeners = parts.listeners,
+    cluster = cluster, listeners = parts.listeners,
     id = cluster.id, presence = parts.presence, count = {}, listened = {},
+    changed = subscribers.new(), events = subscribers.new(),
   }, mt)
-  self.changes = changes_mod.new(parts.loop, function(name, version, text, origin)
-    self.realtime.record_topic:changed(name, version, text, origin)
+  local changed = self.changed
+  self.changes = changes_mod.new(parts.loop, function(...) changed:publish(...) end)
+  self.unsubscribe_records = parts.records:subscribe(function(name, version, text, origin, notified)
+    self:record_changed(name, version, text, origin, notified)
   end)
   self.sub = cluster:subscriber(function(channel, data) self:_message(channel, data) end, function()
     self:_reread()
@@ -48,6 +54,19 @@ function M.new(cluster, parts)
   if self.presence then self.sub:subscribe(self.presence.CHANNEL) end -- every node answers presence queries
   self:sync_listeners()
   return self
+end
+
+-- fn(name, version|nil, text|nil, origin) hears every record change of the
+-- names this node has interest in, this node's and the others', in version
+-- order, once. Returns the function that ends the subscription.
+function Bus:subscribe(fn)
+  return self.changed:subscribe(fn)
+end
+
+-- fn(name, text|nil) hears every event emitted on another node (this node's
+-- own emits are delivered where they are made). Returns the unsubscribe.
+function Bus:subscribe_events(fn)
+  return self.events:subscribe(fn)
 end
 
 local function channel_of(kind, name)
@@ -179,7 +198,7 @@ function Bus:_message(channel, data)
   local from, uid, text = data:match("^([^\n]*)\n([^\n]*)\n(.*)$")
   if not from or from == self.id then return end
   if text == "" then text = nil end
-  self.realtime.events:deliver(name, text, nil, nil, nil)
+  self.events:publish(name, text)
   if self.listeners and self.listeners.listeners[name] then
     local value = text and json.decode(text)
     local id = json.decode(uid)
@@ -188,6 +207,7 @@ function Bus:_message(channel, data)
 end
 
 function Bus:close()
+  self.unsubscribe_records()
   self.changes:close()
   self.sub:close()
 end

@@ -18,6 +18,7 @@
 -- It has the local registry's calls (join, leave, users, query, is_online),
 -- so dispatch.lua and the realtime presence topic use it unchanged.
 local log = require "moonstream.log"
+local subscribers = require "moonstream.subscribers"
 
 local M = {}
 local Presence = {}
@@ -42,13 +43,15 @@ redis.call('PUBLISH', ARGV[2], 'x ' .. ARGV[1])
 return 1
 ]]
 
--- parts: loop, commands (core.redis), id (this node's), registry (core.presence),
--- announce (function(user, joined): the realtime presence topic)
+-- parts: loop, commands (core.redis), id (this node's), registry (core.presence).
+-- Joins and leaves on other nodes are heard through subscribe.
 function M.new(parts)
+  local announced = subscribers.new()
   local self = setmetatable({
     CHANNEL = M.CHANNEL,
     loop = parts.loop, commands = parts.commands, id = parts.id, registry = parts.registry,
-    announce = parts.announce,
+    announced = announced,
+    announce = function(user, joined) announced:publish(user, joined) end,
     nodes = {},   -- node -> { user = true }
     online = {},  -- user -> number of nodes
     order = {},   -- users in the order they came online
@@ -56,6 +59,12 @@ function M.new(parts)
   }, mt)
   self:_beat()
   return self
+end
+
+-- fn(user, joined) hears when a user comes online (joined true) or goes
+-- offline everywhere through another node. Returns the unsubscribe.
+function Presence:subscribe(fn)
+  return self.announced:subscribe(fn)
 end
 
 function Presence:_send(args)

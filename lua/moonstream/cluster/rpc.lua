@@ -16,6 +16,7 @@
 -- (cluster/presence.lua's heartbeats), and every node forgets its calls
 -- there. After a Redis reconnection a node writes its names again.
 local log = require "moonstream.log"
+local subscribers = require "moonstream.subscribers"
 
 local M = {}
 local Rpc = {}
@@ -28,16 +29,25 @@ M.CLOSE_SETTLE_MS = 1000
 
 local function noop() end
 
--- cluster: cluster/init.lua's; nodes: cluster/nodes.lua's; target: the
--- realtime RPC topic (realtime/rpc_topic.lua: from_node(msg), node_gone(node)).
-function M.new(cluster, nodes, target)
+-- cluster: cluster/init.lua's; nodes: cluster/nodes.lua's. The realtime RPC
+-- topic, built after it, hears the calls' messages and the nodes gone
+-- through subscribe.
+function M.new(cluster, nodes)
   local self = setmetatable({
-    commands = cluster.commands, id = cluster.id, nodes_channel = nodes, target = target,
+    commands = cluster.commands, id = cluster.id, nodes_channel = nodes,
     names = {}, -- names this node's clients provide
+    messages = subscribers.new(), gone = subscribers.new(),
   }, mt)
   nodes:on("rpc", function(msg) self:_message(msg) end)
   cluster:on_reconnect(function() self:reregister() end)
   return self
+end
+
+-- on_message(msg) hears every call message from another node; on_gone(node)
+-- every node found dead or stopped. Returns the function that ends both.
+function Rpc:subscribe(on_message, on_gone)
+  local stop_messages, stop_gone = self.messages:subscribe(on_message), self.gone:subscribe(on_gone)
+  return function() stop_messages(); stop_gone() end
 end
 
 function Rpc:_send(args)
@@ -79,7 +89,7 @@ function Rpc:send(node, msg)
 end
 
 function Rpc:_message(msg)
-  if type(msg.t) == "string" and math.type(msg.k) == "integer" then self.target:from_node(msg) end
+  if type(msg.t) == "string" and math.type(msg.k) == "integer" then self.messages:publish(msg) end
 end
 
 -- A node found dead or stopped (cluster/presence.lua): it provides nothing
@@ -91,7 +101,7 @@ function Rpc:node_gone(node)
     for _, name in ipairs(names) do self:_send({ "SREM", providers_key(name), node }) end
     self:_send({ "DEL", names_key(node) })
   end)
-  self.target:node_gone(node)
+  self.gone:publish(node)
 end
 
 -- After a reconnection: Redis may have lost this node's names, or another

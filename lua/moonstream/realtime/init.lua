@@ -52,7 +52,11 @@ M.payload = payload
 
 -- parts:
 --   loop, presence (core registry), auth (auth.lua: login), records (record_engine.lua),
+--   changes (where record changes come from, :subscribe(fn): the record
+--   engine, or in cluster mode the bus, which orders every node's),
 --   listeners (lua_listeners.lua), handlers (rpc_handlers.lua),
+--   rpc_providers (optional: rpc_providers.lua, where the RPC topic registers
+--   itself to take calls no Lua handler has),
 --   permit (optional: the permission check the dispatcher runs too,
 --   function(ctx, topic, action, name, cmd); nil: everything is allowed),
 --   events_used (optional function(used): called with true when the first
@@ -62,6 +66,10 @@ M.payload = payload
 --   cluster (optional, cluster mode: interest(kind, name, present) hears which
 --   event and record names local clients use; publish_event(name, text, user)
 --   takes client emits to the other nodes)
+--   cluster_rpc (optional, cluster mode: cluster/rpc.lua, RPCs across nodes)
+--   remote_events (optional, cluster mode: the bus, whose subscribe_events
+--   tells the other nodes' emits), remote_presence (optional, cluster mode:
+--   cluster/presence.lua, whose subscribe tells joins and leaves elsewhere)
 function M.new(parts)
   local cfg = parts.config
   local rcfg = cfg.realtime
@@ -70,8 +78,11 @@ function M.new(parts)
     presence = parts.presence,
     auth = parts.auth,
     records = parts.records,
+    changes = parts.changes,
     listeners = parts.listeners,
     handlers = parts.handlers,
+    rpc_providers = parts.rpc_providers,
+    cluster_rpc = parts.cluster_rpc,
     cluster = parts.cluster,
     permit_rules = parts.permit,
     events_used = parts.events_used,
@@ -101,6 +112,13 @@ function M.new(parts)
   self.events = require("moonstream.realtime.event_topic").new(self)
   self.record_topic = require("moonstream.realtime.record_topic").new(self)
   self.rpc = require("moonstream.realtime.rpc_topic").new(self)
+  -- news from elsewhere, through the subscriptions of the parts built before
+  if parts.remote_events then
+    parts.remote_events:subscribe_events(function(name, text) self.events:deliver(name, text, nil, nil, nil) end)
+  end
+  if parts.remote_presence then
+    parts.remote_presence:subscribe(function(user, joined) self.presence_topic:remote(user, joined) end)
+  end
   self.routes = {
     [T.EVENT] = self.events,
     [T.RECORD] = self.record_topic,

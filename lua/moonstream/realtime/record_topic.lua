@@ -34,6 +34,7 @@ function M.new(rt)
     cluster.interest("record", name, present)
   end) }, mt)
   self.listen = listen.new(rt, RECORD, RA, self.subs, "record")
+  rt.changes:subscribe(function(name, version, text, origin) self:changed(name, version, text, origin) end)
   return self
 end
 

@@ -7,7 +7,7 @@
 -- (RESPONSE_TIMEOUT); ACCEPT, RESPONSE and REQUEST_ERROR reach the requester
 -- as the provider sent them.
 --
--- In a cluster (attach_cluster: cluster/rpc.lua) the candidates are this
+-- In a cluster (rt.cluster_rpc: cluster/rpc.lua) the candidates are this
 -- node's providers and the other nodes that have one; a node counts as one
 -- candidate and is asked again after each of its providers rejects, until
 -- it answers that none of its providers is left untried. The requester's
@@ -57,13 +57,13 @@ function M.new(rt)
     http_seq = 0,
     key_seq = 0,
   }, mt)
+  if rt.rpc_providers then rt.rpc_providers:register(self) end -- POST /api's calls no Lua handler takes
+  -- cluster: cluster/rpc.lua (providing, nodes, send), built before
+  self.cluster = rt.cluster_rpc
+  if self.cluster then
+    self.cluster:subscribe(function(msg) self:from_node(msg) end, function(node) self:node_gone(node) end)
+  end
   return self
-end
-
--- cluster: cluster/rpc.lua (providing, nodes, send).
-function RpcTopic:attach_cluster(cluster)
-  self.cluster = cluster
-  for name in pairs(self.providers.by_name) do cluster:providing(name, true) end
 end
 
 local function index_add(index, c, id, call)
@@ -304,7 +304,7 @@ function RpcTopic:node_gone(node)
   for _, call in ipairs(ending) do self:_finish(call) end
 end
 
--- POST /api (rpc_handlers.lua's fallback when no Lua handler has the name): returns
+-- POST /api (through rpc_providers.lua when no Lua handler has the name): returns
 -- false when no client provides it (rpc_handlers.lua answers NO_RPC_PROVIDER), else
 -- nil and calls done(result) later. In a cluster another node may provide
 -- it: Redis is asked first.
