@@ -71,4 +71,50 @@ describe("presence across nodes", function()
       assert.same({ ["zed-" .. how] = false }, presence_of(a, { "zed-" .. how }))
     end
   end)
+
+  -- Snapshot replies and change messages come on two connections, in either
+  -- order: neither may undo the other (the sequence numbers of presence.lua).
+  describe("a node's snapshot and its messages", function()
+    local cluster_presence = require "moonstream.cluster.presence"
+    local function presence()
+      local sent = {}
+      local commands = { command = function(_, args, cb) sent[#sent + 1] = { args = args, cb = cb }; return true end }
+      local loop = { timer = function() return { cancel = function() end } end }
+      local p = cluster_presence.new({ loop = loop, commands = commands, id = "a", registry = {} })
+      local heard = {}
+      p:subscribe(function(user, joined) heard[#heard + 1] = (joined and "+" or "-") .. user end)
+      return p, sent, heard
+    end
+    -- the callback of the last snapshot read sent for node
+    local function snapshot_read(sent)
+      for i = #sent, 1, -1 do
+        if sent[i].args[1] == "EVAL" and sent[i].args[4]:match("^ms:p:seq:") then return table.remove(sent, i) end
+      end
+    end
+
+    it("reads again a snapshot older than a message already applied, losing no user", function()
+      local p, sent, heard = presence()
+      p:message("r b")
+      local first = snapshot_read(sent)
+      p:message("+ b 6 zoe")              -- after the read in Redis, before its reply here
+      first.cb({ 5, { "xan", "yul" } })   -- the older snapshot: read again
+      local again = snapshot_read(sent)
+      assert.is_table(again, "a second read")
+      again.cb({ 6, { "xan", "yul", "zoe" } })
+      assert.same({ xan = true, yul = true, zoe = true }, p:query({ "xan", "yul", "zoe" }))
+      assert.same({ "+zoe", "+xan", "+yul" }, heard)
+    end)
+
+    it("drops a message the snapshot already holds", function()
+      local p, sent, heard = presence()
+      p:message("r b")
+      snapshot_read(sent).cb({ 7, { "xan" } })
+      p:message("+ b 6 yul")              -- yul joined, then left (7): the snapshot knows
+      p:message("- b 7 xan")              -- not newer than the snapshot either
+      assert.same({ xan = true, yul = false }, p:query({ "xan", "yul" }))
+      p:message("- b 8 xan")
+      assert.same({ xan = false }, p:query({ "xan" }))
+      assert.same({ "+xan", "-xan" }, heard)
+    end)
+  end)
 end)

@@ -1,7 +1,7 @@
 -- Presence across nodes. Each node keeps its own users in its local
 -- registry (core.presence: connections per user) and in Redis (the set
--- "ms:p:n:<node>"), tells the others on the channel "ms:c:p" ("+ node user",
--- "- node user", "x node" = that node is gone, "r node" = that node wrote
+-- "ms:p:n:<node>"), tells the others on the channel "ms:c:p" ("+ node seq user",
+-- "- node seq user", "x node" = that node is gone, "r node" = that node wrote
 -- its users again: read them), and heartbeats: the key "ms:p:alive:<node>"
 -- expires DEAD_MS after the last beat. Every node checks the others' keys at
 -- each beat and removes a dead node with its users (one script: a node that
@@ -14,6 +14,14 @@
 -- (resync, called by bus.lua: messages sent while it was away are lost). A
 -- node that finds itself missing from the node set at a beat (another
 -- removed it as dead while it could not beat) writes itself again.
+--
+-- A node's set and its sequence number "ms:p:seq:<node>" change together (a
+-- script, or MULTI for the rewrite), and every join or leave message carries
+-- the number it made. A snapshot of a node's users is read with its number
+-- in one step, so a reader applies a snapshot only if it is not older than
+-- the messages it already applied, and a message only if it is newer than
+-- the snapshot: replies and messages arrive on two connections, in either
+-- order, and neither may undo the other.
 --
 -- It has the local registry's calls (join, leave, users, query, is_online),
 -- so dispatch.lua and the realtime presence topic use it unchanged.
@@ -30,6 +38,7 @@ M.DEAD_MS = 3000 -- a node silent this long is removed with its users
 local NODES = "ms:p:nodes"
 local function users_key(node) return "ms:p:n:" .. node end
 local function alive_key(node) return "ms:p:alive:" .. node end
+local function seq_key(node) return "ms:p:seq:" .. node end
 
 local function noop() end
 
@@ -43,6 +52,20 @@ redis.call('PUBLISH', ARGV[2], 'x ' .. ARGV[1])
 return 1
 ]]
 
+-- KEYS: the node's users' set, its sequence key; ARGV: "+" or "-", the node,
+-- the user, the channel. The set, the number and the message in one step.
+local CHANGE = [[
+if ARGV[1] == '+' then redis.call('SADD', KEYS[1], ARGV[3]) else redis.call('SREM', KEYS[1], ARGV[3]) end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. seq .. ' ' .. ARGV[3])
+return seq
+]]
+
+-- KEYS: the node's sequence key, its users' set: { seq, users } read at one moment.
+local SNAPSHOT = [[
+return { tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('SMEMBERS', KEYS[2]) }
+]]
+
 -- parts: loop, commands (core.redis), id (this node's), registry (core.presence).
 -- Joins and leaves on other nodes are heard through subscribe.
 function M.new(parts)
@@ -53,6 +76,7 @@ function M.new(parts)
     announced = announced,
     announce = function(user, joined) announced:publish(user, joined) end,
     nodes = {},   -- node -> { user = true }
+    seq = {},     -- node -> the number of the last of its changes applied here
     online = {},  -- user -> number of nodes
     order = {},   -- users in the order they came online
     gone_fns = {}, -- on_node_gone's
@@ -106,6 +130,7 @@ end
 
 function Presence:_gone(node)
   for _, fn in ipairs(self.gone_fns) do fn(node) end
+  self.seq[node] = nil
   if self.loaded then self.loaded[node] = nil end -- read it again if it comes back
   local set = self.nodes[node]
   if not set then return end
@@ -116,18 +141,20 @@ end
 
 -- ---- the local registry's calls ----
 
+function Presence:_change(op, user)
+  self:_send({ "EVAL", CHANGE, "2", users_key(self.id), seq_key(self.id), op, self.id, user, M.CHANNEL })
+end
+
 function Presence:join(user)
   if not self.registry:join(user) then return false end
-  self:_send({ "SADD", users_key(self.id), user })
-  self:_send({ "PUBLISH", M.CHANNEL, "+ " .. self.id .. " " .. user })
+  self:_change("+", user)
   return self:_add(self.id, user)
 end
 
 function Presence:leave(user)
   local gone, err = self.registry:leave(user)
   if not gone then return gone, err end
-  self:_send({ "SREM", users_key(self.id), user })
-  self:_send({ "PUBLISH", M.CHANNEL, "- " .. self.id .. " " .. user })
+  self:_change("-", user)
   return self:_remove(self.id, user)
 end
 
@@ -156,8 +183,11 @@ end
 
 -- A message of the presence channel (bus.lua routes it here).
 function Presence:message(data)
-  local kind, node, user = data:match("^([%+%-]) (%S+) (.+)$")
+  local kind, node, seq, user = data:match("^([%+%-]) (%S+) (%d+) (.+)$")
   if kind and node ~= self.id then
+    seq = tonumber(seq)
+    if seq <= (self.seq[node] or 0) then return end -- a snapshot or an earlier message had it
+    self.seq[node] = seq
     if kind == "+" and self:_add(node, user) then self.announce(user, true) end
     if kind == "-" and self:_remove(node, user) then self.announce(user, false) end
     return
@@ -171,8 +201,15 @@ end
 -- again, or this node's subscriber came back): they replace what this node
 -- knew of them.
 function Presence:_load(node)
-  self.commands:command({ "SMEMBERS", users_key(node) }, function(users)
-    if type(users) ~= "table" or self.closed then return end
+  self.commands:command({ "EVAL", SNAPSHOT, "2", seq_key(node), users_key(node) }, function(snap)
+    if type(snap) ~= "table" or math.type(snap[1]) ~= "integer" or type(snap[2]) ~= "table" or self.closed then
+      return
+    end
+    -- read before changes applied already: read again (it has them now), as
+    -- this one alone would lose the users the node had before them
+    if snap[1] < (self.seq[node] or 0) then return self:_load(node) end
+    self.seq[node] = snap[1]
+    local users = snap[2]
     local now = {}
     for _, user in ipairs(users) do now[user] = true end
     for user in pairs(self.nodes[node] or {}) do
@@ -184,8 +221,10 @@ function Presence:_load(node)
   end)
 end
 
--- Every other node's users, read again (see the top).
+-- Every other node's users, read again (see the top). Their numbers are
+-- forgotten first: a Redis that came back empty counts from 0 again.
 function Presence:resync()
+  self.seq = {}
   self.commands:command({ "SMEMBERS", NODES }, function(nodes)
     if type(nodes) ~= "table" or self.closed then return end
     for _, node in ipairs(nodes) do
@@ -237,11 +276,16 @@ end
 -- lost them, or another node may have removed this one as dead).
 function Presence:reregister()
   self:_send({ "SET", alive_key(self.id), "1", "PX", M.DEAD_MS })
+  -- one transaction: a reader never sees the set emptied and not yet refilled
+  -- (nothing else is sent on this connection before EXEC: Lua runs on one thread)
+  self:_send({ "MULTI" })
   self:_send({ "DEL", users_key(self.id) })
   local users = self.registry:users()
   for i = 1, #users, 1000 do -- bounded commands, however many users
     self:_send({ "SADD", users_key(self.id), table.unpack(users, i, math.min(i + 999, #users)) })
   end
+  self:_send({ "INCR", seq_key(self.id) })
+  self:_send({ "EXEC" })
   self:_send({ "SADD", NODES, self.id })
   self:_send({ "PUBLISH", M.CHANNEL, "r " .. self.id })
 end
