@@ -10,7 +10,8 @@
  *
  * With a loop the synced write runs on the store's writer thread while the
  * loop keeps serving: the next group gathers in a second overlay meanwhile
- * (double buffering) and is written when the first is on disk.
+ * (double buffering) and goes to the writer as soon as the first is on disk,
+ * before the first group's requests are answered (on_written).
  * Without a loop flush writes at once.
  *
  * This is the LevelDB implementation of the record engine's storage seam
@@ -202,8 +203,15 @@ static int waiters_add(rec_waiters *w, ms_rec_durable_fn fn, void *ud, int ref) 
     return 0;
 }
 
+/* Where a waiter for "every change so far" goes: with nothing gathered since
+ * the group in flight left, that group holds every unsynced change, so its
+ * return is enough (a read of its data waits for one sync, not two). */
+static rec_waiters *waiters_now(ms_records *r) {
+    return !r->dirty && r->flying ? &r->flying_waiters : &r->waiters;
+}
+
 static int records_add_waiter(ms_records *r, ms_rec_durable_fn fn, void *ud) {
-    return waiters_add(&r->waiters, fn, ud, LUA_NOREF);
+    return waiters_add(waiters_now(r), fn, ud, LUA_NOREF);
 }
 
 /* ---- group commit ---- */
@@ -292,7 +300,46 @@ static void wake(ms_records *r, rec_waiters *w, int status, const char *raw_err)
     *w = (rec_waiters){ NULL, 0, 0 };
 }
 
-/* The writer thread's answer for the group in flight (on the loop thread). */
+/* Takes the group gathered so far: its waiters into *w, its batch filled
+ * from the pending overlay. 1: there is a batch to write (r->batch); 0: all
+ * was answered (no change to write, or out of memory: failed as a write). */
+static int take_group(ms_records *r, rec_waiters *w) {
+    *w = r->waiters;
+    r->waiters = (rec_waiters){ NULL, 0, 0 };
+    if (!r->dirty) {  /* waiters that only saw data now on disk */
+        wake(r, w, 1, NULL);
+        return 0;
+    }
+    r->syncs++;
+    r->dirty = 0;
+    ms_metrics_group_commit(HASH_COUNT(r->pending.head));
+    if (fill_batch(r) == 0) return 1;
+    r->seen_valid = 0;
+    ms_recmap_clear(&r->pending);
+    wake(r, w, 0, "out of memory");
+    return 0;
+}
+
+/* The taken group becomes the one in flight (its overlay stays readable);
+ * returns its batch, which the caller hands to the writer thread. */
+static leveldb_writebatch_t *begin_flight(ms_records *r, rec_waiters w) {
+    leveldb_writebatch_t *next = r->spare ? r->spare : leveldb_writebatch_create();
+    r->spare = NULL;
+    r->inflight = r->pending;
+    r->pending.head = NULL;
+    r->writing = r->batch;
+    r->batch = next;
+    r->flying = 1;
+    r->flying_waiters = w;
+    return r->writing;
+}
+
+static void write_failed(ms_records *r);
+
+/* The writer thread's answer for the group in flight (on the loop thread).
+ * The group gathered meanwhile goes to the writer before this one's requests
+ * are answered: the disk does not wait for the answers, nor for the rest of
+ * the loop iteration (flush would start it only at the iteration's end). */
 static void on_written(void *ud, const char *err) {
     ms_records *r = ud;
     r->seen_valid = 0;  /* a failed group's changes are gone from the overlay */
@@ -302,51 +349,44 @@ static void on_written(void *ud, const char *err) {
     else leveldb_writebatch_destroy(r->writing);
     r->writing = NULL;
     r->flying = 0;
-    rec_waiters w = r->flying_waiters;
+    rec_waiters done = r->flying_waiters;
     r->flying_waiters = (rec_waiters){ NULL, 0, 0 };
-    wake(r, &w, err == NULL ? 1 : 0, err);
+    rec_waiters w;
+    if (r->dirty && !r->gone && take_group(r, &w) &&
+        ms_store_write_next(r->store, begin_flight(r, w), r->sync, on_written, r) != 0)
+        write_failed(r);
+    wake(r, &done, err == NULL ? 1 : 0, err);
+}
+
+/* The writer did not take the group just put in flight: it fails as a
+ * failed write would. */
+static void write_failed(ms_records *r) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "cannot start the storage writer: %s", strerror(errno));
+    on_written(r, msg);
 }
 
 /* Writes the gathered group (see the top of the file). The records userdata
  * is at index 1. Returns 1 when it did something. */
 static int flush(lua_State *L, ms_records *r) {
-    if (r->flying) return 0;  /* the next group waits for this one */
+    if (r->flying) return 0;  /* the next group waits for this one (on_written starts it) */
     if (!r->dirty && r->waiters.n == 0) return 0;
-    rec_waiters w = r->waiters;
-    r->waiters = (rec_waiters){ NULL, 0, 0 };
-    if (!r->dirty) {  /* waiters that only saw data now on disk */
-        wake(r, &w, 1, NULL);
-        return 1;
-    }
-    r->syncs++;
-    r->dirty = 0;
-    ms_metrics_group_commit(HASH_COUNT(r->pending.head));
-    const char *oom = fill_batch(r) != 0 ? "out of memory" : NULL;
-    if (r->loop == NULL || oom != NULL) {  /* written now, or failed as a write would */
+    rec_waiters w;
+    if (!take_group(r, &w)) return 1;
+    if (r->loop == NULL) {  /* written now */
         r->seen_valid = 0;
-        char *err = oom ? NULL : ms_store_write(r->store, r->batch, r->sync);
+        char *err = ms_store_write(r->store, r->batch, r->sync);
         leveldb_writebatch_clear(r->batch);
         ms_recmap_clear(&r->pending);
-        wake(r, &w, err == NULL && oom == NULL ? 1 : 0, err ? err : oom);
+        wake(r, &w, err == NULL ? 1 : 0, err);
         free(err);
         return 1;
     }
-    leveldb_writebatch_t *next = r->spare ? r->spare : leveldb_writebatch_create();
-    r->spare = NULL;
-    r->inflight = r->pending;
-    r->pending.head = NULL;
-    r->writing = r->batch;
-    r->batch = next;
-    r->flying = 1;
-    r->flying_waiters = w;
+    leveldb_writebatch_t *wb = begin_flight(r, w);
     lua_getiuservalue(L, 1, UV_STORE);
     lua_getiuservalue(L, 1, UV_LOOP);
-    if (ms_store_write_async(L, lua_gettop(L) - 1, r->loop, lua_gettop(L), r->writing, r->sync,
-                             on_written, r) != 0) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "cannot start the storage writer: %s", strerror(errno));
-        on_written(r, msg);
-    }
+    if (ms_store_write_async(L, lua_gettop(L) - 1, r->loop, lua_gettop(L), wb, r->sync, on_written, r) != 0)
+        write_failed(r);
     lua_pop(L, 2);
     return 1;
 }
@@ -530,7 +570,7 @@ static int records_after_flush(lua_State *L) {
     luaL_checktype(L, 2, LUA_TFUNCTION);
     lua_settop(L, 2);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (waiters_add(&r->waiters, NULL, NULL, ref) != 0) {
+    if (waiters_add(waiters_now(r), NULL, NULL, ref) != 0) {
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         return luaL_error(L, "not enough memory");
     }

@@ -471,8 +471,20 @@ int ms_store_write_async(lua_State *L, int store_idx, ms_loop *loop, int loop_id
                          leveldb_writebatch_t *wb, int sync, ms_store_done_fn fn, void *ud) {
     store *s = check_store(L, store_idx);
     if (s->writer == NULL && store_writer_start(L, s, loop, loop_idx) != 0) return -1;
+    if (s->writer->loop != loop) {
+        errno = EBUSY;
+        return -1;
+    }
+    return ms_store_write_next(s, wb, sync, fn, ud);
+}
+
+int ms_store_write_next(ms_store *s, leveldb_writebatch_t *wb, int sync, ms_store_done_fn fn, void *ud) {
     store_writer *w = s->writer;
-    if (w->busy || w->loop != loop) {
+    if (s->db == NULL || w == NULL) {
+        errno = ENOENT;
+        return -1;
+    }
+    if (w->busy) {
         errno = EBUSY;
         return -1;
     }

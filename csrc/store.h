@@ -29,6 +29,12 @@ typedef void (*ms_store_done_fn)(void *ud, const char *err);
 int ms_store_write_async(lua_State *L, int store_idx, ms_loop *loop, int loop_idx,
                          leveldb_writebatch_t *wb, int sync, ms_store_done_fn fn, void *ud);
 
+/* The same on a writer that ms_store_write_async started, without Lua: for
+ * the done callback, which hands over the next group at once (the writer is
+ * idle when it runs). 0, or -1 with errno (ENOENT: no writer or a closed
+ * store; EBUSY: a write in flight). */
+int ms_store_write_next(ms_store *s, leveldb_writebatch_t *wb, int sync, ms_store_done_fn fn, void *ud);
+
 /* Calls fn for each key starting with prefix, in key order, until it
  * returns 0. 0, or -1 with *err (malloc'd) when LevelDB failed. */
 int ms_store_each(ms_store *s, const char *prefix, size_t plen,

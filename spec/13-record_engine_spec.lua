@@ -214,6 +214,26 @@ describe("moonstream.record_engine", function()
     loop:close()
   end)
 
+  it("answers a waiter that saw only the group in flight when it lands, with the next group already writing", function()
+    local loop = core.loop()
+    local r = records_mod.new(store, { loop = loop, max_response = MAX })
+    r:write(nil, "record", "a", { n = 1 })
+    assert.is_true(r:flush())
+    local seen = {}
+    -- nothing gathered since the flush: the group in flight holds every change
+    r:after_flush(function(ok) seen[#seen + 1] = { "first", ok, r.core:in_flight(), r:syncs() } end)
+    r:write(nil, "record", "b", { n = 1 })
+    r:after_flush(function(ok) seen[#seen + 1] = { "second", ok, r.core:in_flight(), r:syncs() } end)
+    -- no flush() here: the first group's return hands the second to the writer
+    for _ = 1, 500 do
+      if #seen == 2 then break end
+      loop:run_once(10)
+    end
+    assert.same({ { "first", true, true, 2 }, { "second", true, false, 2 } }, seen)
+    assert.equal('1 {"n":1}', store:get("r/b"))
+    loop:close()
+  end)
+
   it("hands a failed sync to the waiters", function()
     -- (a full disk is spec/60-disk_spec.lua; here the store is closed under the records)
     local dir = os.tmpname()
