@@ -65,6 +65,22 @@ void ms_redis_settle(ms_redis *r, double timeout_ms);
 int ms_redis_subscribe(ms_redis *r, const char *channel, size_t len);
 int ms_redis_unsubscribe(ms_redis *r, const char *channel, size_t len);
 
+/* The cluster's event messages (cluster/bus.lua), in this one place for C
+ * (fastpath.c publishes its emits) and Lua (core.redis_event_*): channel
+ * MS_REDIS_EVENT_PREFIX + event name, message
+ * "<node id>\n<user id as JSON>\n<data JSON text, or empty: no data>".
+ * Publishes one, without waiting for the reply (it is pipelined with the
+ * connection's other commands, in order). 0, or -1 and *err (not sent). */
+#define MS_REDIS_EVENT_PREFIX "ms:c:e:"
+int ms_redis_publish_event(ms_redis *r, const char *node, size_t nlen, const char *uid, size_t ulen,
+                           const char *name, size_t namelen, const char *data, size_t dlen, const char **err);
+/* Splits a message: 1 with its parts, 0 when it is not one. */
+typedef struct ms_redis_event {
+    const char *node, *uid, *data;   /* data NULL: none */
+    size_t nlen, ulen, dlen;
+} ms_redis_event;
+int ms_redis_event_parse(const char *msg, size_t len, ms_redis_event *out);
+
 /* Its slot, which turns NULL when the connection is closed: a holder (the
  * record store) checks it before each use. */
 ms_redis *const *ms_redis_slot_check(lua_State *L, int idx);

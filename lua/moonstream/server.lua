@@ -327,7 +327,8 @@ function Server:_assemble()
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = permit,
     on_emit = function(name, data, ctx)
       events:emit_from_server(name, data)
-      if bus then bus:publish_value(name, data, ctx and ctx.user) end -- cluster: the other nodes
+      -- cluster: the other nodes (the fast path's emits were published from C)
+      if bus and not (ctx and ctx.published) then bus:publish_value(name, data, ctx and ctx.user) end
     end,
   })
 end
@@ -409,10 +410,11 @@ function Server:_fast_path()
     rules = validate.rules(), -- the commands it may take: validate.lua's table
     -- the emit the Lua path runs (record changes reach Lua through the engine's on_change)
     emit_hook = function(name, text)
-      dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous() })
+      dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous(), published = self.bus ~= nil })
     end,
   })
   self.fast = fast
+  if self.bus then fast:publish_emits(self.cluster.commands, self.cluster.id, bus_mod.uid_json(auth:anonymous())) end
   self:_watch_emits()
   self:_update_fast_path()
   self.http:set_fast_path(fast, self.api:json_headers())
@@ -423,8 +425,8 @@ end
 function Server:_watch_emits()
   if not self.fast then return end
   local subs = self.realtime and self.realtime.events.subs
-  -- cluster: every emit goes to the bus (subscribers on other nodes are not known here)
-  self.fast:watch_emits(self.bus ~= nil or self.listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
+  -- (cluster: the fast path publishes every emit to the other nodes itself)
+  self.fast:watch_emits(self.listeners:any() or (subs ~= nil and next(subs.by_name) ~= nil))
 end
 
 function Server:_update_fast_path()

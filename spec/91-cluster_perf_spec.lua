@@ -1,0 +1,93 @@
+-- The cluster's fast ways (issue 11): the C fast path publishes its emits to
+-- the other nodes itself (csrc/fastpath.c, the message format in
+-- csrc/redis.c), so an emit nobody on this node listens to never enters Lua;
+-- the other nodes hear it as they hear the Lua path's emits, once.
+local core = require "moonstream.core"
+local H = require "spec.support.helpers"
+local C = require "spec.support.cluster"
+
+local MAX_TURNS = 1000
+
+local function turn_until(nodes, done, what)
+  for _ = 1, MAX_TURNS do
+    if done() then return end
+    for _, t in ipairs(nodes) do t.loop:run_once(5) end
+  end
+  error("timed out waiting for " .. what)
+end
+
+describe("cluster emits", function()
+  local redis
+  setup(function() redis = C.redis() end)
+  teardown(function() redis:stop() end)
+
+  it("the event message format is one: what Lua publishes, C parses the same", function()
+    assert.equal("ms:c:e:", core.redis_event_channel_prefix)
+    local node, uid, text = core.redis_event_parse('n1\n"ann"\n{"a":1}')
+    assert.same({ "n1", '"ann"', '{"a":1}' }, { node, uid, text })
+    node, uid, text = core.redis_event_parse("n1\nnull\n")
+    assert.same({ "n1", "null" }, { node, uid })
+    assert.is_nil(text)
+    assert.is_nil(core.redis_event_parse("no newline"))
+  end)
+
+  describe("from the fast path", function()
+    local a, b
+    before_each(function()
+      local cfg = { fastPath = true, cluster = { redis = redis.url } }
+      local function listen(server)
+        server.heard = {}
+        server:on_event("s91/ev", function(data, ctx)
+          server.heard[#server.heard + 1] = { data = data, user = ctx.user and ctx.user.id }
+        end)
+      end
+      a = H.start(cfg)
+      b = H.start(cfg, listen)
+      turn_until({ a, b }, function()
+        return redis:command({ "PUBSUB", "NUMSUB", "ms:c:e:s91/ev" })[2] == 1
+      end, "b's subscription")
+    end)
+    after_each(function()
+      a:stop()
+      b:stop()
+    end)
+
+    local function fast_count(t) return t.server.http:stats().fast or 0 end
+
+    it("are published from C: the other node hears them once, Lua on this node is not entered", function()
+      local lua_emits = 0
+      local dispatcher = a.server.dispatcher
+      local emit = dispatcher.emit
+      dispatcher.emit = function(...) lua_emits = lua_emits + 1; return emit(...) end
+      local before = fast_count(a)
+      for i = 1, 3 do
+        local res, body = a:api({ { topic = "event", action = "emit", eventName = "s91/ev", data = { i = i } } })
+        assert.equal(200, res.status)
+        assert.equal("SUCCESS", body.result)
+      end
+      assert.equal(before + 3, fast_count(a), "the fast path answered")
+      turn_until({ a, b }, function() return #b.server.heard >= 3 end, "b hearing the emits")
+      assert.same({ { data = { i = 1 }, user = "open" }, { data = { i = 2 }, user = "open" },
+                    { data = { i = 3 }, user = "open" } }, b.server.heard)
+      assert.equal(0, lua_emits, "no Lua emit on the emitting node")
+      -- an emit without data too
+      a:api({ { topic = "event", action = "emit", eventName = "s91/ev" } })
+      turn_until({ a, b }, function() return #b.server.heard >= 4 end, "b hearing the emit without data")
+      assert.same({ user = "open" }, b.server.heard[4])
+    end)
+
+    it("still reach this node's Lua listeners, and the other nodes once (not published twice)", function()
+      a.server.heard = {}
+      a.server:on_event("s91/ev", function(data) a.server.heard[#a.server.heard + 1] = data end)
+      local res = a:api({ { topic = "event", action = "emit", eventName = "s91/ev", data = { x = 1 } } })
+      assert.equal(200, res.status)
+      assert.same({ { x = 1 } }, a.server.heard)
+      turn_until({ a, b }, function() return #b.server.heard >= 1 end, "b hearing the emit")
+      -- a second emit marks the end: had the first gone out twice, its copy would come before it
+      a:api({ { topic = "event", action = "emit", eventName = "s91/ev", data = { x = 2 } } })
+      turn_until({ a, b }, function() return #b.server.heard >= 2 end, "b hearing the second emit")
+      assert.same({ { data = { x = 1 }, user = "open" }, { data = { x = 2 }, user = "open" } }, b.server.heard)
+      assert.same({ { x = 1 }, { x = 2 } }, a.server.heard)
+    end)
+  end)
+end)
