@@ -38,6 +38,7 @@ struct ms_redis {
     int fd;
     uint32_t events;            /* what hiredis wants from the socket */
     int up;
+    unsigned long ups;          /* times it came up */
     int closing;                /* freed once hiredis lets go of the context */
     double next_attempt;        /* ms (ms_loop_now); 0: none planned */
     double backoff;
@@ -164,6 +165,7 @@ static void on_ready(void *ud, redisReply *reply, const char *err) {
         return;
     }
     r->up = 1;
+    r->ups++;
     r->err[0] = '\0';
     r->backoff = BACKOFF_MIN_MS;
     if (r->on_message) {
@@ -297,6 +299,10 @@ void ms_redis_free(ms_redis *r) {
     r->host = r->password = NULL;
     if (r->ac) redisAsyncFree(r->ac);  /* ev_cleanup frees r (maybe later, when inside a callback) */
     else free(r);
+}
+
+unsigned long ms_redis_ups(const ms_redis *r) {
+    return r->ups;
 }
 
 int ms_redis_up(const ms_redis *r) {

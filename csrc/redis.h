@@ -41,6 +41,9 @@ ms_redis *ms_redis_new(ms_loop *loop, const ms_redis_opts *opts);
  * and closes the connection. */
 void ms_redis_free(ms_redis *r);
 int ms_redis_up(const ms_redis *r);
+/* How many times the connection came up: a new value is a new connection,
+ * perhaps to a restarted Redis (what was loaded there is gone). */
+unsigned long ms_redis_ups(const ms_redis *r);
 /* The reason the connection is down ("" when up). */
 const char *ms_redis_error(const ms_redis *r);
 

@@ -91,3 +91,36 @@ describe("cluster emits", function()
     end)
   end)
 end)
+
+describe("cluster record writes", function()
+  local redis, a
+  setup(function() redis = C.redis() end)
+  teardown(function() redis:stop() end)
+  before_each(function() a = H.start({ cluster = { redis = redis.url } }) end)
+  after_each(function() a:stop() end)
+
+  -- INFO commandstats' calls of one command (0 when it never ran).
+  local function calls(cmd)
+    local info = redis:command({ "INFO", "commandstats" })
+    return tonumber(info:match("cmdstat_" .. cmd .. ":calls=(%d+)")) or 0
+  end
+
+  local function write(i)
+    local res, body = a:api({ { topic = "record", action = "write", recordName = "s91/rec", data = { i = i } } })
+    assert.equal(200, res.status)
+    assert.is_true(body.body[1].success, "write " .. i)
+  end
+
+  it("call the put script by its SHA1, not by its text; a flushed script cache fails no write", function()
+    redis:command({ "CONFIG", "RESETSTAT" })
+    for i = 1, 3 do write(i) end
+    assert.equal(3, calls("evalsha"))
+    assert.equal(0, calls("eval"), "no write sent the script's text")
+    redis:command({ "SCRIPT", "FLUSH" })
+    write(4) -- NOSCRIPT: sent again with its text, which loads it again
+    write(5)
+    assert.equal(1, calls("eval"))
+    local _, body = a:api({ { topic = "record", action = "read", recordName = "s91/rec" } })
+    assert.same({ success = true, version = 5, data = { i = 5 } }, body.body[1])
+  end)
+end)
