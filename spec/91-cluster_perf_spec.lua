@@ -124,3 +124,50 @@ describe("cluster record writes", function()
     assert.same({ success = true, version = 5, data = { i = 5 } }, body.body[1])
   end)
 end)
+
+describe("ctx.records in a cluster node's RPC handler", function()
+  local json = require "moonstream.json"
+  local redis, t
+  setup(function() redis = C.redis() end)
+  teardown(function() redis:stop() end)
+  before_each(function()
+    t = H.start({ cluster = { redis = redis.url } }, function(server)
+      server:rpc("s91/rw", function(data, ctx)
+        local ok, err = ctx.records.write("s91/h", { n = data.n })
+        if not ok then error(err) end
+        local got, version = ctx.records.read("s91/h")
+        ctx.records.delete("s91/gone")
+        return { got = got, version = version, head = ctx.records.head("s91/h") }
+      end)
+    end)
+  end)
+  after_each(function()
+    redis:command({ "CLIENT", "UNPAUSE" })
+    t:stop()
+  end)
+
+  it("waits for Redis without blocking the node", function()
+    redis:command({ "DEL", "ms:r:s91/h" })
+    assert.equal("OK", redis:command({ "CLIENT", "PAUSE", "60000", "WRITE" }))
+    local held = {}
+    assert(t.client:request({
+      method = "POST", url = t.url .. "/api", timeout = 30000,
+      headers = { ["Content-Type"] = "application/json", Expect = false },
+      body = json.encode({ body = { { topic = "rpc", action = "make", rpcName = "s91/rw", data = { n = 7 } } } }),
+    }, function(res, err) held.res = res or { error = err } end))
+    t:run_until(function() return held.res ~= nil or t.server.records:has_pending() end)
+    -- while the handler's write is held in Redis, the node answers others
+    local others = t:request_all({
+      { method = "GET", path = "/health-check" },
+      { body = json.encode({ body = { { topic = "event", action = "emit", eventName = "s91/e" } } }) },
+    })
+    assert.equal(200, others[1].status)
+    assert.same({ result = "SUCCESS", body = { { success = true } } }, json.decode(others[2].body))
+    assert.is_nil(held.res, "the handler's call answered before Redis was released")
+    assert.equal("OK", redis:command({ "CLIENT", "UNPAUSE" }))
+    t:run_until(function() return held.res ~= nil end)
+    assert.equal(200, held.res.status)
+    assert.same({ result = "SUCCESS", body = { { success = true, data = { got = { n = 7 }, version = 1, head = 1 } } } },
+      json.decode(held.res.body))
+  end)
+end)

@@ -43,29 +43,42 @@ local DRAIN_TIMEOUT_MS = 10000
 local CLUSTER_WAIT_MS = 5000 -- at start, for Redis; then the node serves anyway
 
 -- Context API every RPC handler and listener gets (ctx.records, ctx.emit...).
+-- Inside an RPC handler a record command that waits for the store (Redis)
+-- yields through ctx.await, so the node serves everything else meanwhile;
+-- elsewhere (Lua listeners, plain calls) it still settles the store.
 local function handler_api(self)
   local records = {}
+  local function await() return self.handlers and self.handlers:awaiter() end
+  local function get(name)
+    local a = await()
+    if a then return self.records:wait_get(name, a) end
+    return self.records:get(name)
+  end
   -- records.read(name) -> data, version | nil (missing) | nil, err
   function records.read(name)
-    local version, text, err = self.records:get(name)
+    local version, text, err = get(name)
     if err then return nil, err end
     if version == nil then return nil end
     return json.decode(text), version
   end
   function records.head(name)
-    local version, _, err = self.records:get(name)
+    local version, _, err = get(name)
     if err then return nil, err end
     return version or -1
   end
   -- records.write(name, data [, path [, version]]) -> true | nil, err, event (durable at the next flush)
   function records.write(name, data, path, version)
-    local ok, text = self.records:write(nil, "record", name, data, path, version)
+    local a = await()
+    local ok, text
+    if a then ok, text = self.records:wait_write("record", name, data, path, version, nil, a)
+    else ok, text = self.records:write(nil, "record", name, data, path, version) end
     if ok then return true end
     local r = json.decode(text)
     return nil, r.error, r.errorEvent
   end
   function records.delete(name)
-    self.records:delete(nil, "record", name)
+    local a = await()
+    if a then self.records:wait_delete("record", name, nil, a) else self.records:delete(nil, "record", name) end
     return true
   end
   return {
