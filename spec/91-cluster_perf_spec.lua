@@ -171,3 +171,60 @@ describe("ctx.records in a cluster node's RPC handler", function()
       json.decode(held.res.body))
   end)
 end)
+
+-- After a Redis reconnection (cluster/listen.lua reregister, which the
+-- node runs each time its commands connection is back): what another node
+-- said while Redis was down is lost, so its state is read again; a claim
+-- another node took meanwhile is not kept here too.
+describe("listen after a Redis reconnection", function()
+  local EVENT, LISTEN, ACCEPT, FOUND, REMOVED = 4, 5, 7, 11, 12
+  local NAME = "s91/l/x"
+  local redis, t, l, listen
+  setup(function() redis = C.redis() end)
+  teardown(function() redis:stop() end)
+  before_each(function()
+    t = H.start({ cluster = { redis = redis.url } })
+    listen = t.server.realtime.events.listen
+    l = H.realtime_client(t)
+    l.login("provider")
+    l.send({ topic = EVENT, action = LISTEN, name = "^s91/l/" })
+    l.expect({ topic = EVENT, action = LISTEN, isAck = true })
+    -- another node ("ghost") subscribes: its "sub" message, as cluster/listen.lua hands it on
+    listen:remote_subscribed(NAME, "ghost", true)
+    l.expect({ topic = EVENT, action = FOUND, subscription = NAME })
+    l.send({ topic = EVENT, action = ACCEPT, name = "^s91/l/", subscription = NAME })
+    t:run_until(function() return redis:command({ "GET", "ms:l:event:o:" .. NAME }) == t.server.cluster.id end)
+    assert.same({}, l.drain())
+  end)
+  after_each(function()
+    l.ws:close_handshake(1000)
+    t:stop()
+  end)
+
+  it("drops a subscription the other node no longer has (its unsubscription was lost)", function()
+    -- ghost's set in Redis does not hold the name: its "unsub" never arrived here
+    t.server.cluster_listen:reregister()
+    l.expect({ topic = EVENT, action = REMOVED, subscription = NAME })
+    t:run_until(function() return redis:command({ "EXISTS", "ms:l:event:o:" .. NAME }) == 0 end)
+  end)
+
+  it("keeps a subscription the other node's set still holds", function()
+    redis:command({ "SADD", "ms:l:event:ns:ghost", NAME })
+    t.server.cluster_listen:reregister()
+    t:run_until(function() return t.server.cluster.commands:waiting() == 0 end)
+    assert.same({}, l.drain())
+    assert.equal(t.server.cluster.id, redis:command({ "GET", "ms:l:event:o:" .. NAME }))
+    redis:command({ "DEL", "ms:l:event:ns:ghost" })
+  end)
+
+  it("stops its provider when another node took the claim meanwhile (one provider per name)", function()
+    redis:command({ "SADD", "ms:l:event:ns:ghost", NAME })
+    redis:command({ "SET", "ms:l:event:o:" .. NAME, "other-node" })
+    t.server.cluster_listen:reregister()
+    l.expect({ topic = EVENT, action = REMOVED, subscription = NAME })
+    t:run_until(function() return t.server.cluster.commands:waiting() == 0 end)
+    assert.equal("other-node", redis:command({ "GET", "ms:l:event:o:" .. NAME }), "that node's claim stays")
+    assert.is_nil(listen.claimed[NAME])
+    redis:command({ "DEL", "ms:l:event:ns:ghost", "ms:l:event:o:" .. NAME })
+  end)
+end)

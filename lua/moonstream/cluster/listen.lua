@@ -16,7 +16,9 @@
 -- nodes not tried yet ("retry", with the tried ones). A dead node
 -- (cluster/presence.lua) loses its claims, subscriptions and listeners on
 -- every node; a stopped one removes them itself; after a Redis
--- reconnection a node writes its part again.
+-- reconnection a node writes its part again and reads the others' anew
+-- ("subs": the whole list of a node's names), and gives up a claim another
+-- node took meanwhile.
 local log = require "moonstream.log"
 
 local M = {}
@@ -89,8 +91,14 @@ function Listen:listening(kind, present)
   self:_scan(kind, "0")
 end
 
--- Learns what the other nodes subscribe to (one SCAN step per reply).
-function Listen:_scan(kind, cursor)
+-- Learns what the other nodes subscribe to (one SCAN step per reply). The
+-- sets read replace what this node knew: a node whose set is gone or lacks
+-- a name no longer subscribes to it (its "unsub" may have been lost while
+-- Redis or this node's connection was down). What "sub" messages bring
+-- during the scan is newer than the sets and stays.
+function Listen:_scan(kind, cursor, found, before)
+  found = found or {}
+  before = before or self:_remote_pairs(kind)
   local prefix = names_key(kind, "")
   local pattern = prefix:gsub("[%*%?%[%]\\]", "\\%0") .. "*"
   self:_send({ "SCAN", cursor, "MATCH", pattern, "COUNT", M.SCAN_COUNT }, function(reply)
@@ -99,13 +107,42 @@ function Listen:_scan(kind, cursor)
       local node = key:sub(#prefix + 1)
       if node ~= self.id then
         self:_send({ "SMEMBERS", key }, function(names)
-          if type(names) ~= "table" then return end
-          for _, name in ipairs(names) do self.topics[kind]:remote_subscribed(name, node, true) end
+          if type(names) == "table" then found[node] = names end
         end)
       end
     end
-    if reply[1] ~= "0" then self:_scan(kind, reply[1]) end
+    if reply[1] ~= "0" then return self:_scan(kind, reply[1], found, before) end
+    -- the SMEMBERS just sent are answered before this
+    self:_send({ "PING" }, function(pong)
+      if pong == "PONG" then self:_replace_remote(kind, found, before) end
+    end)
   end)
+end
+
+-- { name, node } for each other node's subscription this node knows of.
+function Listen:_remote_pairs(kind)
+  local list = {}
+  for name, set in pairs(self.topics[kind].remote) do
+    for node in pairs(set) do list[#list + 1] = { name, node } end
+  end
+  return list
+end
+
+-- What the other nodes subscribe to is `found` (node -> names): of what was
+-- known `before` the scan, what the sets lack goes.
+function Listen:_replace_remote(kind, found, before)
+  local listen = self.topics[kind]
+  local now = {}
+  for node, names in pairs(found) do
+    for _, name in ipairs(names) do now[name] = now[name] or {}; now[name][node] = true end
+  end
+  for _, p in ipairs(before) do
+    local name, node = p[1], p[2]
+    if not (now[name] and now[name][node]) then listen:remote_subscribed(name, node, false) end
+  end
+  for name, set in pairs(now) do
+    for node in pairs(set) do listen:remote_subscribed(name, node, true) end
+  end
 end
 
 -- cb(true) when this node now holds name's claim.
@@ -148,6 +185,20 @@ function Listen:_message(msg)
   if v == "sub" or v == "unsub" then return listen:remote_subscribed(msg.n, msg.f, v == "sub") end
   if v == "has" or v == "hasnot" then return listen:remote_provided(msg.n, v == "has", msg.f) end
   if v == "retry" and type(msg.tried) == "table" then return listen:handed_on(msg.n, msg.tried) end
+  if v == "subs" and type(msg.f) == "string" and type(msg.names) == "table" then return self:_subs_of(msg.k, msg.f, msg.names) end
+end
+
+-- Node `node` subscribes to `names` and nothing else (its reconnection).
+function Listen:_subs_of(kind, node, names)
+  local listen = self.topics[kind]
+  local now = {}
+  for _, name in ipairs(names) do if type(name) == "string" then now[name] = true end end
+  local gone = {}
+  for name, set in pairs(listen.remote) do
+    if set[node] and not now[name] then gone[#gone + 1] = name end
+  end
+  for _, name in ipairs(gone) do listen:remote_subscribed(name, node, false) end
+  for name in pairs(now) do listen:remote_subscribed(name, node, true) end
 end
 
 -- A node found dead or stopped (cluster/presence.lua): what it subscribed
@@ -165,15 +216,44 @@ function Listen:node_gone(node)
 end
 
 -- After a reconnection: Redis may have lost this node's part, or another
--- node may have removed it as dead.
+-- node may have removed it as dead, or kept what this node said before
+-- (an unsubscription sent while Redis was down is lost). So this node's
+-- names set is written anew (and the listening nodes hear the whole list),
+-- its claims are taken again unless another node took one meanwhile (then
+-- its provider here stops: one provider per name), and a listening node
+-- reads every node's set again (_scan).
 function Listen:reregister()
   for kind, listen in pairs(self.topics) do
     local subscribed, provided, listening = listen:cluster_state()
     if listening then self:_send({ "SADD", nodes_key(kind), self.id }) end
-    for _, name in ipairs(provided) do self:_send({ "SET", claim_key(kind, name), self.id, "NX" }) end
-    for _, name in ipairs(subscribed) do self:subscribed(kind, name, true) end
+    for _, name in ipairs(provided) do self:_retake(kind, name) end
+    self:_rewrite_names(kind, subscribed)
     if listening then self:_scan(kind, "0") end
   end
+end
+
+-- The claim's holder: this node when it was free (or its own already).
+local RETAKE = "local h = redis.call('GET', KEYS[1]) if h then return h end"
+  .. " redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]"
+
+function Listen:_retake(kind, name)
+  self:_send({ "EVAL", RETAKE, "1", claim_key(kind, name), self.id }, function(holder)
+    if type(holder) == "string" and holder ~= self.id then
+      log.info("cluster listen: %s '%s' is provided by node %s now; its provider here stops", kind, name, holder)
+      self.topics[kind]:claim_lost(name)
+    end
+  end)
+end
+
+-- This node's names set is `names`, and the listening nodes hear so ("subs").
+function Listen:_rewrite_names(kind, names)
+  local key = names_key(kind, self.id)
+  self:_send({ "MULTI" })
+  self:_send({ "DEL", key })
+  if #names > 0 then self:_send(table.move(names, 1, #names, 3, { "SADD", key })) end
+  self:_send({ "EXEC" })
+  local msg = { v = "subs", k = kind, n = "", names = names }
+  self:_each_listener(kind, function(node) self:_publish(node, msg) end)
 end
 
 -- A graceful stop: this node's part goes at once.
