@@ -9,12 +9,12 @@
  * the order Redis applied them. A remove deletes and publishes "-1". Versions
  * are compared as text (Redis' Lua numbers are doubles).
  *
- * The put script is sent once per connection (SCRIPT LOAD, pipelined ahead
- * of the first put: Redis runs a connection's commands in order) and then
- * called by its SHA1 (EVALSHA): its text is about half of a write's bytes.
- * A Redis restart means a new connection, so it is loaded again; a NOSCRIPT
- * all the same (SCRIPT FLUSH, a failover) resends that put with EVAL, which
- * loads it too, so the write does not fail.
+ * The put script's text (about half of a write's bytes) goes with the
+ * first put of each connection (EVAL, which caches it in Redis); the puts
+ * after it call it by its SHA1 (EVALSHA), pipelined behind it: Redis runs a
+ * connection's commands in order. A Redis restart means a new connection,
+ * so it is sent again; a NOSCRIPT all the same (SCRIPT FLUSH, a failover)
+ * resends that put with EVAL, so the write does not fail.
  *
  * A put is acknowledged when Redis answered it: with `appendfsync always`
  * Redis wrote it to its AOF with fsync before answering, so after_flush has
@@ -171,7 +171,6 @@ static void done_reply(void *ud, redisReply *reply, const char *err) {
     op *o = ud;
     ms_redisstore *s = o->s;
     if (reply && reply->type == REDIS_REPLY_ERROR && o->args && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        s->loaded = 0;
         if (resend_put(o, &err) == 0) return;  /* the same write, with the script's text */
         reply = NULL;
     }
@@ -240,16 +239,17 @@ static int resend_put(op *o, const char **err) {
     return ms_redis_command(r, 8, argv, lens, done_reply, o, err);
 }
 
-/* SCRIPT LOAD ahead of the first put on each connection: the EVALSHAs
- * pipelined behind it find the script. Its reply is not needed (a failure
- * shows as NOSCRIPT, which resends). */
-static void load_put_script(ms_redisstore *s) {
+/* Whether this put must carry the script's text: the first on each
+ * connection does (EVAL caches it in Redis, and the EVALSHAs pipelined
+ * behind it find it there). Not SCRIPT LOAD: Redis writes the replies of
+ * commands run together in an order that would let the put's own change
+ * message reach this node before the put's answer. */
+static int first_put(ms_redisstore *s) {
     const char *err;
     ms_redis *r = conn_of(s, &err);
-    if (r == NULL || !ms_redis_up(r) || s->loaded == ms_redis_ups(r)) return;
-    const char *argv[3] = { "SCRIPT", "LOAD", PUT_SCRIPT };
-    size_t lens[3] = { 6, 4, sizeof PUT_SCRIPT - 1 };
-    if (ms_redis_command(r, 3, argv, lens, NULL, NULL, &err) == 0) s->loaded = ms_redis_ups(r);
+    if (r == NULL || s->loaded == ms_redis_ups(r)) return 0;
+    s->loaded = ms_redis_ups(r);
+    return 1;
 }
 
 static void rs_put(void *self, const char *name, size_t nlen, long long expect, long long version, const char *text,
@@ -269,7 +269,12 @@ static void rs_put(void *self, const char *name, size_t nlen, long long expect, 
         fn(ud, MS_REC_FAILED, "out of memory");
         return;
     }
-    load_put_script(s);
+    if (first_put(s)) {
+        argv[0] = "EVAL";
+        lens[0] = 4;
+        argv[1] = PUT_SCRIPT;
+        lens[1] = sizeof PUT_SCRIPT - 1;
+    }
     write_cmd(s, o, 8, argv, lens, fn, ud);
 }
 
