@@ -180,6 +180,7 @@ end)
 -- said while Redis was down is lost, so its state is read again; a claim
 -- another node took meanwhile is not kept here too.
 describe("listen after a Redis reconnection", function()
+  local json = require "moonstream.json"
   local EVENT, LISTEN, ACCEPT, FOUND, REMOVED = 4, 5, 7, 11, 12
   local NAME = "s91/l/x"
   local redis, t, l, listen
@@ -205,10 +206,28 @@ describe("listen after a Redis reconnection", function()
   end)
 
   it("drops a subscription the other node no longer has (its unsubscription was lost)", function()
-    -- ghost's set in Redis does not hold the name: its "unsub" never arrived here
+    -- this test plays node "ghost": it hears what the node asks it
+    local asked, up = {}, false
+    local ghost = core.redis(t.loop, {
+      host = "127.0.0.1", port = redis.port, password = redis.password, max_reply = 1024 * 1024,
+      on_state = function(u) up = u end,
+      on_message = function(_, data) asked[#asked + 1] = json.decode(data) end,
+    })
+    ghost:subscribe("ms:c:n:ghost")
+    t:run_until(function() return up and redis:command({ "PUBSUB", "NUMSUB", "ms:c:n:ghost" })[2] == 1 end)
     t.server.cluster_listen:reregister()
+    t:run_until(function() return #asked > 0 end)
+    assert.same({ v = "subs?", k = "event", n = "", p = "listen", f = t.server.cluster.id }, asked[1])
+    -- ghost's answer: it subscribes to nothing (its "unsub" never arrived here)
+    t.server.cluster_listen:_message({ v = "subs", k = "event", n = "", f = "ghost", names = {} })
     l.expect({ topic = EVENT, action = REMOVED, subscription = NAME })
     t:run_until(function() return redis:command({ "EXISTS", "ms:l:event:o:" .. NAME }) == 0 end)
+    -- and asked the same by ghost, the node answers with its own names
+    t.server.cluster_listen:_message({ v = "subs?", k = "event", n = "", f = "ghost" })
+    t:run_until(function() return #asked > 1 end)
+    assert.equal("subs", asked[2].v)
+    assert.same({}, asked[2].names)
+    ghost:close()
   end)
 
   it("keeps a subscription the other node's set still holds", function()

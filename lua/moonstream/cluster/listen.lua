@@ -16,9 +16,9 @@
 -- nodes not tried yet ("retry", with the tried ones). A dead node
 -- (cluster/presence.lua) loses its claims, subscriptions and listeners on
 -- every node; a stopped one removes them itself; after a Redis
--- reconnection a node writes its part again and reads the others' anew
--- ("subs": the whole list of a node's names), and gives up a claim another
--- node took meanwhile.
+-- reconnection a node writes its part again, tells the listening nodes
+-- the whole list of its names ("subs"), asks the nodes it knew of for
+-- theirs ("subs?"), and gives up a claim another node took meanwhile.
 local log = require "moonstream.log"
 
 local M = {}
@@ -91,14 +91,8 @@ function Listen:listening(kind, present)
   self:_scan(kind, "0")
 end
 
--- Learns what the other nodes subscribe to (one SCAN step per reply). The
--- sets read replace what this node knew: a node whose set is gone or lacks
--- a name no longer subscribes to it (its "unsub" may have been lost while
--- Redis or this node's connection was down). What "sub" messages bring
--- during the scan is newer than the sets and stays.
-function Listen:_scan(kind, cursor, found, before)
-  found = found or {}
-  before = before or self:_remote_pairs(kind)
+-- Learns what the other nodes subscribe to (one SCAN step per reply).
+function Listen:_scan(kind, cursor)
   local prefix = names_key(kind, "")
   local pattern = prefix:gsub("[%*%?%[%]\\]", "\\%0") .. "*"
   self:_send({ "SCAN", cursor, "MATCH", pattern, "COUNT", M.SCAN_COUNT }, function(reply)
@@ -107,42 +101,13 @@ function Listen:_scan(kind, cursor, found, before)
       local node = key:sub(#prefix + 1)
       if node ~= self.id then
         self:_send({ "SMEMBERS", key }, function(names)
-          if type(names) == "table" then found[node] = names end
+          if type(names) ~= "table" then return end
+          for _, name in ipairs(names) do self.topics[kind]:remote_subscribed(name, node, true) end
         end)
       end
     end
-    if reply[1] ~= "0" then return self:_scan(kind, reply[1], found, before) end
-    -- the SMEMBERS just sent are answered before this
-    self:_send({ "PING" }, function(pong)
-      if pong == "PONG" then self:_replace_remote(kind, found, before) end
-    end)
+    if reply[1] ~= "0" then self:_scan(kind, reply[1]) end
   end)
-end
-
--- { name, node } for each other node's subscription this node knows of.
-function Listen:_remote_pairs(kind)
-  local list = {}
-  for name, set in pairs(self.topics[kind].remote) do
-    for node in pairs(set) do list[#list + 1] = { name, node } end
-  end
-  return list
-end
-
--- What the other nodes subscribe to is `found` (node -> names): of what was
--- known `before` the scan, what the sets lack goes.
-function Listen:_replace_remote(kind, found, before)
-  local listen = self.topics[kind]
-  local now = {}
-  for node, names in pairs(found) do
-    for _, name in ipairs(names) do now[name] = now[name] or {}; now[name][node] = true end
-  end
-  for _, p in ipairs(before) do
-    local name, node = p[1], p[2]
-    if not (now[name] and now[name][node]) then listen:remote_subscribed(name, node, false) end
-  end
-  for name, set in pairs(now) do
-    for node in pairs(set) do listen:remote_subscribed(name, node, true) end
-  end
 end
 
 -- cb(true) when this node now holds name's claim.
@@ -185,7 +150,9 @@ function Listen:_message(msg)
   if v == "sub" or v == "unsub" then return listen:remote_subscribed(msg.n, msg.f, v == "sub") end
   if v == "has" or v == "hasnot" then return listen:remote_provided(msg.n, v == "has", msg.f) end
   if v == "retry" and type(msg.tried) == "table" then return listen:handed_on(msg.n, msg.tried) end
-  if v == "subs" and type(msg.f) == "string" and type(msg.names) == "table" then return self:_subs_of(msg.k, msg.f, msg.names) end
+  if type(msg.f) ~= "string" then return end
+  if v == "subs" and type(msg.names) == "table" then return self:_subs_of(msg.k, msg.f, msg.names) end
+  if v == "subs?" then return self:_tell_subs(msg.k, msg.f, (listen:cluster_state())) end
 end
 
 -- Node `node` subscribes to `names` and nothing else (its reconnection).
@@ -228,7 +195,18 @@ function Listen:reregister()
     if listening then self:_send({ "SADD", nodes_key(kind), self.id }) end
     for _, name in ipairs(provided) do self:_retake(kind, name) end
     self:_rewrite_names(kind, subscribed)
-    if listening then self:_scan(kind, "0") end
+    if listening then
+      self:_scan(kind, "0")
+      -- the nodes this one knew of say again what they subscribe to: an
+      -- "unsub" sent while this node's connection was down is lost, and a
+      -- set read from a Redis that restarted empty says nothing yet
+      local asked = {}
+      for _, set in pairs(listen.remote) do
+        for node in pairs(set) do
+          if not asked[node] then asked[node] = true; self:_publish(node, { v = "subs?", k = kind, n = "" }) end
+        end
+      end
+    end
   end
 end
 
@@ -252,8 +230,11 @@ function Listen:_rewrite_names(kind, names)
   self:_send({ "DEL", key })
   if #names > 0 then self:_send(table.move(names, 1, #names, 3, { "SADD", key })) end
   self:_send({ "EXEC" })
-  local msg = { v = "subs", k = kind, n = "", names = names }
-  self:_each_listener(kind, function(node) self:_publish(node, msg) end)
+  self:_each_listener(kind, function(node) self:_tell_subs(kind, node, names) end)
+end
+
+function Listen:_tell_subs(kind, node, names)
+  self:_publish(node, { v = "subs", k = kind, n = "", names = names })
 end
 
 -- A graceful stop: this node's part goes at once.
