@@ -126,7 +126,8 @@ function M.new(cfg, validated)
     max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
   })
   if not self.auth then return nil, err end
-  -- rules read records (oldData, ctx.read, Valve's _()) once the store is open
+  -- rules read records (oldData, ctx.read, Valve's _()) once the store is open; a rule is evaluated without
+  -- yielding, so in cluster mode such a read still waits for Redis (README "Cluster")
   self.permissions, err = permissions_mod.new(cfg.permissions or cfg.permission, {
     records = { get = function(_, name) return self.records:get(name) end },
   })
