@@ -18,6 +18,9 @@
  *
  * Emits call emit_hook(name, data_text) while Lua reports someone may listen
  * (fp:watch_emits); record changes reach Lua through the engine's listener.
+ * In cluster mode (fp:publish_emits) an emit also goes to the other nodes
+ * from here, published on the node's Redis commands connection without
+ * entering Lua (the message's format: redis.h).
  *
  * A store that answers later (Redis, cluster mode) is never waited for: the
  * request's commands run on from the loop as each answer comes (step,
@@ -36,9 +39,11 @@
 #include "engine.h"
 #include "http.h"
 #include "json.h"
+#include "redis.h"
 
 #define FAST_MT "moonstream.FastPath"
 #define UV_ENGINE 1
+#define UV_REDIS 2
 
 /* A data object with more keys than this is left to the Lua path (the
  * duplicate-key check below is quadratic). */
@@ -93,6 +98,8 @@ struct ms_fast {
     ms_batch *batch;             /* the results of the request running */
     int enabled, watch_emits;
     int emit_ref;
+    ms_redis *const *redis;      /* cluster mode: where emits are published, else NULL */
+    char *node, *uid;            /* the node's id, the emitter's user id as JSON */
     fast_rule rules[K_DELETE + 1];
     char *api_path;
     ms_json_pool *pool;
@@ -485,9 +492,22 @@ static int emit_tramp(lua_State *L) {
     return 0;
 }
 
+/* To the other nodes, who hear it as the Lua path's emits (bus.lua). A
+ * failure is not the client's: the emit reached this node, as on the Lua
+ * path. It fails only while the connection is down (cluster/init.lua logs
+ * that) or memory runs out, so it is not logged per emit here. */
+static void publish(ms_fast *f, const char *name, size_t nlen, const char *raw, size_t rlen) {
+    const char *err;
+    if (f->redis == NULL || *f->redis == NULL) return;
+    (void)ms_redis_publish_event(*f->redis, f->node, strlen(f->node), f->uid, strlen(f->uid), name, nlen, raw, rlen,
+                                 &err);
+}
+
 static void emit(fast_job *job, const fast_cmd *c) {
     ms_fast *f = job->f;
     lua_State *L = f->L;
+    publish(f, job->names + c->name_off, c->name_len, (c->seen & F_DATA) ? job->body + c->raw_off : NULL,
+            (c->seen & F_DATA) ? c->raw_len : 0);
     if (!f->watch_emits || f->emit_ref == LUA_NOREF || !lua_checkstack(L, 3)) return;
     emit_args a = { f, job->names + c->name_off, (c->seen & F_DATA) ? job->body + c->raw_off : NULL, c->name_len,
                     c->raw_len };
@@ -731,7 +751,7 @@ static int fast_new(lua_State *L) {
     lua_getfield(L, 2, "api_path");
     const char *api = luaL_checkstring(L, 3);
     if (lua_getfield(L, 2, "emit_hook") != LUA_TNIL) luaL_checktype(L, 4, LUA_TFUNCTION);
-    ms_fast *f = lua_newuserdatauv(L, sizeof *f, 1);
+    ms_fast *f = lua_newuserdatauv(L, sizeof *f, 2);
     memset(f, 0, sizeof *f);
     f->emit_ref = LUA_NOREF;
     luaL_setmetatable(L, FAST_MT);  /* from here __gc frees what is made below */
@@ -771,6 +791,26 @@ static int fast_watch_emits(lua_State *L) {
     return 0;
 }
 
+/* fp:publish_emits(conn, node_id, uid_json): cluster mode, emits go to the
+ * other nodes on conn (core.redis) from here; fp:publish_emits(nil): not */
+static int fast_publish_emits(lua_State *L) {
+    ms_fast *f = ms_fast_check(L, 1);
+    ms_redis *const *slot = lua_isnoneornil(L, 2) ? NULL : ms_redis_slot_check(L, 2);
+    char *node = slot ? strdup(luaL_checkstring(L, 3)) : NULL, *uid = slot ? strdup(luaL_checkstring(L, 4)) : NULL;
+    free(f->node);
+    free(f->uid);
+    f->node = node;
+    f->uid = uid;
+    f->redis = slot;
+    if (slot && (node == NULL || uid == NULL)) {
+        f->redis = NULL;
+        return luaL_error(L, "not enough memory");
+    }
+    lua_settop(L, 2);
+    lua_setiuservalue(L, 1, UV_REDIS);  /* the connection outlives its use here */
+    return 0;
+}
+
 static int fast_close(lua_State *L) {
     ms_fast *f = luaL_checkudata(L, 1, FAST_MT);
     f->enabled = 0;
@@ -792,6 +832,10 @@ static int fast_close(lua_State *L) {
     ms_jbuf_free(&f->resp);
     luaL_unref(L, LUA_REGISTRYINDEX, f->emit_ref);
     f->emit_ref = LUA_NOREF;
+    f->redis = NULL;
+    free(f->node);
+    free(f->uid);
+    f->node = f->uid = NULL;
     return 0;
 }
 
@@ -799,6 +843,7 @@ static const luaL_Reg fast_meth[] = {
     {"close", fast_close},
     {"enable", fast_enable},
     {"watch_emits", fast_watch_emits},
+    {"publish_emits", fast_publish_emits},
     {NULL, NULL}
 };
 

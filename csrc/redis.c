@@ -19,6 +19,7 @@
 #include <uthash.h>
 #include <hiredis/async.h>
 
+#include "jbuf.h"
 #include "redis.h"
 
 #define BACKOFF_MIN_MS 50.0
@@ -37,6 +38,7 @@ struct ms_redis {
     int fd;
     uint32_t events;            /* what hiredis wants from the socket */
     int up;
+    unsigned long ups;          /* times it came up */
     int closing;                /* freed once hiredis lets go of the context */
     double next_attempt;        /* ms (ms_loop_now); 0: none planned */
     double backoff;
@@ -163,6 +165,7 @@ static void on_ready(void *ud, redisReply *reply, const char *err) {
         return;
     }
     r->up = 1;
+    r->ups++;
     r->err[0] = '\0';
     r->backoff = BACKOFF_MIN_MS;
     if (r->on_message) {
@@ -298,6 +301,10 @@ void ms_redis_free(ms_redis *r) {
     else free(r);
 }
 
+unsigned long ms_redis_ups(const ms_redis *r) {
+    return r->ups;
+}
+
 int ms_redis_up(const ms_redis *r) {
     return r->up;
 }
@@ -382,4 +389,37 @@ int ms_redis_unsubscribe(ms_redis *r, const char *name, size_t len) {
     free(c);
     if (r->up && r->ac) send_subscribe(r, "UNSUBSCRIBE", name, len);
     return 0;
+}
+
+int ms_redis_publish_event(ms_redis *r, const char *node, size_t nlen, const char *uid, size_t ulen,
+                           const char *name, size_t namelen, const char *data, size_t dlen, const char **err) {
+    ms_jbuf chan = { 0 }, msg = { 0 };
+    int ok = ms_jbuf_put(&chan, MS_REDIS_EVENT_PREFIX, sizeof MS_REDIS_EVENT_PREFIX - 1)
+             && ms_jbuf_put(&chan, name, namelen) && ms_jbuf_reserve(&msg, nlen + ulen + dlen + 2)
+             && ms_jbuf_put(&msg, node, nlen) && ms_jbuf_put(&msg, "\n", 1) && ms_jbuf_put(&msg, uid, ulen)
+             && ms_jbuf_put(&msg, "\n", 1) && (dlen == 0 || ms_jbuf_put(&msg, data, dlen));
+    int rc = -1;
+    if (!ok) *err = "out of memory";
+    else {
+        /* hiredis copies the arguments into its output buffer: the buffers go at once */
+        const char *argv[3] = { "PUBLISH", chan.data, msg.data ? msg.data : "" };
+        size_t lens[3] = { 7, chan.len, msg.len };
+        rc = ms_redis_command(r, 3, argv, lens, NULL, NULL, err);
+    }
+    ms_jbuf_free(&chan);
+    ms_jbuf_free(&msg);
+    return rc;
+}
+
+int ms_redis_event_parse(const char *msg, size_t len, ms_redis_event *out) {
+    const char *a = memchr(msg, '\n', len);
+    const char *b = a ? memchr(a + 1, '\n', len - (size_t)(a + 1 - msg)) : NULL;
+    if (b == NULL) return 0;
+    out->node = msg;
+    out->nlen = (size_t)(a - msg);
+    out->uid = a + 1;
+    out->ulen = (size_t)(b - a - 1);
+    out->dlen = len - (size_t)(b + 1 - msg);
+    out->data = out->dlen ? b + 1 : NULL;
+    return 1;
 }

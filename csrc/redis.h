@@ -41,6 +41,9 @@ ms_redis *ms_redis_new(ms_loop *loop, const ms_redis_opts *opts);
  * and closes the connection. */
 void ms_redis_free(ms_redis *r);
 int ms_redis_up(const ms_redis *r);
+/* How many times the connection came up: a new value is a new connection,
+ * perhaps to a restarted Redis (what was loaded there is gone). */
+unsigned long ms_redis_ups(const ms_redis *r);
 /* The reason the connection is down ("" when up). */
 const char *ms_redis_error(const ms_redis *r);
 
@@ -64,6 +67,22 @@ void ms_redis_settle(ms_redis *r, double timeout_ms);
  * renewed by themselves after a reconnection. 0, or -1 out of memory. */
 int ms_redis_subscribe(ms_redis *r, const char *channel, size_t len);
 int ms_redis_unsubscribe(ms_redis *r, const char *channel, size_t len);
+
+/* The cluster's event messages (cluster/bus.lua), in this one place for C
+ * (fastpath.c publishes its emits) and Lua (core.redis_event_*): channel
+ * MS_REDIS_EVENT_PREFIX + event name, message
+ * "<node id>\n<user id as JSON>\n<data JSON text, or empty: no data>".
+ * Publishes one, without waiting for the reply (it is pipelined with the
+ * connection's other commands, in order). 0, or -1 and *err (not sent). */
+#define MS_REDIS_EVENT_PREFIX "ms:c:e:"
+int ms_redis_publish_event(ms_redis *r, const char *node, size_t nlen, const char *uid, size_t ulen,
+                           const char *name, size_t namelen, const char *data, size_t dlen, const char **err);
+/* Splits a message: 1 with its parts, 0 when it is not one. */
+typedef struct ms_redis_event {
+    const char *node, *uid, *data;   /* data NULL: none */
+    size_t nlen, ulen, dlen;
+} ms_redis_event;
+int ms_redis_event_parse(const char *msg, size_t len, ms_redis_event *out);
 
 /* Its slot, which turns NULL when the connection is closed: a holder (the
  * record store) checks it before each use. */

@@ -9,6 +9,9 @@
  *                     answered (callbacks included) or ms passed (then they
  *                     fail): for callers that must answer before returning
  *   conn:reply_timeout(ms)  commands with no reply for ms fail (see redis.h)
+ *   conn:publish_event(node_id, uid_json, name, text|nil) -> true | nil, err
+ *   core.redis_event_parse(message) -> node_id, uid_json, text|nil | nil
+ *   core.redis_event_channel_prefix   (the event messages' format: redis.h)
  *
  * A reply is a string (bulk or status), an integer, nil (a nil bulk; false
  * inside an array) or a table (array); an error reply is nil, "ERR ...".
@@ -204,6 +207,33 @@ static int redis_unsubscribe(lua_State *L) {
     return redis_sub(L, 0);
 }
 
+static int redis_publish_event(lua_State *L) {
+    ms_redis *r = redis_check(L, 1);
+    size_t nlen, ulen, namelen, dlen = 0;
+    const char *node = luaL_checklstring(L, 2, &nlen), *uid = luaL_checklstring(L, 3, &ulen);
+    const char *name = luaL_checklstring(L, 4, &namelen), *data = luaL_optlstring(L, 5, NULL, &dlen);
+    const char *err = NULL;
+    if (ms_redis_publish_event(r, node, nlen, uid, ulen, name, namelen, data, dlen, &err) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int redis_event_parse(lua_State *L) {
+    size_t len;
+    const char *msg = luaL_checklstring(L, 1, &len);
+    ms_redis_event ev;
+    if (!ms_redis_event_parse(msg, len, &ev)) return 0;
+    lua_pushlstring(L, ev.node, ev.nlen);
+    lua_pushlstring(L, ev.uid, ev.ulen);
+    if (ev.data) lua_pushlstring(L, ev.data, ev.dlen);
+    else lua_pushnil(L);
+    return 3;
+}
+
 static int redis_up(lua_State *L) {
     ms_redis *r = redis_check(L, 1);
     lua_pushboolean(L, ms_redis_up(r));
@@ -298,6 +328,7 @@ static const luaL_Reg redis_meth[] = {
     {"command", redis_command},
     {"subscribe", redis_subscribe},
     {"unsubscribe", redis_unsubscribe},
+    {"publish_event", redis_publish_event},
     {"up", redis_up},
     {"waiting", redis_waiting},
     {"settle", redis_settle},
@@ -317,4 +348,8 @@ void ms_redis_open(lua_State *L) {
     ms_createmeta(L, REDIS_MT, redis_meth, redis_metameth);
     lua_pushcfunction(L, redis_new);
     lua_setfield(L, -2, "redis");
+    lua_pushcfunction(L, redis_event_parse);
+    lua_setfield(L, -2, "redis_event_parse");
+    lua_pushliteral(L, MS_REDIS_EVENT_PREFIX);
+    lua_setfield(L, -2, "redis_event_channel_prefix");
 }

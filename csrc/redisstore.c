@@ -9,6 +9,13 @@
  * the order Redis applied them. A remove deletes and publishes "-1". Versions
  * are compared as text (Redis' Lua numbers are doubles).
  *
+ * The put script's text (about half of a write's bytes) goes with the
+ * first put of each connection (EVAL, which caches it in Redis); the puts
+ * after it call it by its SHA1 (EVALSHA), pipelined behind it: Redis runs a
+ * connection's commands in order. A Redis restart means a new connection,
+ * so it is sent again; a NOSCRIPT all the same (SCRIPT FLUSH, a failover)
+ * resends that put with EVAL, so the write does not fail.
+ *
  * A put is acknowledged when Redis answered it: with `appendfsync always`
  * Redis wrote it to its AOF with fsync before answering, so after_flush has
  * nothing more to wait for. The connection (redis.c) is one the store owns
@@ -21,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/evp.h>
 
 #include "core.h"
 #include "jbuf.h"
@@ -46,6 +55,7 @@ static const char REMOVE_SCRIPT[] =
 
 struct ms_redisstore {
     ms_redis *const *conn;     /* the connection's slot: NULL once it is closed */
+    unsigned long loaded;      /* ms_redis_ups() when PUT_SCRIPT was loaded, 0: not yet */
     double timeout_ms;
     size_t writes;             /* puts and removes not answered yet */
     unsigned long long acked;  /* writes Redis answered (stats) */
@@ -59,7 +69,21 @@ typedef struct op {
     void *ud;
     const char *name;          /* get: for the corrupt-entry text */
     size_t nlen;
+    char *args;                /* put: key, expect, version, text, channel (for a NOSCRIPT's retry) */
+    size_t lens[5];
 } op;
+
+static char put_sha[41];       /* PUT_SCRIPT's SHA1 in hex, as Redis names it */
+
+/* Once per process: a constant of a constant. 0 when libcrypto failed. */
+static int put_sha_ready(void) {
+    if (put_sha[0]) return 1;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!EVP_Digest(PUT_SCRIPT, sizeof PUT_SCRIPT - 1, md, &n, EVP_sha1(), NULL) || n != 20) return 0;
+    for (unsigned int i = 0; i < n; i++) snprintf(put_sha + 2 * i, 3, "%02x", md[i]);
+    return 1;
+}
 
 /* ---- names ---- */
 
@@ -141,10 +165,17 @@ static void rs_get(void *self, const char *name, size_t nlen, ms_rec_got_fn fn, 
 
 /* ---- put, remove, durability ---- */
 
+static int resend_put(op *o, const char **err);
+
 static void done_reply(void *ud, redisReply *reply, const char *err) {
     op *o = ud;
     ms_redisstore *s = o->s;
+    if (reply && reply->type == REDIS_REPLY_ERROR && o->args && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
+        if (resend_put(o, &err) == 0) return;  /* the same write, with the script's text */
+        reply = NULL;
+    }
     s->writes--;
+    free(o->args);
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         o->fn.done(o->ud, MS_REC_FAILED, reply ? reply->str : err);
     } else {
@@ -155,34 +186,96 @@ static void done_reply(void *ud, redisReply *reply, const char *err) {
     free(o);
 }
 
-/* Sends a script; on failure fn runs with the reason. */
-static void write_cmd(ms_redisstore *s, int argc, const char **argv, size_t *lens, ms_rec_done_fn fn, void *ud) {
+/* Sends a script; on failure fn runs with the reason. o: the put's (its
+ * args kept), or NULL. */
+static void write_cmd(ms_redisstore *s, op *o, int argc, const char **argv, size_t *lens, ms_rec_done_fn fn,
+                      void *ud) {
     const char *err;
     ms_redis *r = conn_of(s, &err);
-    op *o = r ? new_op(s, ud) : NULL;
+    if (o == NULL && r) o = new_op(s, ud);
     if (r && o == NULL) err = "out of memory";
-    if (o) {
+    if (r && o) {
         o->fn.done = fn;
         s->writes++;
         if (ms_redis_command(r, argc, argv, lens, done_reply, o, &err) == 0) return;
         s->writes--;
     }
+    if (o) free(o->args);
     free(o);
     fn(ud, MS_REC_FAILED, err);
+}
+
+/* The put's arguments, kept for a NOSCRIPT's retry: argv[3..7] point into them. */
+static op *put_op(ms_redisstore *s, void *ud, const char **argv, const size_t *lens) {
+    op *o = new_op(s, ud);
+    size_t total = 0;
+    for (int i = 0; i < 5; i++) total += lens[3 + i];
+    char *args = o ? malloc(total ? total : 1) : NULL;
+    if (args == NULL) {
+        free(o);
+        return NULL;
+    }
+    o->args = args;
+    for (int i = 0; i < 5; i++) {
+        memcpy(args, argv[3 + i], lens[3 + i]);
+        o->lens[i] = lens[3 + i];
+        args += lens[3 + i];
+    }
+    return o;
+}
+
+/* The put again, as EVAL (which loads the script for the puts after it). */
+static int resend_put(op *o, const char **err) {
+    ms_redis *r = conn_of(o->s, err);
+    if (r == NULL) return -1;
+    const char *argv[8] = { "EVAL", PUT_SCRIPT, "1" };
+    size_t lens[8] = { 4, sizeof PUT_SCRIPT - 1, 1 };
+    const char *at = o->args;
+    for (int i = 0; i < 5; i++) {
+        argv[3 + i] = at;
+        lens[3 + i] = o->lens[i];
+        at += o->lens[i];
+    }
+    return ms_redis_command(r, 8, argv, lens, done_reply, o, err);
+}
+
+/* Whether this put must carry the script's text: the first on each
+ * connection does (EVAL caches it in Redis, and the EVALSHAs pipelined
+ * behind it find it there). Not SCRIPT LOAD: Redis writes the replies of
+ * commands run together in an order that would let the put's own change
+ * message reach this node before the put's answer. */
+static int first_put(ms_redisstore *s) {
+    const char *err;
+    ms_redis *r = conn_of(s, &err);
+    if (r == NULL || s->loaded == ms_redis_ups(r)) return 0;
+    s->loaded = ms_redis_ups(r);
+    return 1;
 }
 
 static void rs_put(void *self, const char *name, size_t nlen, long long expect, long long version, const char *text,
                    size_t tlen, ms_rec_done_fn fn, void *ud) {
     ms_redisstore *s = self;
-    if (!make_name(&s->key, KEY_PREFIX, name, nlen) || !make_name(&s->chan, CHANNEL_PREFIX, name, nlen)) {
+    if (!make_name(&s->key, KEY_PREFIX, name, nlen) || !make_name(&s->chan, CHANNEL_PREFIX, name, nlen) ||
+        !put_sha_ready()) {
         fn(ud, MS_REC_FAILED, "out of memory");
         return;
     }
     char exp[24], ver[24];
-    const char *argv[8] = { "EVAL", PUT_SCRIPT, "1", s->key.data, exp, ver, text, s->chan.data };
-    size_t lens[8] = { 4, sizeof PUT_SCRIPT - 1, 1, s->key.len, (size_t)snprintf(exp, sizeof exp, "%lld", expect),
+    const char *argv[8] = { "EVALSHA", put_sha, "1", s->key.data, exp, ver, text, s->chan.data };
+    size_t lens[8] = { 7, 40, 1, s->key.len, (size_t)snprintf(exp, sizeof exp, "%lld", expect),
                        (size_t)snprintf(ver, sizeof ver, "%lld", version), tlen, s->chan.len };
-    write_cmd(s, 8, argv, lens, fn, ud);
+    op *o = put_op(s, ud, argv, lens);
+    if (o == NULL) {
+        fn(ud, MS_REC_FAILED, "out of memory");
+        return;
+    }
+    if (first_put(s)) {
+        argv[0] = "EVAL";
+        lens[0] = 4;
+        argv[1] = PUT_SCRIPT;
+        lens[1] = sizeof PUT_SCRIPT - 1;
+    }
+    write_cmd(s, o, 8, argv, lens, fn, ud);
 }
 
 static void rs_remove(void *self, const char *name, size_t nlen, ms_rec_done_fn fn, void *ud) {
@@ -193,7 +286,7 @@ static void rs_remove(void *self, const char *name, size_t nlen, ms_rec_done_fn 
     }
     const char *argv[5] = { "EVAL", REMOVE_SCRIPT, "1", s->key.data, s->chan.data };
     size_t lens[5] = { 4, sizeof REMOVE_SCRIPT - 1, 1, s->key.len, s->chan.len };
-    write_cmd(s, 5, argv, lens, fn, ud);
+    write_cmd(s, NULL, 5, argv, lens, fn, ud);
 }
 
 /* Redis answered every write already (appendfsync always: on disk). */

@@ -135,47 +135,58 @@ function RecordEngine:create(name) return self.engine:create(name) end
 -- batch), but when the store answers later (Redis) the running coroutine
 -- yields, the loop serves everything else, and it is resumed with the
 -- answer. With a store that answers at once they are the plain calls.
+-- await (optional): how to wait, as an RPC handler's ctx.await does
+-- (await(register) -> the values register's callback got): for coroutines
+-- someone else resumes (rpc_handlers.lua); by default the running coroutine
+-- yields and the store's answer resumes it.
 
 local function resume(co)
   local ok, err = coroutine.resume(co)
   if not ok then log.error("a command that waited for the store failed: %s", err) end
 end
 
-function RecordEngine:wait_get(name)
-  if self.immediate then return self.engine:get(name) end
+local function co_await(register)
   local co, waiting, res = coroutine.running(), false, nil
-  local first = table.pack(self.engine:get(name, function(...)
+  register(function(...)
     res = table.pack(...)
     if waiting then resume(co) end
-  end))
-  if first[1] ~= false then return table.unpack(first, 1, first.n) end
-  waiting = true
-  coroutine.yield()
+  end)
+  if not res then
+    waiting = true
+    coroutine.yield()
+  end
   return table.unpack(res, 1, res.n)
+end
+
+function RecordEngine:wait_get(name, await)
+  if self.immediate then return self.engine:get(name) end
+  return (await or co_await)(function(done)
+    local first = table.pack(self.engine:get(name, done))
+    if first[1] ~= false then done(table.unpack(first, 1, first.n)) end
+  end)
 end
 
 -- Runs call(batch) (an engine command) on a batch of its own; returns ok,
 -- result_text as the nil-batch call does.
-local function wait_cmd(self, call)
-  local co, waiting = coroutine.running(), false
-  local batch = self.engine:batch(function() if waiting then resume(co) end end)
-  if call(batch) == nil then
-    waiting = true
-    coroutine.yield()
-  end
+local function wait_cmd(self, call, await)
+  local batch
+  ;(await or co_await)(function(done)
+    batch = self.engine:batch(function() done() end)
+    if call(batch) ~= nil then done() end
+  end)
   local ok, text = batch:result(1)
   batch:close()
   return ok, text
 end
 
-function RecordEngine:wait_write(topic, name, data, path, version, origin)
+function RecordEngine:wait_write(topic, name, data, path, version, origin, await)
   if self.immediate then return self:write(nil, topic, name, data, path, version, origin) end
-  return wait_cmd(self, function(b) return self:write(b, topic, name, data, path, version, origin) end)
+  return wait_cmd(self, function(b) return self:write(b, topic, name, data, path, version, origin) end, await)
 end
 
-function RecordEngine:wait_delete(topic, name, origin)
+function RecordEngine:wait_delete(topic, name, origin, await)
   if self.immediate then return self:delete(nil, topic, name, origin) end
-  return wait_cmd(self, function(b) return self:delete(b, topic, name, origin) end)
+  return wait_cmd(self, function(b) return self:delete(b, topic, name, origin) end, await)
 end
 
 function RecordEngine:wait_notify(names)

@@ -87,6 +87,14 @@ function M.new(loop, opts)
   return self
 end
 
+-- ctx.await when the running coroutine is a handler's call (ctx.records'
+-- commands wait through it: server.lua), else nil.
+function RpcHandlers:awaiter()
+  local co, main = running()
+  if main or not calls[co] then return nil end
+  return self.api_mt.__index.await
+end
+
 function RpcHandlers:register(name, fn)
   if type(name) ~= "string" or name == "" then error("rpc name must be a non-empty string", 2) end
   if type(fn) ~= "function" then error("rpc handler must be a function", 2) end

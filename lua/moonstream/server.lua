@@ -45,30 +45,44 @@ local DRAIN_TIMEOUT_MS = 10000
 local CLUSTER_WAIT_MS = 5000 -- at start, for Redis; then the node serves anyway
 
 -- Context API every RPC handler and listener gets (ctx.records, ctx.emit...).
--- built: the parts listen() builds (records, dispatcher), filled in then.
+-- built: the parts listen() builds (records, dispatcher), filled in then,
+-- and the RPC handlers. Inside an RPC handler a record command that waits
+-- for the store (Redis) yields through ctx.await, so the node serves
+-- everything else meanwhile; elsewhere (Lua listeners, plain calls) it still
+-- settles the store.
 local function handler_api(built)
   local records = {}
+  local function await() return built.handlers and built.handlers:awaiter() end
+  local function get(name)
+    local a = await()
+    if a then return built.records:wait_get(name, a) end
+    return built.records:get(name)
+  end
   -- records.read(name) -> data, version | nil (missing) | nil, err
   function records.read(name)
-    local version, text, err = built.records:get(name)
+    local version, text, err = get(name)
     if err then return nil, err end
     if version == nil then return nil end
     return json.decode(text), version
   end
   function records.head(name)
-    local version, _, err = built.records:get(name)
+    local version, _, err = get(name)
     if err then return nil, err end
     return version or -1
   end
   -- records.write(name, data [, path [, version]]) -> true | nil, err, event (durable at the next flush)
   function records.write(name, data, path, version)
-    local ok, text = built.records:write(nil, "record", name, data, path, version)
+    local a = await()
+    local ok, text
+    if a then ok, text = built.records:wait_write("record", name, data, path, version, nil, a)
+    else ok, text = built.records:write(nil, "record", name, data, path, version) end
     if ok then return true end
     local r = json.decode(text)
     return nil, r.error, r.errorEvent
   end
   function records.delete(name)
-    built.records:delete(nil, "record", name)
+    local a = await()
+    if a then built.records:wait_delete("record", name, nil, a) else built.records:delete(nil, "record", name) end
     return true
   end
   return {
@@ -111,6 +125,7 @@ function M.new(cfg, validated)
   self.handlers = rpc_handlers.new(self.loop, {
     response_timeout = cfg.rpc.responseTimeout, api = api, providers = self.rpc_providers,
   })
+  built.handlers = self.handlers
   -- threads for work that must not stall the loop: password hashes, token writes
   self.workers = core.workers(self.loop)
   self.auth, err = auth_mod.new(cfg.auth, {
@@ -118,7 +133,8 @@ function M.new(cfg, validated)
     max_attempts = cfg.maxAuthAttempts, attempts_window = cfg.authAttemptsWindow,
   })
   if not self.auth then return nil, err end
-  -- rules read records (oldData, ctx.read, Valve's _()) once the store is open
+  -- rules read records (oldData, ctx.read, Valve's _()) once the store is open; a rule is evaluated without
+  -- yielding, so in cluster mode such a read still waits for Redis (README "Cluster")
   self.permissions, err = permissions_mod.new(cfg.permissions or cfg.permission, {
     records = { get = function(_, name) return built.records:get(name) end },
   })
@@ -308,7 +324,8 @@ function Server:_assemble()
     loop = self.loop, request_timeout = cfg.requestTimeout, permit = permit,
     on_emit = function(name, data, ctx)
       events:emit_from_server(name, data)
-      if bus then bus:publish_value(name, data, ctx and ctx.user) end -- cluster: the other nodes
+      -- cluster: the other nodes (the fast path's emits were published from C)
+      if bus and not (ctx and ctx.published) then bus:publish_value(name, data, ctx and ctx.user) end
     end,
   })
   self.built.dispatcher = self.dispatcher
@@ -426,14 +443,17 @@ function Server:_fast_path()
     rules = validate.rules(), -- the commands it may take: validate.lua's table
     -- the emit the Lua path runs (record changes reach Lua through the engine's subscribe)
     emit_hook = function(name, text)
-      dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous() })
+      dispatcher:emit(name, text and json.decode(text), { user = auth:anonymous(), published = self.bus ~= nil })
     end,
   })
   self.fast = fast
-  -- cluster: every emit goes to the bus (subscribers on other nodes are not known here)
-  local bus, listeners, subs = self.bus, self.listeners, self.realtime.events.subs
+  if self.bus then fast:publish_emits(self.cluster.commands, self.cluster.id, bus_mod.uid_json(auth:anonymous())) end
+  -- Emits reach Lua from the fast path only while a listener or a realtime
+  -- subscriber exists (cluster: the fast path publishes every emit to the
+  -- other nodes itself)
+  local listeners, subs = self.listeners, self.realtime.events.subs
   local function watch()
-    fast:watch_emits(bus ~= nil or listeners:any() or next(subs.by_name) ~= nil)
+    fast:watch_emits(listeners:any() or next(subs.by_name) ~= nil)
   end
   self.listeners_changed:subscribe(watch)
   self.events_used:subscribe(watch)

@@ -4,7 +4,8 @@
 -- channel carrying everything.
 --
 --   events   "ms:c:e:<name>"  "<node id>\n<user id as JSON>\n<data JSON or empty>"
---            published by the node that got the emit (HTTP, a realtime
+--            (the format lives in csrc/redis.c, for this file and the C
+--            fast path, which publishes its emits itself), published by the node that got the emit (HTTP, a realtime
 --            client, ctx.emit), which has already delivered it to its own
 --            subscribers: a node skips its own messages, so each emit reaches
 --            every subscriber once.
@@ -25,7 +26,7 @@ local M = {}
 local Bus = {}
 local mt = { __index = Bus }
 
-local EVENT_PREFIX = "ms:c:e:"
+local EVENT_PREFIX = core.redis_event_channel_prefix
 local RECORD_PREFIX = core.redis_record_channel_prefix
 local RECORD_KEY_PREFIX = core.redis_record_key_prefix
 
@@ -119,12 +120,16 @@ function Bus:sync_listeners()
   end
 end
 
+-- The emitter's user id as the event messages carry it.
+function M.uid_json(user)
+  local uid = user and user.id
+  return json.encode(uid == nil and json.null or uid) or "null"
+end
+
 -- An emit made on this node (already delivered here): to the other nodes.
 -- text: the data as JSON text, or nil; user: { id } of the emitter or nil.
 function Bus:publish_event(name, text, user)
-  local uid = user and user.id
-  local payload = self.id .. "\n" .. (json.encode(uid == nil and json.null or uid) or "null") .. "\n" .. (text or "")
-  local ok, err = self.cluster.commands:command({ "PUBLISH", EVENT_PREFIX .. name, payload }, noop)
+  local ok, err = self.cluster.commands:publish_event(self.id, M.uid_json(user), name, text)
   if not ok then log.warn("cluster: event '%s' not sent to the other nodes: %s", name, err) end
 end
 
@@ -195,9 +200,8 @@ function Bus:_message(channel, data)
     return self.changes:change(name, version, text, nil)
   end
   local name = channel:sub(#EVENT_PREFIX + 1)
-  local from, uid, text = data:match("^([^\n]*)\n([^\n]*)\n(.*)$")
+  local from, uid, text = core.redis_event_parse(data)
   if not from or from == self.id then return end
-  if text == "" then text = nil end
   self.events:publish(name, text)
   if self.listeners and self.listeners.listeners[name] then
     local value = text and json.decode(text)

@@ -16,7 +16,9 @@
 -- nodes not tried yet ("retry", with the tried ones). A dead node
 -- (cluster/presence.lua) loses its claims, subscriptions and listeners on
 -- every node; a stopped one removes them itself; after a Redis
--- reconnection a node writes its part again.
+-- reconnection a node writes its part again, tells the listening nodes
+-- the whole list of its names ("subs"), asks the nodes it knew of for
+-- theirs ("subs?"), and gives up a claim another node took meanwhile.
 local log = require "moonstream.log"
 
 local M = {}
@@ -148,6 +150,22 @@ function Listen:_message(msg)
   if v == "sub" or v == "unsub" then return listen:remote_subscribed(msg.n, msg.f, v == "sub") end
   if v == "has" or v == "hasnot" then return listen:remote_provided(msg.n, v == "has", msg.f) end
   if v == "retry" and type(msg.tried) == "table" then return listen:handed_on(msg.n, msg.tried) end
+  if type(msg.f) ~= "string" then return end
+  if v == "subs" and type(msg.names) == "table" then return self:_subs_of(msg.k, msg.f, msg.names) end
+  if v == "subs?" then return self:_tell_subs(msg.k, msg.f, (listen:cluster_state())) end
+end
+
+-- Node `node` subscribes to `names` and nothing else (its reconnection).
+function Listen:_subs_of(kind, node, names)
+  local listen = self.topics[kind]
+  local now = {}
+  for _, name in ipairs(names) do if type(name) == "string" then now[name] = true end end
+  local gone = {}
+  for name, set in pairs(listen.remote) do
+    if set[node] and not now[name] then gone[#gone + 1] = name end
+  end
+  for _, name in ipairs(gone) do listen:remote_subscribed(name, node, false) end
+  for name in pairs(now) do listen:remote_subscribed(name, node, true) end
 end
 
 -- A node found dead or stopped (cluster/presence.lua): what it subscribed
@@ -165,15 +183,58 @@ function Listen:node_gone(node)
 end
 
 -- After a reconnection: Redis may have lost this node's part, or another
--- node may have removed it as dead.
+-- node may have removed it as dead, or kept what this node said before
+-- (an unsubscription sent while Redis was down is lost). So this node's
+-- names set is written anew (and the listening nodes hear the whole list),
+-- its claims are taken again unless another node took one meanwhile (then
+-- its provider here stops: one provider per name), and a listening node
+-- reads every node's set again (_scan).
 function Listen:reregister()
   for kind, listen in pairs(self.topics) do
     local subscribed, provided, listening = listen:cluster_state()
     if listening then self:_send({ "SADD", nodes_key(kind), self.id }) end
-    for _, name in ipairs(provided) do self:_send({ "SET", claim_key(kind, name), self.id, "NX" }) end
-    for _, name in ipairs(subscribed) do self:subscribed(kind, name, true) end
-    if listening then self:_scan(kind, "0") end
+    for _, name in ipairs(provided) do self:_retake(kind, name) end
+    self:_rewrite_names(kind, subscribed)
+    if listening then
+      self:_scan(kind, "0")
+      -- the nodes this one knew of say again what they subscribe to: an
+      -- "unsub" sent while this node's connection was down is lost, and a
+      -- set read from a Redis that restarted empty says nothing yet
+      local asked = {}
+      for _, set in pairs(listen.remote) do
+        for node in pairs(set) do
+          if not asked[node] then asked[node] = true; self:_publish(node, { v = "subs?", k = kind, n = "" }) end
+        end
+      end
+    end
   end
+end
+
+-- The claim's holder: this node when it was free (or its own already).
+local RETAKE = "local h = redis.call('GET', KEYS[1]) if h then return h end"
+  .. " redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]"
+
+function Listen:_retake(kind, name)
+  self:_send({ "EVAL", RETAKE, "1", claim_key(kind, name), self.id }, function(holder)
+    if type(holder) == "string" and holder ~= self.id then
+      log.info("cluster listen: %s '%s' is provided by node %s now; its provider here stops", kind, name, holder)
+      self.topics[kind]:claim_lost(name)
+    end
+  end)
+end
+
+-- This node's names set is `names`, and the listening nodes hear so ("subs").
+function Listen:_rewrite_names(kind, names)
+  local key = names_key(kind, self.id)
+  self:_send({ "MULTI" })
+  self:_send({ "DEL", key })
+  if #names > 0 then self:_send(table.move(names, 1, #names, 3, { "SADD", key })) end
+  self:_send({ "EXEC" })
+  self:_each_listener(kind, function(node) self:_tell_subs(kind, node, names) end)
+end
+
+function Listen:_tell_subs(kind, node, names)
+  self:_publish(node, { v = "subs", k = kind, n = "", names = names })
 end
 
 -- A graceful stop: this node's part goes at once.

@@ -500,6 +500,18 @@ function Listen:node_gone(node)
   end
 end
 
+-- Another node holds name's claim now (taken while Redis lost this one's):
+-- the search or provider here stops, without releasing that node's claim.
+function Listen:claim_lost(name)
+  self.claimed[name] = nil
+  self:_cancel_offer(name)
+  local a = self.active[name]
+  if a then
+    self.active[name] = nil
+    if a.c.open then self:_send(a.c, self.A.SUBSCRIPTION_FOR_PATTERN_REMOVED, a.pattern, name) end
+  end
+end
+
 -- The names this node subscribes to, and those it provides (a Redis reconnection).
 function Listen:cluster_state()
   local subscribed, provided = {}, {}
