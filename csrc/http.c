@@ -522,6 +522,7 @@ static int http_server_new(lua_State *L) {
         lua_pushstring(L, "cannot add the HTTP server to the event loop");
         return 2;
     }
+    ms_loop_first(loop, srv->epfd);
     srv->listening = 1;
     lua_getfield(L, 2, "handler");
     srv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);

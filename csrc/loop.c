@@ -36,6 +36,7 @@ typedef struct loop_watch {
     uint32_t events;
     uint32_t gen;         /* bumped on every (re)registration of the fd */
     int lua_ref;          /* Lua watchers: registry ref to the callback */
+    int first;            /* served before the other fds of a batch (ms_loop_first) */
 } loop_watch;
 
 struct ms_loop {
@@ -165,6 +166,10 @@ void ms_loop_unwatch(ms_loop *loop, int fd) {
     w->lua_ref = LUA_NOREF;
 }
 
+void ms_loop_first(ms_loop *loop, int fd) {
+    if (fd >= 0 && fd < loop->nwatches && loop->watches[fd].fn) loop->watches[fd].first = 1;
+}
+
 int ms_loop_add_prepare(ms_loop *loop, ms_prepare_fn fn, void *ud) {
     if (loop->nprepare == LOOP_MAX_PREPARE) { errno = ENOSPC; return -1; }
     loop->prepare[loop->nprepare].fn = fn;
@@ -204,8 +209,9 @@ static uint32_t loop_parse_events(lua_State *L, int idx) {
     return ev;
 }
 
-/* loop:watch(fd, "r"|"w"|"rw", fn) -> true | nil, err. Calling again for the
- * same fd replaces events and callback; loop:unwatch(fd) stops. */
+/* loop:watch(fd, "r"|"w"|"rw", fn [, first]) -> true | nil, err. Calling again
+ * for the same fd replaces events and callback; loop:unwatch(fd) stops.
+ * first: served before the other fds ready in the same turn (ms_loop_first). */
 static int loop_watch_lua(lua_State *L) {
     ms_loop *loop = ms_loop_check(L, 1);
     int fd = (int)luaL_checkinteger(L, 2);
@@ -222,6 +228,7 @@ static int loop_watch_lua(lua_State *L) {
     }
     luaL_unref(L, LUA_REGISTRYINDEX, old_ref);
     loop->watches[fd].lua_ref = ref;
+    if (lua_toboolean(L, 5)) ms_loop_first(loop, fd);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -449,14 +456,17 @@ static int loop_iterate(ms_loop *loop, long timeout_ms) {
     int n = epoll_wait(loop->epfd, events, LOOP_MAX_EVENTS, limit);
     if (n < 0) n = 0; /* EINTR: just go round */
     double woke = ms_loop_now();  /* how long this iteration keeps new events waiting (metrics) */
-    for (int i = 0; i < n && loop->epfd >= 0; i++) {
-        int fd = (int)(uint32_t)events[i].data.u64;
-        uint32_t gen = (uint32_t)(events[i].data.u64 >> 32);
-        if (fd >= loop->nwatches) continue;
-        loop_watch *w = &loop->watches[fd];
-        /* skip fds unwatched or re-registered by an earlier callback of this batch */
-        if (w->fn == NULL || w->gen != gen) continue;
-        w->fn(w->ud, fd, events[i].events);
+    /* two passes: the fds marked first, then the others */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n && loop->epfd >= 0; i++) {
+            int fd = (int)(uint32_t)events[i].data.u64;
+            uint32_t gen = (uint32_t)(events[i].data.u64 >> 32);
+            if (fd >= loop->nwatches) continue;
+            loop_watch *w = &loop->watches[fd];
+            /* skip fds unwatched or re-registered by an earlier callback of this batch */
+            if (w->fn == NULL || w->gen != gen || w->first != (pass == 0)) continue;
+            w->fn(w->ud, fd, events[i].events);
+        }
     }
     if (loop->epfd < 0) return n;
     n += loop_run_timers(loop);

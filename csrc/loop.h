@@ -28,6 +28,10 @@ int ms_loop_watch(ms_loop *loop, int fd, uint32_t events, ms_io_fn fn, void *ud)
 
 /* Stops watching fd (no-op if not watched). Call before closing fd. */
 void ms_loop_unwatch(ms_loop *loop, int fd);
+/* Serves fd (watched) before the other fds ready in the same turn, until it
+ * is unwatched: the HTTP daemon's, so that a request ready in a turn does not
+ * wait behind hundreds of WebSocket frames (heartbeats, fan-out). */
+void ms_loop_first(ms_loop *loop, int fd);
 
 /* Registers (fn, ud) to be asked for a wait limit each iteration; remove with
  * ms_loop_remove_prepare. At most a handful of sources exist. */

@@ -159,6 +159,34 @@ describe("moonstream.core loop", function()
     os.remove(path)
   end)
 
+  it("serves a watch marked first before the other fds ready in the same turn", function()
+    -- three FIFOs made ready in the order a, b, c; epoll reports them in that order
+    local pid = io.open("/proc/self/stat"):read("n")
+    local fifos, order = {}, {}
+    for i, name in ipairs({ "a", "b", "c" }) do
+      local path = os.tmpname()
+      os.remove(path)
+      assert(os.execute("mkfifo " .. path))
+      fifos[i] = { name = name, path = path, f = assert(io.open(path, "r+")) }
+    end
+    local p = io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
+    for line in p:lines() do
+      local n, target = line:match("(%d+) %-> (.*)$")
+      for _, x in ipairs(fifos) do if target == x.path then x.fd = tonumber(n) end end
+    end
+    p:close()
+    for _, x in ipairs(fifos) do
+      assert.is_number(x.fd)
+      assert(loop:watch(x.fd, "r", function(readable)
+        if readable then order[#order + 1] = x.name; x.f:read(1) end
+      end, x.name == "c"))
+    end
+    for _, x in ipairs(fifos) do x.f:write("x"); x.f:flush() end
+    run_until(function() return #order == 3 end)
+    assert.same({ "c", "a", "b" }, order)
+    for _, x in ipairs(fifos) do loop:unwatch(x.fd); x.f:close(); os.remove(x.path) end
+  end)
+
   it("runs the iteration hook before waiting and after each iteration", function()
     local calls = 0
     loop:on_iteration(function() calls = calls + 1 end)
