@@ -12,9 +12,7 @@ describe("moonstream.record_engine", function()
   local dir, store, records
 
   before_each(function()
-    dir = H.tmpdir()
-    store = assert(core.store_open(dir .. "/db"))
-    records = records_mod.new(store, { max_response = MAX })
+    dir, store, records = H.record_engine({ max_response = MAX })
   end)
 
   after_each(function()

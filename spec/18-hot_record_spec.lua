@@ -26,10 +26,7 @@ describe("hot-record group commit", function()
   local dir, db, store, records
 
   before_each(function()
-    dir = H.tmpdir()
-    db = dir .. "/db"
-    store = assert(core.store_open(db))
-    records = records_mod.new(store, { max_response = MAX })
+    dir, store, records, db = H.record_engine({ max_response = MAX })
   end)
 
   after_each(function()

@@ -226,4 +226,13 @@ function H.capture_log(fn)
   return table.concat(lines, "\n")
 end
 
+-- A record engine over a LevelDB store in a new temporary folder (opts: the
+-- engine's). Returns the folder, the store, the engine and the store's path.
+function H.record_engine(opts)
+  local dir = H.tmpdir()
+  local db = dir .. "/db"
+  local store = assert(core.store_open(db))
+  return dir, store, require("moonstream.record_engine").new(store, opts), db
+end
+
 return H
