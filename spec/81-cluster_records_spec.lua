@@ -176,6 +176,9 @@ describe("cluster config keys", function()
     assert.same({ host = "127.0.0.1", port = 6379, db = 0 }, url.parse("redis://127.0.0.1"))
     assert.same({ host = "h", port = 7000, db = 3, password = "pw" }, url.parse("redis://user:pw@h:7000/3"))
     assert.same({ host = "::1", port = 7001, db = 0 }, url.parse("redis://[::1]:7001/"))
+    -- too big for an integer: refused, not taken as the default
+    assert.matches("port out of range", select(2, url.parse("redis://h:99999999999999999999/0")))
+    assert.matches("bad database number", select(2, url.parse("redis://h:7000/99999999999999999999")))
   end)
 
   it("takes the password from cluster.password", function()

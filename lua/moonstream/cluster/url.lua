@@ -5,6 +5,13 @@ local M = {}
 
 M.DEFAULT_PORT = 6379
 
+-- digits -> integer, default when empty, nil when too big for an integer
+-- (tonumber gives a float then, which must not pass as the default).
+local function integer(digits, default)
+  if digits == "" then return default end
+  return math.tointeger(tonumber(digits))
+end
+
 -- url -> { host, port, db, password|nil } | nil, reason
 function M.parse(url)
   if type(url) ~= "string" then return nil, "must be a string redis://host[:port][/db]" end
@@ -21,9 +28,11 @@ function M.parse(url)
   local host, port = hostport:match("^%[(.+)%]:?(%d*)$")
   if not host then host, port = hostport:match("^([^:]+):?(%d*)$") end
   if not host then return nil, "has a bad host or port (got '" .. url .. "')" end
-  port = port ~= "" and math.tointeger(tonumber(port)) or M.DEFAULT_PORT
-  if port < 1 or port > 65535 then return nil, "has a port out of range (got '" .. url .. "')" end
-  return { host = host, port = port, db = db ~= "" and math.tointeger(tonumber(db)) or 0, password = password }
+  port = integer(port, M.DEFAULT_PORT)
+  if not port or port < 1 or port > 65535 then return nil, "has a port out of range (got '" .. url .. "')" end
+  db = integer(db, 0)
+  if not db then return nil, "has a bad database number (got '" .. url .. "')" end
+  return { host = host, port = port, db = db, password = password }
 end
 
 return M
