@@ -321,7 +321,7 @@ function M.encode(msg)
 end
 
 -- deepstream's heartbeat, answered in C once a client is logged in
--- (ws:answer_pings in csrc/ws.c; realtime/init.lua's logged_in): -- the client's PING frame (the same bytes @deepstream/client sends: the
+-- (ws:answer_pings in csrc/ws.c; realtime/init.lua's logged_in): the client's PING frame (the same bytes @deepstream/client sends: the
 -- captured 0610021a020802), and the PONG we answer.
 -- Any other spelling of a PING still reaches the Lua handler.
 M.heartbeat = {

@@ -155,7 +155,7 @@ function M.encode(msg)
 end
 
 -- deepstream's heartbeat, answered in C once a client is logged in
--- (ws:answer_pings in csrc/ws.c; realtime/init.lua's logged_in): -- the client's PING frame byte for byte as @deepstream/client sends it on
+-- (ws:answer_pings in csrc/ws.c; realtime/init.lua's logged_in): the client's PING frame byte for byte as @deepstream/client sends it on
 -- this transport (spec/ws-protocol.md 2), and the PONG we answer.
 -- Any other spelling of a PING still reaches the Lua handler.
 M.heartbeat = {
