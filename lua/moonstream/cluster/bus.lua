@@ -194,8 +194,8 @@ function Bus:_message(channel, data)
     if data == "-1" then return self.changes:change(name, nil, nil, nil) end
     if data == "n -1" then return self.changes:notify(name, nil, nil) end
     local notified, version, text = data:match("^(n?) ?(%d+) (.*)$")
-    if not version then return end
-    version = math.tointeger(tonumber(version))
+    version = version and math.tointeger(tonumber(version))
+    if not version then return end -- not "<version> <text>", or a version too big: not a deletion
     if notified == "n" then return self.changes:notify(name, version, text) end
     return self.changes:change(name, version, text, nil)
   end
