@@ -19,6 +19,7 @@
 local yamldoc = require "moonstream.yamldoc"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
+local files = require "moonstream.config.files"
 
 local type, pairs, ipairs, tostring, format, gsub, match, concat, sort =
   type, pairs, ipairs, tostring, string.format, string.gsub, string.match, table.concat, table.sort
@@ -392,10 +393,9 @@ end
 -- Reads and validates a config.yml (validate: config.lua's, given the mapped
 -- table, the file and the locate function). Warnings go to the log.
 function M.load(path, validate)
-  local f, oerr = io.open(path, "rb")
-  if not f then return nil, format("cannot read configuration file '%s': %s", path, tostring(oerr)) end
-  local text = f:read("a")
-  f:close()
+  local text, rerr, too_large = files.read_text(path)
+  if too_large then return nil, rerr end
+  if not text then return nil, format("cannot read configuration file '%s': %s", path, tostring(rerr)) end
   local user, warnings, locate = M.translate(text, path)
   if not user then return nil, warnings end
   for _, w in ipairs(warnings) do log.warn("%s", w) end
