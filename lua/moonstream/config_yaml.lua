@@ -19,6 +19,7 @@
 local yamldoc = require "moonstream.yamldoc"
 local json = require "moonstream.json"
 local log = require "moonstream.log"
+local files = require "moonstream.config.files"
 
 local type, pairs, ipairs, tostring, format, gsub, match, concat, sort =
   type, pairs, ipairs, tostring, string.format, string.gsub, string.match, table.concat, table.sort
@@ -33,6 +34,11 @@ local function ignore(why, harmless) return { kind = "ignore", why = why, harmle
 local function refuse(why, ok) return { kind = "refuse", why = why, ok = ok } end
 
 local SINGLE_NODE = "moonstream is a single node"
+local NO_TLS = "moonstream does not terminate TLS: put a TLS proxy in front"
+-- enabledFeatures.<topic>: only `true` (the default) is accepted.
+local function topic_on(topic)
+  return refuse("moonstream cannot switch the " .. topic .. " topic off (use permissions)", true)
+end
 
 local LOG_LEVELS = { DEBUG = "debug", INFO = "info", WARN = "warn", ERROR = "error", FATAL = "error", OFF = "error" }
 local function log_level(v)
@@ -63,10 +69,10 @@ local SPEC = {
   libDir = ignore("moonstream loads no plugin libraries"),
   exitOnFatalError = ignore("moonstream stops on any start error and keeps serving after a failed request"),
   enabledFeatures = {
-    record = refuse("moonstream cannot switch the record topic off (use permissions)", true),
-    event = refuse("moonstream cannot switch the event topic off (use permissions)", true),
-    rpc = refuse("moonstream cannot switch the rpc topic off (use permissions)", true),
-    presence = refuse("moonstream cannot switch the presence topic off (use permissions)", true),
+    record = topic_on("record"),
+    event = topic_on("event"),
+    rpc = topic_on("rpc"),
+    presence = topic_on("presence"),
     monitoring = ignore("moonstream has no monitoring plugins"),
   },
   telemetry = ignore("moonstream sends no telemetry"),
@@ -99,12 +105,12 @@ local SPEC = {
       origins = map("origins"),
       maxMessageSize = map("maxMessageSize"),
       headers = ignore("no headers are forwarded to auth", {}),
-      ssl = refuse("moonstream does not terminate TLS: put a TLS proxy in front"),
-      sslKey = refuse("moonstream does not terminate TLS: put a TLS proxy in front"),
-      sslCert = refuse("moonstream does not terminate TLS: put a TLS proxy in front"),
-      sslCa = refuse("moonstream does not terminate TLS: put a TLS proxy in front"),
-      sslDHParams = refuse("moonstream does not terminate TLS: put a TLS proxy in front"),
-      sslPassphrase = refuse("moonstream does not terminate TLS: put a TLS proxy in front"),
+      ssl = refuse(NO_TLS),
+      sslKey = refuse(NO_TLS),
+      sslCert = refuse(NO_TLS),
+      sslCa = refuse(NO_TLS),
+      sslDHParams = refuse(NO_TLS),
+      sslPassphrase = refuse(NO_TLS),
     },
   },
   connectionEndpoints = { kind = "typed_list", types = {
@@ -387,10 +393,9 @@ end
 -- Reads and validates a config.yml (validate: config.lua's, given the mapped
 -- table, the file and the locate function). Warnings go to the log.
 function M.load(path, validate)
-  local f, oerr = io.open(path, "rb")
-  if not f then return nil, format("cannot read configuration file '%s': %s", path, tostring(oerr)) end
-  local text = f:read("a")
-  f:close()
+  local text, rerr, too_large = files.read_text(path)
+  if too_large then return nil, rerr end
+  if not text then return nil, format("cannot read configuration file '%s': %s", path, tostring(rerr)) end
   local user, warnings, locate = M.translate(text, path)
   if not user then return nil, warnings end
   for _, w in ipairs(warnings) do log.warn("%s", w) end

@@ -9,8 +9,8 @@
 --
 --   tokens.new(store, { ttl = ms, now = fn, workers = pool })   -> tokens
 --   tokens:issue(user, token, done)  done(token) | done(nil, err) once stored
---   tokens:lookup_later(token, k)    k(user | nil), from the loop in cluster mode
 --                                    (token: supplied by a strategy, or nil)
+--   tokens:lookup_later(token, k)    k(user | nil), from the loop in cluster mode
 --   tokens:lookup(token)          -> user | nil          (unknown or expired: nil)
 --   tokens:revoke(token)          -> true if it existed
 --   tokens:revoke_hash(hex)       -> true if it existed  (the CLI passes hashes, never tokens)

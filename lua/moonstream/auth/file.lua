@@ -18,6 +18,7 @@ local checks = require "moonstream.config.checks"
 local engine = require "moonstream.config.engine"
 local json = require "moonstream.json"
 local loader = require "moonstream.config.loader"
+local files = require "moonstream.config.files"
 
 local pbkdf2, base64_encode, equal, random_bytes = core.pbkdf2, core.base64_encode, core.equal, core.random_bytes
 local type, pairs, next, tostring, format, sub = type, pairs, next, tostring, string.format, string.sub
@@ -54,7 +55,6 @@ M.OPTIONS = { name = "the 'file' strategy", fields = {
 } }
 M.DEFAULTS = engine.defaults_of(M.OPTIONS.fields)
 
-local MAX_FILE_BYTES = 16 * 1024 * 1024
 local SALT_BYTES = 16
 
 local function base64_key_length(key_length)
@@ -91,19 +91,10 @@ function M.verify(password, stored, settings)
   return matches(pbkdf2(password, salt, settings.iterations, settings.keyLength, settings.hash), expected, well_formed)
 end
 
-local function read_file(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, err end
-  local text = f:read(MAX_FILE_BYTES + 1)
-  f:close()
-  if text and #text > MAX_FILE_BYTES then return nil, path .. ": larger than " .. MAX_FILE_BYTES .. " bytes" end
-  return text or ""
-end
-
 -- Reads a users file: .yml/.yaml (deepstream), .json, or a Lua file that
 -- returns the table (run with an empty environment: it is data).
 local function load_users(path)
-  local text, err = read_file(path)
+  local text, err = files.read_text(path)
   if not text then return nil, "cannot read users file: " .. err end
   if path:match("%.ya?ml$") then
     -- lyaml is needed only for YAML users files: without it, an error, not a

@@ -8,6 +8,9 @@ local format, sub, find, match, gsub = string.format, string.sub, string.find, s
 local M = {}
 
 local ENOENT = 2
+-- Files a configuration names (config.yml, permissions, users) are read
+-- whole; past this size they are refused, not loaded into memory.
+M.MAX_FILE_BYTES = 16 * 1024 * 1024
 
 -- The directory of a config file, "." for a bare file name.
 function M.dir_of(path)
@@ -91,6 +94,25 @@ function M.check_file(p)
     return nil, format("file '%s' cannot be read (%s)", p, rerr)
   end
   return true
+end
+
+-- The whole text of p (at most MAX_FILE_BYTES) | nil, err [, true when it is
+-- too large]; err is io.open's or read's message otherwise.
+function M.read_text(p)
+  local f, err = io_open(p, "rb")
+  if not f then
+    return nil, err
+  end
+  local text, rerr = f:read(M.MAX_FILE_BYTES + 1)
+  f:close()
+  if rerr then
+    return nil, rerr
+  end
+  text = text or ""
+  if #text > M.MAX_FILE_BYTES then
+    return nil, format("%s: larger than %d bytes", p, M.MAX_FILE_BYTES), true
+  end
+  return text
 end
 
 return M

@@ -18,6 +18,7 @@ local yamldoc = require "moonstream.yamldoc"
 local rule_mod = require "moonstream.valve.rule"
 local js = require "moonstream.valve.js"
 local permissions = require "moonstream.permissions"
+local files = require "moonstream.config.files"
 
 local type, ipairs, pairs, pcall, tostring, setmetatable =
   type, ipairs, pairs, pcall, tostring, setmetatable
@@ -26,7 +27,6 @@ local null = json.null
 
 local M = {}
 
-local MAX_FILE_BYTES = 16 * 1024 * 1024
 M.DEFAULT_MAX_RULE_ITERATIONS = 3
 
 -- deepstream's schema: its sections in its order; their rule types are the
@@ -54,12 +54,9 @@ local function keys_in_order(meta, t)
 end
 
 local function read_text(path)
-  local f, err = io.open(path, "rb")
-  if not f then return nil, format("cannot read permissions file: %s", tostring(err)) end
-  local text = f:read(MAX_FILE_BYTES + 1) or ""
-  f:close()
-  if #text > MAX_FILE_BYTES then return nil, format("%s: larger than %d bytes", path, MAX_FILE_BYTES) end
-  return text
+  local text, err, too_large = files.read_text(path)
+  if not text and not too_large then return nil, format("cannot read permissions file: %s", tostring(err)) end
+  return text, err
 end
 
 -- A path as an anchored Lua pattern and its variable names ("$id"), in order.
