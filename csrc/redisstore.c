@@ -25,6 +25,7 @@
  * the engine's storage texts. settle() runs that connection's I/O and
  * nothing else: for shutdown draining and the Lua commands that still
  * wait (engine_lua.c). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,9 @@ static int parse_version(const char *str, size_t len, long long *out) {
     long long v = 0;
     for (size_t i = 0; i < len; i++) {
         if (str[i] < '0' || str[i] > '9') return 0;
-        v = v * 10 + (str[i] - '0');
+        int d = str[i] - '0';
+        if (v > (LLONG_MAX - d) / 10) return 0;  /* 19 digits can pass LLONG_MAX: a corrupt entry, not overflow */
+        v = v * 10 + d;
     }
     *out = v;
     return 1;
