@@ -345,11 +345,12 @@ static void each_reply(void *ud, int status, long long version, const char *text
 static void scan_reply(void *ud, redisReply *reply, const char *err) {
     scan_state *st = ud;
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[0]->len >= sizeof st->cursor ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
         st->err = strdup(reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err ? err : "bad SCAN reply");
         return;
     }
-    snprintf(st->cursor, sizeof st->cursor, "%s", reply->element[0]->str);
+    memcpy(st->cursor, reply->element[0]->str, reply->element[0]->len + 1);  /* len checked above */
     redisReply *keys = reply->element[1];
     size_t plen = sizeof KEY_PREFIX - 1;
     for (size_t i = 0; i < keys->elements && st->err == NULL; i++) {
