@@ -174,7 +174,10 @@ static void done_reply(void *ud, redisReply *reply, const char *err) {
     op *o = ud;
     ms_redisstore *s = o->s;
     if (reply && reply->type == REDIS_REPLY_ERROR && o->args && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        if (resend_put(o, &err) == 0) return;  /* the same write, with the script's text */
+        int sent = resend_put(o, &err) == 0;  /* the same write, with the script's text (hiredis copied it) */
+        free(o->args);
+        o->args = NULL;                       /* once: a Redis answering NOSCRIPT to the EVAL too fails the put */
+        if (sent) return;
         reply = NULL;
     }
     s->writes--;
