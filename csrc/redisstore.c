@@ -25,6 +25,7 @@
  * the engine's storage texts. settle() runs that connection's I/O and
  * nothing else: for shutdown draining and the Lua commands that still
  * wait (engine_lua.c). */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +116,9 @@ static int parse_version(const char *str, size_t len, long long *out) {
     long long v = 0;
     for (size_t i = 0; i < len; i++) {
         if (str[i] < '0' || str[i] > '9') return 0;
-        v = v * 10 + (str[i] - '0');
+        int d = str[i] - '0';
+        if (v > (LLONG_MAX - d) / 10) return 0;  /* 19 digits can pass LLONG_MAX: a corrupt entry, not overflow */
+        v = v * 10 + d;
     }
     *out = v;
     return 1;
@@ -171,7 +174,10 @@ static void done_reply(void *ud, redisReply *reply, const char *err) {
     op *o = ud;
     ms_redisstore *s = o->s;
     if (reply && reply->type == REDIS_REPLY_ERROR && o->args && strncmp(reply->str, "NOSCRIPT", 8) == 0) {
-        if (resend_put(o, &err) == 0) return;  /* the same write, with the script's text */
+        int sent = resend_put(o, &err) == 0;  /* the same write, with the script's text (hiredis copied it) */
+        free(o->args);
+        o->args = NULL;                       /* once: a Redis answering NOSCRIPT to the EVAL too fails the put */
+        if (sent) return;
         reply = NULL;
     }
     s->writes--;
@@ -342,11 +348,12 @@ static void each_reply(void *ud, int status, long long version, const char *text
 static void scan_reply(void *ud, redisReply *reply, const char *err) {
     scan_state *st = ud;
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[0]->len >= sizeof st->cursor ||
+        reply->element[1]->type != REDIS_REPLY_ARRAY) {
         st->err = strdup(reply && reply->type == REDIS_REPLY_ERROR ? reply->str : err ? err : "bad SCAN reply");
         return;
     }
-    snprintf(st->cursor, sizeof st->cursor, "%s", reply->element[0]->str);
+    memcpy(st->cursor, reply->element[0]->str, reply->element[0]->len + 1);  /* len checked above */
     redisReply *keys = reply->element[1];
     size_t plen = sizeof KEY_PREFIX - 1;
     for (size_t i = 0; i < keys->elements && st->err == NULL; i++) {
