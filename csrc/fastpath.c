@@ -661,7 +661,8 @@ static int run(ms_fast *f, ms_engine *e, void *req, const char **out, size_t *ou
         return MS_FAST_LATER;
     }
     ms_batch_reset(f->batch);
-    fast_job job = { f, e, f->batch, NULL, f->cmds, f->ncmds, 0, f->names.data, f->data.data, f->body, 0, 0, 0 };
+    fast_job job = { .f = f, .e = e, .batch = f->batch, .cmds = f->cmds, .ncmds = f->ncmds, .names = f->names.data,
+                     .data = f->data.data, .body = f->body };
     step(&job);  /* immediate stores: done */
     if (!ms_engine_has_pending(e)) return answer(f, NULL, out, outlen);
     /* answered once the batch's writes (or the unsynced data it saw) are
@@ -796,7 +797,11 @@ static int fast_watch_emits(lua_State *L) {
 static int fast_publish_emits(lua_State *L) {
     ms_fast *f = ms_fast_check(L, 1);
     ms_redis *const *slot = lua_isnoneornil(L, 2) ? NULL : ms_redis_slot_check(L, 2);
-    char *node = slot ? strdup(luaL_checkstring(L, 3)) : NULL, *uid = slot ? strdup(luaL_checkstring(L, 4)) : NULL;
+    if (slot) {  /* both checked before either is copied: a raise then leaks nothing */
+        luaL_checkstring(L, 3);
+        luaL_checkstring(L, 4);
+    }
+    char *node = slot ? strdup(lua_tostring(L, 3)) : NULL, *uid = slot ? strdup(lua_tostring(L, 4)) : NULL;
     free(f->node);
     free(f->uid);
     f->node = node;
