@@ -112,7 +112,7 @@ struct ms_fast {
     yajl_handle h;               /* during a parse */
     const char *body;            /* the request's, during a parse and its run */
     size_t body_len;
-    size_t jobs;                 /* jobs waiting for their store */
+    size_t jobs;                 /* jobs whose commands wait for their store (they use f) */
 };
 
 /* One request's run. The batch's commands run in order; a command whose
@@ -128,7 +128,7 @@ typedef struct fast_job {
     size_t ncmds, at;            /* at: the command running */
     const char *names, *data, *body;
     int looping, answered;       /* in step's loop; the running command answered */
-    int counted;                 /* counted in f->jobs (it waits for its store) */
+    int counted;                 /* counted in f->jobs (its commands still run) */
 } fast_job;
 
 /* ---- parsing (yajl callbacks) ---- */
@@ -529,8 +529,15 @@ static void count_commands(const fast_job *job) {
     }
 }
 
-static void job_free(fast_job *job) {
+/* The job's commands are done (or never ran): from here it does not touch
+ * f, so waiting for the group commit may outlive the fast path. */
+static void job_uncount(fast_job *job) {
     if (job->counted) job->f->jobs--;
+    job->counted = 0;
+}
+
+static void job_free(fast_job *job) {
+    job_uncount(job);
     ms_batch_free(job->batch);
     free(job);  /* the copies live in the same block */
 }
@@ -591,6 +598,7 @@ static int step(fast_job *job) {
         if (!job->answered) return 0;
     }
     count_commands(job);
+    job_uncount(job);
     return 1;
 }
 
@@ -661,7 +669,8 @@ static int run(ms_fast *f, ms_engine *e, void *req, const char **out, size_t *ou
         return MS_FAST_LATER;
     }
     ms_batch_reset(f->batch);
-    fast_job job = { f, e, f->batch, NULL, f->cmds, f->ncmds, 0, f->names.data, f->data.data, f->body, 0, 0, 0 };
+    fast_job job = { .f = f, .e = e, .batch = f->batch, .cmds = f->cmds, .ncmds = f->ncmds, .names = f->names.data,
+                     .data = f->data.data, .body = f->body };
     step(&job);  /* immediate stores: done */
     if (!ms_engine_has_pending(e)) return answer(f, NULL, out, outlen);
     /* answered once the batch's writes (or the unsynced data it saw) are
@@ -796,7 +805,11 @@ static int fast_watch_emits(lua_State *L) {
 static int fast_publish_emits(lua_State *L) {
     ms_fast *f = ms_fast_check(L, 1);
     ms_redis *const *slot = lua_isnoneornil(L, 2) ? NULL : ms_redis_slot_check(L, 2);
-    char *node = slot ? strdup(luaL_checkstring(L, 3)) : NULL, *uid = slot ? strdup(luaL_checkstring(L, 4)) : NULL;
+    if (slot) {  /* both checked before either is copied: a raise then leaks nothing */
+        luaL_checkstring(L, 3);
+        luaL_checkstring(L, 4);
+    }
+    char *node = slot ? strdup(lua_tostring(L, 3)) : NULL, *uid = slot ? strdup(lua_tostring(L, 4)) : NULL;
     free(f->node);
     free(f->uid);
     f->node = node;

@@ -228,7 +228,7 @@ static int loop_watch_lua(lua_State *L) {
     }
     luaL_unref(L, LUA_REGISTRYINDEX, old_ref);
     loop->watches[fd].lua_ref = ref;
-    if (lua_toboolean(L, 5)) ms_loop_first(loop, fd);
+    loop->watches[fd].first = lua_toboolean(L, 5);  /* replaced like events and callback */
     lua_pushboolean(L, 1);
     return 1;
 }

@@ -407,17 +407,20 @@ static void ws_out_flush(ms_ws *ws) {
 /* Queues one unfragmented, unmasked frame (server frames are never masked).
  * With nothing queued before it, it goes straight to the socket and only
  * what the socket does not take is copied. -1 when out of memory. */
+/* Writes the header of an unmasked, final frame (server to client) into h
+ * (10 bytes at most); returns its length. */
+static size_t ws_frame_header(uint8_t h[10], int op, size_t len) {
+    h[0] = (uint8_t)(0x80 | op);
+    if (len < 126) { h[1] = (uint8_t)len; return 2; }
+    if (len < 65536) { h[1] = 126; h[2] = (uint8_t)(len >> 8); h[3] = (uint8_t)len; return 4; }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
 static int ws_queue_frame(ms_ws *ws, int op, const void *data, size_t len) {
     uint8_t h[10];
-    size_t hl;
-    h[0] = (uint8_t)(0x80 | op);
-    if (len < 126) { h[1] = (uint8_t)len; hl = 2; }
-    else if (len < 65536) { h[1] = 126; h[2] = (uint8_t)(len >> 8); h[3] = (uint8_t)len; hl = 4; }
-    else {
-        h[1] = 127;
-        for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
-        hl = 10;
-    }
+    size_t hl = ws_frame_header(h, op, len);
     size_t done = 0;
     if (ws->fd >= 0 && !ws->dead && ws->out_off == ws->out_len) {
         struct iovec iov[2] = { { h, hl }, { (void *)data, len } };
@@ -443,11 +446,8 @@ static int ws_queue_frame(ms_ws *ws, int op, const void *data, size_t len) {
  * corked connection before the loop sleeps (ws_prepare), and its eventfd
  * makes sure the loop does not sleep first. -1 when out of memory. */
 static int ws_cork_frame(ms_ws *ws, int op, const void *data, size_t len) {
-    uint8_t h[4];
-    size_t hl = 2;
-    h[0] = (uint8_t)(0x80 | op);
-    if (len < 126) h[1] = (uint8_t)len;
-    else { h[1] = 126; h[2] = (uint8_t)(len >> 8); h[3] = (uint8_t)len; hl = 4; }
+    uint8_t h[10];
+    size_t hl = ws_frame_header(h, op, len);
     if (ws_out_append(ws, h, hl) != 0 || ws_out_append(ws, data, len) != 0) return -1;
     ms_ws_hub *hub = ws->hub;
     if (hub == NULL || ws->in_dirty_list) return 0;

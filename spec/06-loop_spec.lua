@@ -184,6 +184,15 @@ describe("moonstream.core loop", function()
     for _, x in ipairs(fifos) do x.f:write("x"); x.f:flush() end
     run_until(function() return #order == 3 end)
     assert.same({ "c", "a", "b" }, order)
+    -- watching c again without the flag replaces it, as it replaces events and callback
+    local c = fifos[3]
+    assert(loop:watch(c.fd, "r", function(readable)
+      if readable then order[#order + 1] = c.name; c.f:read(1) end
+    end))
+    order = {}
+    for _, x in ipairs(fifos) do x.f:write("x"); x.f:flush() end
+    run_until(function() return #order == 3 end)
+    assert.same({ "a", "b", "c" }, order)
     for _, x in ipairs(fifos) do loop:unwatch(x.fd); x.f:close(); os.remove(x.path) end
   end)
 
